@@ -1,0 +1,586 @@
+//! The messages of each role, one enum per direction, named sender to
+//! receiver.
+//!
+//! bincode writes a variant's index: append new variants at the end, never
+//! reorder or remove one, and bump [`crate::PROTOCOL_VERSION`] on any change.
+//! The golden-bytes tests at the bottom catch accidents.
+//!
+//! Times are milliseconds since the Unix epoch; clients format them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+
+// ---------------------------------------------------------------- observer
+
+/// Observer to dispatcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObserverToDispatcher {
+    /// Queue a test of `commit` unless this (repository, commit) is known.
+    Submit(Submit),
+}
+
+/// A commit seen on a branch of a repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submit {
+    pub repo: RepoUrl,
+    pub branch: Branch,
+    pub commit: CommitId,
+}
+
+/// Dispatcher to observer: one answer per `Submit`, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DispatcherToObserver {
+    /// The submission is durable (committed to the database).
+    Accepted(Accepted),
+    /// The submission was refused and will never be accepted as it is.
+    Refused(Refused),
+}
+
+/// A submission recorded, or recognised as already recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub task_id: TaskId,
+    /// True when the (repository, commit) was already known.
+    pub duplicate: bool,
+}
+
+/// A request that was refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub reason: String,
+}
+
+// ------------------------------------------------------------------ runner
+
+/// Runner to dispatcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerToDispatcher {
+    /// First message after the handshake: what the runner is and holds.
+    Register(Register),
+    /// Answer to a [`Ping`] with the same sequence number.
+    Pong(Pong),
+    /// A piece of a task's console output.
+    Output(Output),
+    /// A task's final result.
+    Result(TaskResult),
+    /// The runner is stopping: assign it nothing more.
+    Draining,
+}
+
+/// What a runner offers and which tasks it still holds from before a
+/// reconnect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub labels: Vec<Label>,
+    pub slots: u32,
+    pub host: HostFacts,
+    pub held: Vec<Held>,
+}
+
+/// Facts about the runner's host, shown by `baton runners`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub os: String,
+    pub arch: String,
+    pub cpus: u32,
+}
+
+/// A task attempt a runner is running or has finished but not delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub task_id: TaskId,
+    pub attempt: u32,
+}
+
+/// Heartbeat answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    pub seq: u64,
+}
+
+/// Console output bytes of one attempt, starting at byte `offset` of its log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Output")
+            .field("task_id", &self.task_id)
+            .field("attempt", &self.attempt)
+            .field("offset", &self.offset)
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+/// How an attempt ended, as the runner saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The test command exited 0.
+    Passed,
+    /// The test command exited non-zero, was killed, or timed out.
+    Failed,
+    /// The runner could not run the test (fetch, checkout, spawn failed).
+    Error,
+    /// The dispatcher aborted the attempt.
+    Aborted,
+}
+
+/// Counts of tests recognised in the output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+}
+
+/// The final result of one attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub summary: Option<Summary>,
+    /// Why the attempt failed or errored, when it was not the test itself
+    /// (`timeout`, `commit not found`, ...).
+    pub reason: Option<String>,
+    /// Total length of the attempt's console output, so the dispatcher
+    /// knows whether it has all of it.
+    pub output_len: u64,
+}
+
+/// Dispatcher to runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DispatcherToRunner {
+    /// Answer to [`Register`]: which held attempts to resume.
+    Registered(Registered),
+    /// Heartbeat; answer with a [`Pong`].
+    Ping(Ping),
+    /// Run this attempt.
+    Assign(Assign),
+    /// Stop this attempt and report it aborted.
+    Abort(Abort),
+    /// The result of this attempt is recorded (or refused): forget it.
+    ResultAck(ResultAck),
+    /// This attempt is no longer yours: stop it and discard what it made.
+    Forget(Forget),
+}
+
+/// Which held attempts the dispatcher adopts, and which it refuses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub resume: Vec<Resume>,
+    pub forget: Vec<Forget>,
+}
+
+/// Keep going with an attempt; send its output from byte `output_offset`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub output_offset: u64,
+}
+
+/// Heartbeat request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    pub seq: u64,
+}
+
+/// One attempt of a task, handed to a runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assign {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub repo: RepoUrl,
+    pub branch: Branch,
+    pub commit: CommitId,
+}
+
+/// Stop an attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abort {
+    pub task_id: TaskId,
+    pub attempt: u32,
+}
+
+/// The fate of a [`TaskResult`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultAck {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    /// False when the result was refused (the attempt is not current).
+    pub accepted: bool,
+    pub reason: Option<String>,
+}
+
+/// An attempt taken away from a runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forget {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub reason: String,
+}
+
+// ------------------------------------------------------------------ client
+
+/// Client (`baton`) to dispatcher: one request per connection or several in
+/// sequence, each answered in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientToDispatcher {
+    Status,
+    Runners,
+    Tasks(TaskQuery),
+    Show(Selector),
+    Submit(ManualSubmit),
+    Rerun(TaskId),
+    Abort(TaskId),
+    /// Console output of a task; with `follow`, streamed until it ends.
+    Log(LogRequest),
+}
+
+/// Filters for `baton tasks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskQuery {
+    pub repo: Option<RepoUrl>,
+    pub state: Option<TaskState>,
+    pub limit: u32,
+}
+
+/// A task by id, or the newest task of a commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Selector {
+    Id(TaskId),
+    Commit(CommitPrefix),
+}
+
+/// A manual trigger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualSubmit {
+    pub repo: RepoUrl,
+    pub branch: Branch,
+    pub commit: CommitId,
+    pub labels: Vec<Label>,
+}
+
+/// Which output to send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    pub task_id: TaskId,
+    pub follow: bool,
+}
+
+/// Dispatcher to client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DispatcherToClient {
+    Status(StatusReport),
+    Runners(Vec<RunnerInfo>),
+    Tasks(Vec<TaskInfo>),
+    /// Answer to `Show`: `None` when nothing matches.
+    Task(Option<Box<TaskInfo>>),
+    Accepted(Accepted),
+    /// Answer to `Abort`: the task as it is now.
+    Aborted(Box<TaskInfo>),
+    /// A piece of console output (answer to `Log`, possibly many).
+    LogChunk(Vec<u8>),
+    /// The end of `Log`: the task as it is now.
+    LogEnd(Box<TaskInfo>),
+    /// The request failed; the reason is for a human.
+    Error(String),
+}
+
+/// `baton status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub uptime_ms: u64,
+    pub runners_idle: u32,
+    pub runners_busy: u32,
+    pub runners_dead: u32,
+    /// Number of tasks in each state, every state listed.
+    pub tasks: Vec<(TaskState, u64)>,
+}
+
+/// A runner as the dispatcher sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerInfo {
+    pub name: Name,
+    pub address: String,
+    pub labels: Vec<Label>,
+    pub state: RunnerState,
+    pub slots: u32,
+    pub tasks: Vec<TaskId>,
+    pub last_seen_ms: i64,
+    pub host: HostFacts,
+}
+
+/// A runner's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerState {
+    Idle,
+    Busy,
+    Dead,
+}
+
+impl RunnerState {
+    /// The lowercase name used in JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerState::Idle => "idle",
+            RunnerState::Busy => "busy",
+            RunnerState::Dead => "dead",
+        }
+    }
+}
+
+/// A task as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub id: TaskId,
+    pub repo: RepoUrl,
+    pub branch: Branch,
+    pub commit: CommitId,
+    pub state: TaskState,
+    pub attempts: u32,
+    pub runner: Option<Name>,
+    pub exit_code: Option<i32>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub duration_ms: Option<u64>,
+    pub summary: Option<Summary>,
+    pub reason: Option<String>,
+    pub labels: Vec<Label>,
+    /// What created the task: `observer`, `manual` or `rerun`.
+    pub trigger: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    fn commit() -> CommitId {
+        CommitId::new("0123456789abcdef0123456789abcdef01234567").unwrap()
+    }
+
+    fn task_info() -> TaskInfo {
+        TaskInfo {
+            id: TaskId::new(7).unwrap(),
+            repo: RepoUrl::new("/srv/app.git").unwrap(),
+            branch: Branch::new("main").unwrap(),
+            commit: commit(),
+            state: TaskState::Passed,
+            attempts: 2,
+            runner: Some(Name::new("r1").unwrap()),
+            exit_code: Some(0),
+            created_at_ms: 1,
+            started_at_ms: Some(2),
+            finished_at_ms: Some(3),
+            duration_ms: Some(1),
+            summary: Some(Summary { passed: 3, failed: 0, skipped: 1 }),
+            reason: None,
+            labels: vec![Label::new("linux").unwrap()],
+            trigger: "observer".into(),
+        }
+    }
+
+    /// Encodes, decodes, compares, and returns the bytes as hex.
+    fn round_trip<T>(message: &T) -> String
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        let bytes = encode(message).unwrap();
+        let back: T = decode(&bytes).unwrap();
+        assert_eq!(&back, message);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn task_id() -> TaskId {
+        TaskId::new(7).unwrap()
+    }
+
+    #[test]
+    fn observer_messages_golden() {
+        let submit = ObserverToDispatcher::Submit(Submit {
+            repo: RepoUrl::new("/r").unwrap(),
+            branch: Branch::new("main").unwrap(),
+            commit: commit(),
+        });
+        let expected = format!("00{}{}{}", hex("/r"), hex("main"), hex(commit().as_str()));
+        assert_eq!(round_trip(&submit), expected);
+        let accepted = DispatcherToObserver::Accepted(Accepted { task_id: task_id(), duplicate: true });
+        assert_eq!(round_trip(&accepted), "000e01");
+        let refused = DispatcherToObserver::Refused(Refused { reason: "no".into() });
+        assert_eq!(round_trip(&refused), "01026e6f");
+    }
+
+    #[test]
+    fn runner_messages_golden() {
+        let cases: Vec<(RunnerToDispatcher, &str)> = vec![
+            (
+                RunnerToDispatcher::Register(Register {
+                    labels: vec![Label::new("a").unwrap()],
+                    slots: 1,
+                    host: HostFacts { os: "l".into(), arch: "x".into(), cpus: 2 },
+                    held: vec![Held { task_id: task_id(), attempt: 1 }],
+                }),
+                "00 01 0161 01 016c 0178 02 01 0e 01",
+            ),
+            (RunnerToDispatcher::Pong(Pong { seq: 5 }), "0105"),
+            (
+                RunnerToDispatcher::Output(Output {
+                    task_id: task_id(),
+                    attempt: 1,
+                    offset: 3,
+                    data: b"hi".to_vec(),
+                }),
+                "02 0e 01 03 02 6869",
+            ),
+            (
+                RunnerToDispatcher::Result(TaskResult {
+                    task_id: task_id(),
+                    attempt: 1,
+                    outcome: Outcome::Failed,
+                    exit_code: Some(1),
+                    duration_ms: 300,
+                    summary: Some(Summary { passed: 1, failed: 1, skipped: 0 }),
+                    reason: None,
+                    output_len: 9,
+                }),
+                "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09",
+            ),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
+        }
+        let to_runner: Vec<(DispatcherToRunner, &str)> = vec![
+            (
+                DispatcherToRunner::Registered(Registered {
+                    resume: vec![Resume { task_id: task_id(), attempt: 1, output_offset: 4 }],
+                    forget: vec![],
+                }),
+                "00 01 0e 01 04 00",
+            ),
+            (DispatcherToRunner::Ping(Ping { seq: 9 }), "0109"),
+            (
+                DispatcherToRunner::Assign(Assign {
+                    task_id: task_id(),
+                    attempt: 2,
+                    repo: RepoUrl::new("/r").unwrap(),
+                    branch: Branch::new("m").unwrap(),
+                    commit: commit(),
+                }),
+                format!("020e02{}{}{}", hex("/r"), hex("m"), hex(commit().as_str())).leak(),
+            ),
+            (DispatcherToRunner::Abort(Abort { task_id: task_id(), attempt: 2 }), "030e02"),
+            (
+                DispatcherToRunner::ResultAck(ResultAck {
+                    task_id: task_id(),
+                    attempt: 2,
+                    accepted: true,
+                    reason: None,
+                }),
+                "040e020100",
+            ),
+            (
+                DispatcherToRunner::Forget(Forget { task_id: task_id(), attempt: 2, reason: "x".into() }),
+                "050e02 0178",
+            ),
+        ];
+        for (message, expected) in to_runner {
+            assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn client_messages_golden() {
+        let requests: Vec<(ClientToDispatcher, &str)> = vec![
+            (ClientToDispatcher::Status, "00"),
+            (ClientToDispatcher::Runners, "01"),
+            (
+                ClientToDispatcher::Tasks(TaskQuery {
+                    repo: None,
+                    state: Some(TaskState::Failed),
+                    limit: 50,
+                }),
+                "0200010332",
+            ),
+            (ClientToDispatcher::Show(Selector::Id(task_id())), "03000e"),
+            (
+                ClientToDispatcher::Show(Selector::Commit(CommitPrefix::new("abcd").unwrap())),
+                "03010461626364",
+            ),
+            (
+                ClientToDispatcher::Submit(ManualSubmit {
+                    repo: RepoUrl::new("/r").unwrap(),
+                    branch: Branch::new("m").unwrap(),
+                    commit: commit(),
+                    labels: vec![],
+                }),
+                format!("04{}{}{}00", hex("/r"), hex("m"), hex(commit().as_str())).leak(),
+            ),
+            (ClientToDispatcher::Rerun(task_id()), "050e"),
+            (ClientToDispatcher::Abort(task_id()), "060e"),
+            (ClientToDispatcher::Log(LogRequest { task_id: task_id(), follow: true }), "070e01"),
+        ];
+        for (message, expected) in requests {
+            assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
+        }
+        let status = DispatcherToClient::Status(StatusReport {
+            version: "1".into(),
+            uptime_ms: 2,
+            runners_idle: 1,
+            runners_busy: 0,
+            runners_dead: 0,
+            tasks: vec![(TaskState::Running, 3)],
+        });
+        assert_eq!(round_trip(&status), "00 0131 02 01 00 00 01 01 03".replace(' ', ""));
+        let runner = RunnerInfo {
+            name: Name::new("r").unwrap(),
+            address: "a".into(),
+            labels: vec![],
+            state: RunnerState::Busy,
+            slots: 1,
+            tasks: vec![task_id()],
+            last_seen_ms: 1,
+            host: HostFacts::default(),
+        };
+        assert_eq!(
+            round_trip(&DispatcherToClient::Runners(vec![runner])),
+            "01 01 0172 0161 00 01 01 010e 02 00 00 00".replace(' ', "")
+        );
+        for response in [
+            DispatcherToClient::Tasks(vec![task_info()]),
+            DispatcherToClient::Task(Some(Box::new(task_info()))),
+            DispatcherToClient::Task(None),
+            DispatcherToClient::Accepted(Accepted { task_id: task_id(), duplicate: false }),
+            DispatcherToClient::Aborted(Box::new(task_info())),
+            DispatcherToClient::LogChunk(vec![0, 255, b':', b'\n']),
+            DispatcherToClient::LogEnd(Box::new(task_info())),
+            DispatcherToClient::Error("nope".into()),
+        ] {
+            round_trip(&response);
+        }
+        assert_eq!(round_trip(&DispatcherToClient::Task(None)), "0300");
+        assert_eq!(round_trip(&DispatcherToClient::Error("e".into())), "080165");
+    }
+
+    fn hex(text: &str) -> String {
+        let mut out = format!("{:02x}", text.len());
+        for byte in text.bytes() {
+            out.push_str(&format!("{byte:02x}"));
+        }
+        out
+    }
+}

@@ -1,0 +1,123 @@
+//! What every daemon needs around a connection but that is not the wire
+//! format itself: dialling the dispatcher, reconnect back-off, logging set-up
+//! and the stop signal. Kept here so the three daemons share one copy without
+//! depending on each other.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::handshake::{self, Role, Secret, Welcome};
+use crate::types::Name;
+use crate::{Connection, Error};
+
+/// Dials `address` and completes the handshake as `role`.
+///
+/// # Errors
+/// Connection refused, handshake failures and rejects.
+pub async fn dial<In, Out>(
+    address: &str,
+    role: Role,
+    name: &Name,
+    secret: Option<&Secret>,
+    max_frame: usize,
+) -> Result<(Connection<In, Out>, Welcome), Error>
+where
+    In: serde::de::DeserializeOwned,
+    Out: serde::Serialize,
+{
+    let stream = tokio::time::timeout(crate::HANDSHAKE_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| Error::Timeout)??;
+    handshake::connect(stream, role, name, secret, max_frame).await
+}
+
+/// Capped exponential back-off with jitter, for reconnecting to a dispatcher
+/// that is gone.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+    }
+}
+
+impl Backoff {
+    /// Starts at `initial`, doubles up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { next: initial, initial, max }
+    }
+
+    /// The delay before the next try: the current step with up to ±25 %
+    /// jitter, so that many peers of a restarted dispatcher do not return in
+    /// one burst.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = rand::rng().random_range(0.75..1.25);
+        base.mul_f64(jitter)
+    }
+
+    /// Back to the initial delay after a success.
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` (default `info`) to stderr,
+/// as text or as JSON lines.
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Returns a token cancelled on the first SIGINT or SIGTERM.
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+pub fn stop_token() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received, stopping"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, stopping"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let delays: Vec<Duration> = (0..5).map(|_| backoff.next_delay()).collect();
+        let bounds = [100, 200, 400, 400, 400];
+        for (delay, bound) in delays.iter().zip(bounds) {
+            let bound = Duration::from_millis(bound);
+            assert!(*delay >= bound.mul_f64(0.75) && *delay <= bound.mul_f64(1.25), "{delays:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(125));
+    }
+}
