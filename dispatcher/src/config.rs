@@ -1,0 +1,139 @@
+//! The dispatcher's resolved configuration: flags over the TOML file over
+//! defaults, validated once. Nothing after `main` sees the raw [`Cli`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::cli::Cli;
+use crate::scheduler::Settings;
+use crate::store::Sync;
+
+/// Everything `run` needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub token_file: Option<PathBuf>,
+    pub settings: Settings,
+    pub sync: Sync,
+    pub log_json: bool,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    heartbeat_interval: Option<String>,
+    heartbeat_misses: Option<u32>,
+    max_attempts: Option<u32>,
+    output_cap: Option<u64>,
+    sync: Option<String>,
+    log_format: Option<String>,
+}
+
+impl Config {
+    /// Merges flags (and environment) over the config file over defaults.
+    ///
+    /// # Errors
+    /// An unreadable or invalid config file, or an invalid value.
+    pub fn from_cli(cli: Cli) -> anyhow::Result<Config> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let interval_text = cli.heartbeat_interval.or(file.heartbeat_interval).unwrap_or_else(|| "1s".into());
+        let heartbeat_interval = parse_duration(&interval_text, "heartbeat-interval")?;
+        let heartbeat_misses = cli.heartbeat_misses.or(file.heartbeat_misses).unwrap_or(3);
+        let max_attempts = cli.max_attempts.or(file.max_attempts).unwrap_or(3);
+        anyhow::ensure!(heartbeat_misses >= 1, "--heartbeat-misses must be at least 1");
+        anyhow::ensure!(max_attempts >= 1, "--max-attempts must be at least 1");
+        let sync = match cli.sync.or(file.sync).as_deref().unwrap_or("full") {
+            "full" => Sync::Full,
+            "normal" => Sync::Normal,
+            other => anyhow::bail!("invalid --sync {other:?}: expected full or normal"),
+        };
+        Ok(Config {
+            listen: cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into()),
+            data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),
+            token_file: cli.token_file.or(file.token_file),
+            settings: Settings {
+                heartbeat_interval,
+                heartbeat_misses,
+                max_attempts,
+                output_cap: cli.output_cap.or(file.output_cap).unwrap_or(64 * 1024 * 1024),
+            },
+            sync,
+            log_json: parse_log_format(cli.log_format.or(file.log_format).as_deref())?,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+}
+
+/// Parses a humantime duration ("1s", "250ms", "10m"), which must be > 0.
+///
+/// # Errors
+/// Unparsable or zero durations.
+pub fn parse_duration(text: &str, flag: &str) -> anyhow::Result<Duration> {
+    let duration = humantime::parse_duration(text).with_context(|| format!("invalid --{flag} {text:?}"))?;
+    anyhow::ensure!(!duration.is_zero(), "--{flag} must be longer than zero");
+    Ok(duration)
+}
+
+fn parse_log_format(value: Option<&str>) -> anyhow::Result<bool> {
+    match value.unwrap_or("text") {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        other => anyhow::bail!("invalid --log-format {other:?}: expected text or json"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("baton-dispatcher").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let config = Config::from_cli(cli(&[])).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8888");
+        assert_eq!(config.settings.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(config.settings.heartbeat_misses, 3);
+        assert_eq!(config.settings.max_attempts, 3);
+        assert_eq!(config.sync, Sync::Full);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        std::fs::write(&path, "heartbeat_interval = \"2s\"\nmax_attempts = 5\nlisten = \"0.0.0.0:1\"\n")
+            .unwrap();
+        let path_text = path.to_str().unwrap();
+        let config = Config::from_cli(cli(&["--config", path_text, "--max-attempts", "7"])).unwrap();
+        assert_eq!(config.settings.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(config.settings.max_attempts, 7);
+        assert_eq!(config.listen, "0.0.0.0:1");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let err = Config::from_cli(cli(&["--heartbeat-interval", "soon"])).unwrap_err();
+        assert!(format!("{err:#}").contains("invalid --heartbeat-interval"), "{err:#}");
+        let err = Config::from_cli(cli(&["--sync", "maybe"])).unwrap_err();
+        assert!(format!("{err:#}").contains("expected full or normal"), "{err:#}");
+    }
+}

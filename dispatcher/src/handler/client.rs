@@ -1,0 +1,206 @@
+//! Client (`baton`) connections: queries answered from the store's readers
+//! or the scheduler's memory, commands sent to the scheduler, and console
+//! output streamed from the log files.
+
+use std::io::SeekFrom;
+
+use protocol::message::{ClientToDispatcher, DispatcherToClient, LogRequest, Selector, TaskInfo};
+use protocol::{Connection, Sender, TaskId};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::{Event, Stopped};
+use crate::server::Shared;
+use crate::store::Trigger;
+
+/// Most tasks one `tasks` query returns.
+const MAX_LIMIT: u32 = 10_000;
+/// Bytes of console output per `LogChunk`.
+const LOG_CHUNK: usize = 256 * 1024;
+
+/// Serves one client until it disconnects or the dispatcher stops.
+pub async fn serve(
+    conn: Connection<ClientToDispatcher, DispatcherToClient>,
+    shared: &Shared,
+    authenticated: bool,
+    token: CancellationToken,
+) {
+    // Without a token file only loopback peers get this far, and they may
+    // steer; with one, only peers that proved the secret may.
+    let may_steer = authenticated || shared.secret.is_none();
+    let (mut receiver, mut sender) = conn.split();
+    loop {
+        let request = tokio::select! {
+            _ = token.cancelled() => return,
+            request = receiver.recv() => request,
+        };
+        let request = match request {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "bad frame from client; closing");
+                return;
+            }
+        };
+        tracing::debug!(request = ?request, "client request");
+        let result = match request {
+            ClientToDispatcher::Log(log) => stream_log(&mut sender, shared, log, &token).await,
+            other => {
+                let answer = answer(shared, other, may_steer).await;
+                sender.send(&answer).await.map_err(anyhow::Error::from)
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %format!("{err:#}"), "client went away");
+            return;
+        }
+    }
+}
+
+async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -> DispatcherToClient {
+    let steering = matches!(
+        request,
+        ClientToDispatcher::Submit(_) | ClientToDispatcher::Rerun(_) | ClientToDispatcher::Abort(_)
+    );
+    if steering && !may_steer {
+        return DispatcherToClient::Error("not allowed: this command needs an authenticated client".into());
+    }
+    let scheduler = &shared.scheduler;
+    let result: Result<DispatcherToClient, String> = match request {
+        ClientToDispatcher::Status => scheduler
+            .ask(|reply| Event::Status { reply })
+            .await
+            .map(DispatcherToClient::Status)
+            .map_err(stopped),
+        ClientToDispatcher::Runners => scheduler
+            .ask(|reply| Event::Runners { reply })
+            .await
+            .map(DispatcherToClient::Runners)
+            .map_err(stopped),
+        ClientToDispatcher::Tasks(query) => {
+            let limit = query.limit.clamp(1, MAX_LIMIT);
+            shared
+                .readers
+                .query(move |reader| reader.tasks(query.repo.as_ref(), query.state, limit))
+                .await
+                .map(DispatcherToClient::Tasks)
+                .map_err(|err| format!("{err:#}"))
+        }
+        ClientToDispatcher::Show(selector) => shared
+            .readers
+            .query(move |reader| match &selector {
+                Selector::Id(id) => reader.task(*id),
+                Selector::Commit(prefix) => reader.newest_for_commit(prefix),
+            })
+            .await
+            .map(|task| DispatcherToClient::Task(task.map(Box::new)))
+            .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Submit(submit) => {
+            let task =
+                super::new_task(submit.repo, submit.branch, submit.commit, submit.labels, Trigger::Manual);
+            match scheduler.ask(|reply| Event::Submit { task, reply }).await {
+                Ok(result) => result.map(DispatcherToClient::Accepted),
+                Err(err) => Err(stopped(err)),
+            }
+        }
+        ClientToDispatcher::Rerun(task_id) => {
+            match scheduler.ask(|reply| Event::Rerun { task_id, reply }).await {
+                Ok(result) => result.map(DispatcherToClient::Accepted),
+                Err(err) => Err(stopped(err)),
+            }
+        }
+        ClientToDispatcher::Abort(task_id) => {
+            match scheduler.ask(|reply| Event::Abort { task_id, reply }).await {
+                Ok(result) => result.map(|task| DispatcherToClient::Aborted(Box::new(task))),
+                Err(err) => Err(stopped(err)),
+            }
+        }
+        ClientToDispatcher::Log(_) => Err("log is streamed, not answered".into()),
+    };
+    result.unwrap_or_else(DispatcherToClient::Error)
+}
+
+fn stopped(err: Stopped) -> String {
+    err.to_string()
+}
+
+/// Sends a task's output: what the log holds, then, with `follow`, what is
+/// appended until the task ends; then `LogEnd` with the task.
+async fn stream_log(
+    sender: &mut Sender<DispatcherToClient>,
+    shared: &Shared,
+    request: LogRequest,
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
+    let task_id = request.task_id;
+    let Some(task) = read_task(shared, task_id).await? else {
+        sender.send(&DispatcherToClient::Error(format!("no task {task_id}"))).await?;
+        return Ok(());
+    };
+    let progress = if request.follow && !task.state.is_final() {
+        shared.scheduler.ask(|reply| Event::Follow { task_id, reply }).await.ok().flatten()
+    } else {
+        None
+    };
+    let path = shared.files.log_path(task_id);
+    let mut offset = 0u64;
+    if let Some(mut progress) = progress {
+        let mut attempt = progress.borrow().attempt;
+        loop {
+            let now = *progress.borrow_and_update();
+            if now.attempt != attempt {
+                attempt = now.attempt;
+                offset = 0;
+                let marker = format!("\n[baton: task restarted as attempt {attempt}]\n");
+                sender.send(&DispatcherToClient::LogChunk(marker.into_bytes())).await?;
+            }
+            offset = send_file(sender, &path, offset, Some(now.len)).await?;
+            if now.ended {
+                break;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                changed = progress.changed() => if changed.is_err() { break },
+            }
+        }
+    }
+    send_file(sender, &path, offset, None).await?;
+    let task = read_task(shared, task_id).await?.unwrap_or(task);
+    sender.send(&DispatcherToClient::LogEnd(Box::new(task))).await?;
+    Ok(())
+}
+
+async fn read_task(shared: &Shared, task_id: TaskId) -> anyhow::Result<Option<TaskInfo>> {
+    shared.readers.query(move |reader| reader.task(task_id)).await
+}
+
+/// Sends the log from `offset` up to `end` (or its current end), returning
+/// the new offset. A missing log is an empty one.
+async fn send_file(
+    sender: &mut Sender<DispatcherToClient>,
+    path: &std::path::Path,
+    mut offset: u64,
+    end: Option<u64>,
+) -> anyhow::Result<u64> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
+        Err(err) => return Err(err.into()),
+    };
+    file.seek(SeekFrom::Start(offset)).await?;
+    let mut buffer = vec![0u8; LOG_CHUNK];
+    loop {
+        let want = match end {
+            Some(end) if offset >= end => break,
+            Some(end) => LOG_CHUNK.min((end - offset) as usize),
+            None => LOG_CHUNK,
+        };
+        let read = file.read(&mut buffer[..want]).await?;
+        if read == 0 {
+            break;
+        }
+        offset += read as u64;
+        sender.send(&DispatcherToClient::LogChunk(buffer[..read].to_vec())).await?;
+    }
+    Ok(offset)
+}

@@ -1,0 +1,17 @@
+//! One handler per peer role, each reading its role's messages and turning
+//! them into scheduler events or store queries.
+
+pub mod client;
+pub mod observer;
+pub mod runner;
+
+/// Converts a submission from the wire into a store row.
+pub(crate) fn new_task(
+    repo: protocol::RepoUrl,
+    branch: protocol::Branch,
+    commit: protocol::CommitId,
+    labels: Vec<protocol::Label>,
+    trigger: crate::store::Trigger,
+) -> crate::store::NewTask {
+    crate::store::NewTask { repo, branch, commit, labels, trigger }
+}

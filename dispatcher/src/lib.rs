@@ -1,0 +1,103 @@
+//! `baton-dispatcher` as a library, so tests and benchmarks can start it in
+//! process: [`run`] takes a bound listener and a stop signal.
+//!
+//! Map: `server` accepts connections and runs the handshake; `handler` has
+//! one module per peer role; `scheduler` owns the live state and the writing
+//! store connection; `store` owns every SQL string; `files` owns the data
+//! directory's layout; `readers` serves client queries.
+
+pub mod cli;
+pub mod config;
+pub mod files;
+pub mod handler;
+pub mod readers;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use protocol::Secret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// How long connection tasks get to finish after the stop signal.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the dispatcher on `listener` until `shutdown` is cancelled.
+///
+/// # Errors
+/// When the data directory or database cannot be opened, the token file
+/// cannot be read, or the store fails while running (disk full, I/O errors):
+/// the daemon then stops, and a restart recovers from what was committed.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let files = files::DataDir::create(&config.data_dir)?;
+    let store = store::Store::open(&files.database(), config.sync)?;
+    let secret = match &config.token_file {
+        Some(path) => {
+            let (secret, loose) =
+                Secret::from_file(path).with_context(|| format!("reading token file {}", path.display()))?;
+            if loose {
+                tracing::warn!(path = %path.display(), "token file is readable by group or others");
+            }
+            tracing::info!("peers must prove the shared secret");
+            Some(secret)
+        }
+        None => {
+            tracing::warn!("no token file: accepting only loopback peers");
+            None
+        }
+    };
+    let (scheduler, thread) =
+        scheduler::start(store, files.clone(), config.settings.clone(), shutdown.clone())?;
+    let readers = readers::Readers::new(files.database());
+    let shared = Arc::new(server::Shared::new(scheduler.clone(), readers, files, secret, shutdown.clone()));
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "dispatcher started");
+
+    let tracker = TaskTracker::new();
+    let ticker = {
+        let scheduler = scheduler.clone();
+        let shutdown = shutdown.clone();
+        let period = config.settings.tick_period();
+        tracker.spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = interval.tick() => {
+                        if scheduler.send(scheduler::Event::Tick).await.is_err() { break }
+                    }
+                }
+            }
+        })
+    };
+    server::serve(listener, Arc::clone(&shared), &tracker).await;
+    tracing::info!("stopping: no new connections");
+    tracker.close();
+    if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("some connections did not finish in time");
+    }
+    drop(ticker);
+    // The scheduler thread ends once the last handle is gone; it has
+    // committed every batch it acknowledged.
+    drop(shared);
+    drop(scheduler);
+    let joined = tokio::task::spawn_blocking(move || thread.join());
+    match tokio::time::timeout(GRACE, joined).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(_))) => anyhow::bail!("the scheduler thread panicked"),
+        Ok(Err(err)) => return Err(err.into()),
+        Err(_) => tracing::warn!("scheduler did not stop in time"),
+    }
+    if shutdown.is_cancelled() && scheduler::failed() {
+        anyhow::bail!("stopped because the store failed (see the error above)");
+    }
+    tracing::info!("dispatcher stopped");
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! The scheduler: the one owner of the dispatcher's live state.
+//!
+//! It runs on a dedicated thread that owns the writing [`Store`]. Connection
+//! tasks send it [`Event`]s over a bounded channel; it takes a batch of them,
+//! applies each to its in-memory state and to one SQLite transaction, hands
+//! pending tasks to idle runners, commits, and only then performs the
+//! batch's [`Effects`]: replies to observers and clients, messages to runners.
+//! So nothing is acknowledged before it is durable, and one commit (one
+//! fsync) carries many state changes.
+//!
+//! Deliberately not here: sockets and framing (`handler`), SQL (`store`), file
+//! layout (`files`).
+
+mod runners;
+mod tasks;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use protocol::message::{
+    Accepted, DispatcherToRunner, HostFacts, Register, RunnerInfo, RunnerToDispatcher, StatusReport, TaskInfo,
+};
+use protocol::{Label, Name, TaskId, TaskState};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::files::DataDir;
+use crate::store::{LiveTask, NewTask, Store};
+
+/// Events queued for the scheduler. Large enough for a burst of submissions
+/// from many observers plus a heartbeat round of 1,000 runners; a full queue
+/// makes connection tasks wait, which is the backpressure we want.
+const EVENT_QUEUE: usize = 8192;
+
+/// At most this many events share one transaction, bounding the latency one
+/// batch adds to the first event in it.
+const MAX_BATCH: usize = 1024;
+
+/// Messages queued for one runner's writer task. A runner that lets this many
+/// pile up is not reading and is treated as lost.
+pub const RUNNER_OUTBOX: usize = 1024;
+
+/// Set when the scheduler stopped because the store failed.
+static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the scheduler stopped because the store failed.
+pub fn failed() -> bool {
+    FAILED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Identifies one runner connection (a runner reconnecting gets a new one).
+pub type ConnId = u64;
+
+/// Everything the scheduler reacts to.
+pub enum Event {
+    /// An observer's or client's submission.
+    Submit {
+        task: NewTask,
+        reply: oneshot::Sender<Result<Accepted, String>>,
+    },
+    /// A runner finished its handshake and sent `Register`.
+    RunnerUp {
+        conn: ConnId,
+        name: Name,
+        address: String,
+        register: Register,
+        outbox: mpsc::Sender<DispatcherToRunner>,
+        kill: CancellationToken,
+    },
+    /// A message from a registered runner.
+    FromRunner {
+        conn: ConnId,
+        message: RunnerToDispatcher,
+    },
+    /// A runner connection closed or failed.
+    RunnerDown {
+        conn: ConnId,
+        reason: String,
+    },
+    /// Heartbeat clock, several times per heartbeat interval.
+    Tick,
+    Status {
+        reply: oneshot::Sender<StatusReport>,
+    },
+    Runners {
+        reply: oneshot::Sender<Vec<RunnerInfo>>,
+    },
+    Abort {
+        task_id: TaskId,
+        reply: oneshot::Sender<Result<TaskInfo, String>>,
+    },
+    Rerun {
+        task_id: TaskId,
+        reply: oneshot::Sender<Result<Accepted, String>>,
+    },
+    /// A client wants to follow a task's output; `None` if it has ended.
+    Follow {
+        task_id: TaskId,
+        reply: oneshot::Sender<Option<watch::Receiver<LogProgress>>>,
+    },
+}
+
+/// How far a task's log has grown, for followers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogProgress {
+    /// The attempt whose output `logs/<id>.log` holds.
+    pub attempt: u32,
+    pub len: u64,
+    pub ended: bool,
+}
+
+/// The scheduler's settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_misses: u32,
+    pub max_attempts: u32,
+    pub output_cap: u64,
+}
+
+impl Settings {
+    /// How long a silent runner (or a runner absent after a restart) is
+    /// waited for before its tasks go to another.
+    fn dead_after(&self) -> Duration {
+        self.heartbeat_interval * self.heartbeat_misses
+    }
+
+    /// The tick period: a quarter of the heartbeat, so that a silent runner
+    /// is declared dead at most a quarter interval after its window ends.
+    pub fn tick_period(&self) -> Duration {
+        (self.heartbeat_interval / 4).max(Duration::from_millis(5))
+    }
+}
+
+/// A cheap, cloneable way to send events to the scheduler.
+#[derive(Clone)]
+pub struct Handle {
+    events: mpsc::Sender<Event>,
+}
+
+impl Handle {
+    /// Queues an event; fails only when the scheduler has stopped.
+    pub async fn send(&self, event: Event) -> Result<(), Stopped> {
+        self.events.send(event).await.map_err(|_| Stopped)
+    }
+
+    /// Sends an event carrying a reply channel and awaits the reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply)).await?;
+        answer.await.map_err(|_| Stopped)
+    }
+}
+
+/// The scheduler stopped (shutdown, or a storage failure dropped the reply).
+#[derive(Debug)]
+pub struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the dispatcher's scheduler is not available (stopping, or its storage failed)")
+    }
+}
+
+/// Starts the scheduler thread.
+///
+/// `fatal` is cancelled when the store fails (disk full, I/O error), which
+/// stops the whole daemon: the in-memory state may then be ahead of the
+/// database, and a restart rebuilds it from what was committed.
+///
+/// # Errors
+/// When the live state cannot be read from the store.
+pub fn start(
+    store: Store,
+    files: DataDir,
+    settings: Settings,
+    fatal: CancellationToken,
+) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
+    let state = State::recover(&store, files, settings)?;
+    let (events, receiver) = mpsc::channel(EVENT_QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || run(store, state, receiver, fatal))?;
+    Ok((Handle { events }, thread))
+}
+
+fn run(mut store: Store, mut state: State, mut receiver: mpsc::Receiver<Event>, fatal: CancellationToken) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = receiver.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        if let Err(err) = state.process(&mut store, batch.drain(..)) {
+            tracing::error!(error = %format!("{err:#}"), "storage failed; stopping the dispatcher");
+            FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
+            fatal.cancel();
+            return;
+        }
+    }
+    tracing::debug!("scheduler stopped");
+}
+
+/// What a batch does once it is committed.
+#[derive(Default)]
+pub(crate) struct Effects {
+    to_runners: Vec<(ConnId, DispatcherToRunner)>,
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+impl Effects {
+    fn reply<T: Send + 'static>(&mut self, sender: oneshot::Sender<T>, value: T) {
+        self.replies.push(Box::new(move || {
+            // The asker may have gone away; nothing to do then.
+            let _ = sender.send(value);
+        }));
+    }
+
+    fn send_runner(&mut self, conn: ConnId, message: DispatcherToRunner) {
+        self.to_runners.push((conn, message));
+    }
+}
+
+/// One connected runner connection.
+struct Conn {
+    runner: Name,
+    outbox: mpsc::Sender<DispatcherToRunner>,
+    kill: CancellationToken,
+}
+
+/// A runner the dispatcher has seen since it started.
+struct Runner {
+    name: Name,
+    conn: Option<ConnId>,
+    address: String,
+    labels: Vec<Label>,
+    slots: u32,
+    host: HostFacts,
+    tasks: Vec<TaskId>,
+    last_seen: SystemTime,
+    last_heard: Instant,
+    draining: bool,
+}
+
+/// A task handed to a runner (or, after a restart, waiting for its runner to
+/// come back).
+struct Running {
+    task: LiveTask,
+    /// Bytes of this attempt's output stored in `logs/<id>.log`.
+    log_len: u64,
+    /// Set when the output cap was reached and the marker written.
+    truncated: bool,
+    /// Since when the runner is absent (dispatcher restart); `None` while
+    /// its runner is connected.
+    orphaned_at: Option<Instant>,
+}
+
+/// The scheduler's in-memory state, rebuilt from the store at start-up.
+pub(crate) struct State {
+    settings: Settings,
+    files: DataDir,
+    started: Instant,
+    runners: BTreeMap<Name, Runner>,
+    conns: HashMap<ConnId, Conn>,
+    /// Queued tasks; task ids increase in submission order, so the map's
+    /// order is oldest first.
+    pending: BTreeMap<TaskId, LiveTask>,
+    running: HashMap<TaskId, Running>,
+    counts: HashMap<TaskState, u64>,
+    follows: HashMap<TaskId, watch::Sender<LogProgress>>,
+    next_ping: u64,
+    last_ping: Instant,
+}
+
+impl State {
+    fn recover(store: &Store, files: DataDir, settings: Settings) -> anyhow::Result<State> {
+        let now = Instant::now();
+        let mut state = State {
+            settings,
+            files,
+            started: now,
+            runners: BTreeMap::new(),
+            conns: HashMap::new(),
+            pending: BTreeMap::new(),
+            running: HashMap::new(),
+            counts: store.count_by_state()?.into_iter().collect(),
+            follows: HashMap::new(),
+            next_ping: 1,
+            last_ping: now,
+        };
+        for task in store.live_tasks()? {
+            match task.state {
+                TaskState::Running => {
+                    let log_len = state.files.log_len(task.id);
+                    tracing::info!(task_id = %task.id, runner = ?task.runner.as_ref().map(Name::as_str),
+                        attempt = task.attempts, "waiting for the runner of a running task to come back");
+                    state
+                        .running
+                        .insert(task.id, Running { task, log_len, truncated: false, orphaned_at: Some(now) });
+                }
+                _ => {
+                    state.pending.insert(task.id, task);
+                }
+            }
+        }
+        tracing::info!(pending = state.pending.len(), running = state.running.len(), "recovered live tasks");
+        Ok(state)
+    }
+
+    fn process(&mut self, store: &mut Store, events: impl Iterator<Item = Event>) -> anyhow::Result<()> {
+        let mut effects = Effects::default();
+        let tx = store.begin()?;
+        for event in events {
+            self.handle(&tx, &mut effects, event)?;
+        }
+        self.schedule(&tx, &mut effects)?;
+        tx.commit()?;
+        self.apply(effects);
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        tx: &crate::store::Tx<'_>,
+        effects: &mut Effects,
+        event: Event,
+    ) -> anyhow::Result<()> {
+        match event {
+            Event::Submit { task, reply } => {
+                let accepted = self.submit(tx, task)?;
+                effects.reply(reply, Ok(accepted));
+            }
+            Event::RunnerUp { conn, name, address, register, outbox, kill } => {
+                self.conns.insert(conn, Conn { runner: name.clone(), outbox, kill });
+                self.register(tx, effects, conn, name, address, register)?;
+            }
+            Event::FromRunner { conn, message } => self.runner_message(tx, effects, conn, message)?,
+            Event::RunnerDown { conn, reason } => self.connection_lost(tx, conn, &reason)?,
+            Event::Tick => self.tick(tx, effects)?,
+            Event::Status { reply } => {
+                let status = self.status();
+                effects.reply(reply, status);
+            }
+            Event::Runners { reply } => {
+                let runners = self.runner_infos();
+                effects.reply(reply, runners);
+            }
+            Event::Abort { task_id, reply } => {
+                let result = self.abort(tx, effects, task_id)?;
+                effects.reply(reply, result);
+            }
+            Event::Rerun { task_id, reply } => {
+                let result = self.rerun(tx, task_id)?;
+                effects.reply(reply, result);
+            }
+            Event::Follow { task_id, reply } => {
+                let progress = self.follow(task_id);
+                effects.reply(reply, progress);
+            }
+        }
+        Ok(())
+    }
+
+    /// Performs a committed batch's effects.
+    fn apply(&mut self, effects: Effects) {
+        for reply in effects.replies {
+            reply();
+        }
+        let mut stuck = Vec::new();
+        for (conn_id, message) in effects.to_runners {
+            let Some(conn) = self.conns.get(&conn_id) else { continue };
+            if let Err(mpsc::error::TrySendError::Full(_)) = conn.outbox.try_send(message) {
+                stuck.push(conn_id);
+            }
+        }
+        for conn_id in stuck {
+            if let Some(conn) = self.conns.get(&conn_id) {
+                tracing::warn!(runner = %conn.runner, "runner is not reading its messages; dropping its connection");
+                // The connection task reports RunnerDown, which requeues its tasks.
+                conn.kill.cancel();
+            }
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let (mut idle, mut busy, mut dead) = (0, 0, 0);
+        for runner in self.runners.values() {
+            match runner.conn {
+                None => dead += 1,
+                Some(_) if runner.tasks.is_empty() => idle += 1,
+                Some(_) => busy += 1,
+            }
+        }
+        StatusReport {
+            version: protocol::BATON_VERSION.to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            runners_idle: idle,
+            runners_busy: busy,
+            runners_dead: dead,
+            tasks: TaskState::ALL.iter().map(|state| (*state, self.count(*state))).collect(),
+        }
+    }
+
+    fn count(&self, state: TaskState) -> u64 {
+        self.counts.get(&state).copied().unwrap_or(0)
+    }
+
+    fn move_count(&mut self, from: Option<TaskState>, to: TaskState) {
+        if let Some(from) = from {
+            let slot = self.counts.entry(from).or_default();
+            *slot = slot.saturating_sub(1);
+        }
+        *self.counts.entry(to).or_default() += 1;
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,127 @@
+//! The accept loop: one port for observers, runners and clients. Each
+//! connection gets a task that runs the handshake, then the handler of the
+//! peer's role. A panic in a connection task ends that task only.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::handshake::{self, Role, Secret};
+use protocol::message::{ClientToDispatcher, DispatcherToClient};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::files::DataDir;
+use crate::handler;
+use crate::readers::Readers;
+use crate::scheduler::Handle;
+
+/// Open connections at most: 1,000 runners plus observers and clients, with
+/// room to spare. Accepting waits when it is reached.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// What every connection task shares.
+pub struct Shared {
+    pub scheduler: Handle,
+    pub readers: Arc<Readers>,
+    pub files: DataDir,
+    pub secret: Option<Secret>,
+    pub max_frame: usize,
+    /// The daemon's stop signal (connection tokens are its children).
+    pub shutdown: CancellationToken,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    /// Bundles what connection tasks need.
+    pub fn new(
+        scheduler: Handle,
+        readers: Arc<Readers>,
+        files: DataDir,
+        secret: Option<Secret>,
+        shutdown: CancellationToken,
+    ) -> Shared {
+        Shared {
+            scheduler,
+            readers,
+            files,
+            secret,
+            max_frame: protocol::MAX_FRAME,
+            shutdown,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Accepts connections until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tracker: &TaskTracker) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let permit = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let shared = Arc::clone(&shared);
+                tracker.spawn(async move {
+                    connection(stream, peer, shared).await;
+                    drop(permit);
+                });
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %err, delay = ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let refuse = (shared.secret.is_none() && !peer.ip().is_loopback())
+        .then_some("this dispatcher has no token file and accepts only loopback peers");
+    let accepted = handshake::accept::<ClientToDispatcher, DispatcherToClient>(
+        stream,
+        shared.secret.as_ref(),
+        refuse,
+        shared.max_frame,
+    )
+    .await;
+    let (conn, admitted) = match accepted {
+        Ok(accepted) => accepted,
+        Err(err) => {
+            tracing::warn!(peer = %peer, error = %err, "handshake failed");
+            return;
+        }
+    };
+    let span =
+        tracing::info_span!("conn", peer = %peer, role = admitted.role.as_str(), name = %admitted.name);
+    let token = shared.shutdown.child_token();
+    let name = admitted.name.clone();
+    let work = async move {
+        tracing::debug!("peer admitted");
+        match admitted.role {
+            Role::Observer => handler::observer::serve(conn.retype(), &shared, token).await,
+            Role::Runner => handler::runner::serve(conn.retype(), &shared, name, token).await,
+            Role::Client => handler::client::serve(conn, &shared, admitted.authenticated, token).await,
+        }
+    };
+    tracing::Instrument::instrument(work, span).await;
+}

@@ -1,0 +1,436 @@
+//! The dispatcher's SQLite store: every SQL string of the dispatcher lives in
+//! this module.
+//!
+//! One writing [`Store`] belongs to the scheduler thread, which groups the
+//! state changes of a batch of events into one [`Tx`] and acknowledges
+//! nothing before it commits. Queries from clients go through [`Reader`]s,
+//! separate connections that WAL lets read while the writer writes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use protocol::message::{Summary, TaskInfo};
+use protocol::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+use rusqlite::{params, OptionalExtension, Row};
+
+const SCHEMA_V1: &str = include_str!("schema.sql");
+
+/// Migrations in order; entry `i` takes the database from version `i` to
+/// `i + 1`.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+/// How hard SQLite syncs on commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// fsync on every commit: nothing committed is lost even on power loss.
+    Full,
+    /// WAL's NORMAL: nothing committed is lost when the process dies; the last
+    /// commits may be lost on power loss.
+    Normal,
+}
+
+/// What started a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Observer,
+    Manual,
+    Rerun,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Observer => "observer",
+            Trigger::Manual => "manual",
+            Trigger::Rerun => "rerun",
+        }
+    }
+}
+
+/// A task to insert.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub repo: RepoUrl,
+    pub branch: Branch,
+    pub commit: CommitId,
+    pub labels: Vec<Label>,
+    pub trigger: Trigger,
+}
+
+/// A task that is queued or running, as the scheduler keeps it in memory.
+#[derive(Clone, Debug)]
+pub struct LiveTask {
+    pub id: TaskId,
+    pub repo: RepoUrl,
+    pub branch: Branch,
+    pub commit: CommitId,
+    pub labels: Vec<Label>,
+    pub state: TaskState,
+    pub attempts: u32,
+    pub runner: Option<Name>,
+}
+
+/// The end of an attempt, to record.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub state: TaskState,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub summary: Option<Summary>,
+    pub reason: Option<String>,
+    pub at_ms: i64,
+}
+
+/// The writing connection.
+pub struct Store {
+    conn: rusqlite::Connection,
+}
+
+/// One write transaction; dropped without [`Tx::commit`] it rolls back.
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+/// A read-only connection for client queries.
+pub struct Reader {
+    conn: rusqlite::Connection,
+}
+
+fn configure(conn: &rusqlite::Connection) -> anyhow::Result<()> {
+    // A reader waiting on a checkpoint should wait, not fail.
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened, is not a Baton database, or is newer
+    /// than this binary.
+    pub fn open(path: &Path, sync: Sync) -> anyhow::Result<Store> {
+        let conn = rusqlite::Connection::open(path)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        Store::init(conn, sync)
+    }
+
+    /// An in-memory store, for tests.
+    ///
+    /// # Errors
+    /// Only if SQLite itself fails.
+    pub fn open_in_memory() -> anyhow::Result<Store> {
+        Store::init(rusqlite::Connection::open_in_memory()?, Sync::Normal)
+    }
+
+    fn init(mut conn: rusqlite::Connection, sync: Sync) -> anyhow::Result<Store> {
+        configure(&conn)?;
+        conn.pragma_update(None, "journal_mode", "wal").context("enabling WAL")?;
+        let sync_value = match sync {
+            Sync::Full => "full",
+            Sync::Normal => "normal",
+        };
+        conn.pragma_update(None, "synchronous", sync_value)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            anyhow::bail!(
+                "database schema version {version} is newer than this dispatcher ({})",
+                MIGRATIONS.len()
+            );
+        }
+        for (idx, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(migration).with_context(|| format!("migrating database to v{}", idx + 1))?;
+            tx.pragma_update(None, "user_version", (idx + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store { conn })
+    }
+
+    /// Starts a write transaction.
+    ///
+    /// # Errors
+    /// When SQLite cannot begin (locked, I/O).
+    pub fn begin(&mut self) -> anyhow::Result<Tx<'_>> {
+        Ok(Tx { tx: self.conn.transaction().context("beginning a transaction")? })
+    }
+
+    /// Every task that is pending or running, oldest first: what the
+    /// scheduler rebuilds its memory from at start-up.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn live_tasks(&self) -> anyhow::Result<Vec<LiveTask>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner FROM tasks
+             WHERE state IN ('pending', 'running') ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(LiveTask {
+                id: parse(row, 0, TaskId::new)?,
+                repo: parse(row, 1, |s: String| RepoUrl::new(s))?,
+                branch: parse(row, 2, |s: String| Branch::new(s))?,
+                commit: parse(row, 3, |s: String| CommitId::new(s))?,
+                labels: parse_labels(row, 4)?,
+                state: parse(row, 5, |s: String| s.parse::<TaskState>())?,
+                attempts: row.get(6)?,
+                runner: row.get::<_, Option<String>>(7)?.map(Name::new).transpose().map_err(invalid(7))?,
+            })
+        })?;
+        rows.collect::<Result<_, _>>().context("reading live tasks")
+    }
+
+    /// Number of tasks in each state.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn count_by_state(&self) -> anyhow::Result<Vec<(TaskState, u64)>> {
+        count_by_state(&self.conn)
+    }
+
+    /// Runs `PRAGMA integrity_check`.
+    ///
+    /// # Errors
+    /// SQLite errors; a damaged database is reported as `Ok(false)`.
+    pub fn integrity_ok(&self) -> anyhow::Result<bool> {
+        let result: String = self.conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+        Ok(result == "ok")
+    }
+}
+
+impl Tx<'_> {
+    /// Inserts a pending task.
+    ///
+    /// # Returns
+    /// The task's id and `true`, or, for an observer submission of a known
+    /// (repository, commit), the existing task's id and `false`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn insert_task(&self, task: &NewTask, now_ms: i64) -> anyhow::Result<(TaskId, bool)> {
+        let labels = join_labels(&task.labels);
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)
+             ON CONFLICT (repo, commit_id) WHERE trigger = 'observer' DO NOTHING",
+            )?
+            .execute(params![
+                task.repo.as_str(),
+                task.branch.as_str(),
+                task.commit.as_str(),
+                task.trigger.as_str(),
+                now_ms,
+                labels
+            ])?;
+        if inserted == 1 {
+            return Ok((task_id(self.tx.last_insert_rowid())?, true));
+        }
+        let existing: i64 = self
+            .tx
+            .prepare_cached(
+                "SELECT id FROM tasks WHERE repo = ?1 AND commit_id = ?2 AND trigger = 'observer'",
+            )?
+            .query_row(params![task.repo.as_str(), task.commit.as_str()], |row| row.get(0))?;
+        Ok((task_id(existing)?, false))
+    }
+
+    /// Marks a task running on `runner` as attempt `attempt`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn start_attempt(&self, id: TaskId, attempt: u32, runner: &Name, now_ms: i64) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached(
+                "UPDATE tasks SET state = 'running', attempts = ?2, runner = ?3, started_at = ?4,
+                 finished_at = NULL, exit_code = NULL, reason = NULL WHERE id = ?1",
+            )?
+            .execute(params![id.get(), attempt, runner.as_str(), now_ms])?;
+        Ok(())
+    }
+
+    /// Puts a task back in the queue after its runner was lost.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn requeue(&self, id: TaskId, reason: &str) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached("UPDATE tasks SET state = 'pending', runner = NULL, reason = ?2 WHERE id = ?1")?
+            .execute(params![id.get(), reason])?;
+        Ok(())
+    }
+
+    /// Records a task's final state.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn finish(&self, id: TaskId, finish: &Finish) -> anyhow::Result<()> {
+        let summary = finish.summary;
+        self.tx
+            .prepare_cached(
+                "UPDATE tasks SET state = ?2, exit_code = ?3, duration_ms = ?4, passed = ?5, failed = ?6,
+                 skipped = ?7, reason = ?8, finished_at = ?9 WHERE id = ?1",
+            )?
+            .execute(params![
+                id.get(),
+                finish.state.as_str(),
+                finish.exit_code,
+                finish.duration_ms.map(|ms| ms as i64),
+                summary.map(|s| s.passed),
+                summary.map(|s| s.failed),
+                summary.map(|s| s.skipped),
+                finish.reason,
+                finish.at_ms
+            ])?;
+        Ok(())
+    }
+
+    /// Reads one task inside the transaction (for rerun and late results).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn task(&self, id: TaskId) -> anyhow::Result<Option<TaskInfo>> {
+        let mut stmt = self.tx.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+        stmt.query_row([id.get()], task_info).optional().context("reading a task")
+    }
+
+    /// Commits; only after this may anything be acknowledged.
+    ///
+    /// # Errors
+    /// I/O errors (disk full): nothing of the transaction is stored.
+    pub fn commit(self) -> anyhow::Result<()> {
+        self.tx.commit().context("committing to the database")
+    }
+}
+
+impl Reader {
+    /// Opens a read-only connection to the database at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened.
+    pub fn open(path: &Path) -> anyhow::Result<Reader> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(path, flags)
+            .with_context(|| format!("opening database {} for reading", path.display()))?;
+        configure(&conn)?;
+        Ok(Reader { conn })
+    }
+
+    /// Tasks, newest first, optionally filtered.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn tasks(
+        &self,
+        repo: Option<&RepoUrl>,
+        state: Option<TaskState>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<TaskInfo>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR state = ?2)
+             ORDER BY id DESC LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(params![repo.map(RepoUrl::as_str), state.map(TaskState::as_str), limit], task_info)?;
+        rows.collect::<Result<_, _>>().context("listing tasks")
+    }
+
+    /// One task by id.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn task(&self, id: TaskId) -> anyhow::Result<Option<TaskInfo>> {
+        let mut stmt =
+            self.conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+        stmt.query_row([id.get()], task_info).optional().context("reading a task")
+    }
+
+    /// The newest task of the commits starting with `prefix`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn newest_for_commit(&self, prefix: &CommitPrefix) -> anyhow::Result<Option<TaskInfo>> {
+        // Hex digits sort below 'g', so [prefix, prefix + "g") is exactly the
+        // ids starting with the prefix, and the range uses the index.
+        let upper = format!("{prefix}g");
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE commit_id >= ?1 AND commit_id < ?2 ORDER BY id DESC LIMIT 1"
+        ))?;
+        stmt.query_row(params![prefix.as_str(), upper], task_info).optional().context("reading a task")
+    }
+}
+
+const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \
+     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger";
+
+fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
+    let passed: Option<u32> = row.get(12)?;
+    let summary = passed.map(|passed| -> rusqlite::Result<Summary> {
+        Ok(Summary {
+            passed,
+            failed: row.get::<_, Option<u32>>(13)?.unwrap_or(0),
+            skipped: row.get::<_, Option<u32>>(14)?.unwrap_or(0),
+        })
+    });
+    Ok(TaskInfo {
+        id: parse(row, 0, TaskId::new)?,
+        repo: parse(row, 1, |s: String| RepoUrl::new(s))?,
+        branch: parse(row, 2, |s: String| Branch::new(s))?,
+        commit: parse(row, 3, |s: String| CommitId::new(s))?,
+        state: parse(row, 4, |s: String| s.parse::<TaskState>())?,
+        attempts: row.get(5)?,
+        runner: row.get::<_, Option<String>>(6)?.map(Name::new).transpose().map_err(invalid(6))?,
+        exit_code: row.get(7)?,
+        created_at_ms: row.get(8)?,
+        started_at_ms: row.get(9)?,
+        finished_at_ms: row.get(10)?,
+        duration_ms: row.get::<_, Option<i64>>(11)?.map(|ms| ms.max(0) as u64),
+        summary: summary.transpose()?,
+        reason: row.get(15)?,
+        labels: parse_labels(row, 16)?,
+        trigger: row.get(17)?,
+    })
+}
+
+fn count_by_state(conn: &rusqlite::Connection) -> anyhow::Result<Vec<(TaskState, u64)>> {
+    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+    let mut counts: Vec<(TaskState, u64)> = TaskState::ALL.iter().map(|state| (*state, 0)).collect();
+    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (state, count) = row?;
+        let state: TaskState = state.parse().map_err(anyhow::Error::msg)?;
+        if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+            slot.1 = count as u64;
+        }
+    }
+    Ok(counts)
+}
+
+fn task_id(id: i64) -> anyhow::Result<TaskId> {
+    TaskId::new(id).map_err(anyhow::Error::msg)
+}
+
+fn invalid(idx: usize) -> impl Fn(String) -> rusqlite::Error {
+    move |reason| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, reason.into())
+}
+
+/// Reads column `idx` and checks it through the wire type's constructor, so a
+/// tampered database cannot inject an invalid value.
+fn parse<T, V, E>(row: &Row<'_>, idx: usize, check: impl FnOnce(V) -> Result<T, E>) -> rusqlite::Result<T>
+where
+    V: rusqlite::types::FromSql,
+    E: ToString,
+{
+    check(row.get(idx)?).map_err(|err| invalid(idx)(err.to_string()))
+}
+
+fn join_labels(labels: &[Label]) -> String {
+    labels.iter().map(Label::as_str).collect::<Vec<_>>().join(",")
+}
+
+fn parse_labels(row: &Row<'_>, idx: usize) -> rusqlite::Result<Vec<Label>> {
+    let text: String = row.get(idx)?;
+    text.split(',').filter(|s| !s.is_empty()).map(|s| Label::new(s).map_err(invalid(idx))).collect()
+}
