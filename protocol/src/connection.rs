@@ -153,3 +153,165 @@ impl<Out: Serialize> Sender<Out> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::handshake::{self, Role};
+    use crate::message::{DispatcherToObserver, ObserverToDispatcher};
+    use crate::types::Name;
+
+    /// A connected pair: raw client stream, typed server connection.
+    async fn pair(max_frame: usize) -> (TcpStream, Connection<ObserverToDispatcher, DispatcherToObserver>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, Connection::new(server, max_frame).unwrap())
+    }
+
+    async fn send_raw(stream: &mut TcpStream, bytes: &[u8]) {
+        stream.write_all(bytes).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_from_its_header() {
+        let (mut client, mut server) = pair(1024).await;
+        // A 100 MiB length prefix and nothing else: refused without waiting
+        // for (or allocating) the payload.
+        send_raw(&mut client, &(100u32 * 1024 * 1024).to_be_bytes()).await;
+        assert!(matches!(server.recv().await, Err(Error::FrameTooLarge { max: 1024 })));
+    }
+
+    #[tokio::test]
+    async fn a_truncated_frame_is_an_error_and_a_clean_close_is_none() {
+        let (mut client, mut server) = pair(1024).await;
+        send_raw(&mut client, &[0, 0, 0, 10, 1, 2]).await;
+        drop(client);
+        assert!(matches!(server.recv().await, Err(Error::Io(_))));
+        let (client, mut server) = pair(1024).await;
+        drop(client);
+        assert!(matches!(server.recv().await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn random_bytes_and_unknown_variants_do_not_decode() {
+        let (mut client, mut server) = pair(1024).await;
+        send_raw(&mut client, &frame(&[0x7f, 0xde, 0xad, 0xbe, 0xef])).await;
+        assert!(matches!(server.recv().await, Err(Error::Decode(_))));
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..500 {
+            let len = (seed % 64) as usize;
+            let payload: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            // Must return, never panic or abort; most are errors.
+            let _ = crate::codec::decode::<ObserverToDispatcher>(&payload);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_length_prefix_claiming_2_pow_63_bytes_fails_cleanly() {
+        // Variant 0 (Submit), then the repository string's length as a
+        // bincode varint: 0xfd + u64 little endian = 2^63 - 1 bytes.
+        let mut payload = vec![0x00, 0xfd];
+        payload.extend_from_slice(&(i64::MAX as u64).to_le_bytes());
+        let (mut client, mut server) = pair(1024).await;
+        send_raw(&mut client, &frame(&payload)).await;
+        assert!(matches!(server.recv().await, Err(Error::Decode(_))));
+    }
+
+    #[tokio::test]
+    async fn trailing_bytes_are_refused() {
+        let mut payload = crate::codec::encode(&DispatcherToObserver::Refused(crate::message::Refused {
+            reason: "x".into(),
+        }))
+        .unwrap();
+        payload.push(0);
+        assert!(crate::codec::decode::<DispatcherToObserver>(&payload).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_version_is_rejected_with_a_reason() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            handshake::accept::<ObserverToDispatcher, DispatcherToObserver>(stream, None, None, 1024).await
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut conn: Connection<handshake::DispatcherHandshake, handshake::Hello> =
+            Connection::new(stream, 1024).unwrap();
+        let hello = handshake::Hello { version: 999, role: Role::Observer, name: Name::new("o").unwrap() };
+        conn.send(&hello).await.unwrap();
+        match conn.recv().await.unwrap().unwrap() {
+            handshake::DispatcherHandshake::Reject(reject) => {
+                assert!(reject.reason.contains("version mismatch"), "{}", reject.reason)
+            }
+            other => panic!("expected a reject, got {other:?}"),
+        }
+        assert!(matches!(server.await.unwrap(), Err(Error::VersionMismatch { ours: 1, theirs: 999 })));
+    }
+
+    #[tokio::test]
+    async fn the_shared_secret_is_checked() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secret = crate::Secret::new(b"s3cret".to_vec()).unwrap();
+        let server_secret = secret.clone();
+        let server = tokio::spawn(async move {
+            let mut results = Vec::new();
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().await.unwrap();
+                let accepted = handshake::accept::<ObserverToDispatcher, DispatcherToObserver>(
+                    stream,
+                    Some(&server_secret),
+                    None,
+                    1024,
+                )
+                .await;
+                results.push(accepted.map(|(_, admitted)| admitted.authenticated));
+            }
+            results
+        });
+        let name = Name::new("o").unwrap();
+        let wrong = crate::Secret::new(b"guess".to_vec()).unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let refused = handshake::connect::<DispatcherToObserver, ObserverToDispatcher>(
+            stream,
+            Role::Observer,
+            &name,
+            Some(&wrong),
+            1024,
+        )
+        .await;
+        assert!(matches!(refused, Err(Error::Rejected { ref reason }) if reason == "authentication failed"));
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let admitted = handshake::connect::<DispatcherToObserver, ObserverToDispatcher>(
+            stream,
+            Role::Observer,
+            &name,
+            Some(&secret),
+            1024,
+        )
+        .await;
+        assert!(admitted.is_ok());
+        let results = server.await.unwrap();
+        assert!(results[0].is_err());
+        assert!(matches!(results[1], Ok(true)));
+    }
+}

@@ -1,1 +1,7 @@
-fn main() {}
+//! Baton's integration tests: each module is a scenario that starts the real
+//! binaries on loopback ports chosen at run time, against real git
+//! repositories in temp dirs, and asserts on what a user sees (`baton ...
+//! --json`, files in the data dir).
+
+mod foundation;
+mod support;
