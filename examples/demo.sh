@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The local demo, in the spirit of "500 Lines or Less": a test repository with
+# a passing and a failing test, the dispatcher, two runners and the observer
+# on loopback, a few commits, and the results as `baton` shows them.
+# Everything it starts is stopped when it exits; its files live in a temp dir.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+echo "==> building (debug)"
+cargo build --workspace --bins --quiet
+bin="$root/target/debug"
+work=$(mktemp -d -t baton-demo.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "${KEEP:-0}" = 1 ]; then echo "==> files kept in $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+baton() { "$bin/baton" "$@"; }
+
+# Waits until a commit's newest task has ended; fails after 60 s.
+wait_done() {
+  for _ in $(seq 600); do
+    if baton show "$1" --json 2>/dev/null | grep -Eq '"state": ?"(passed|failed|error|aborted)"'; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "commit $1 did not finish in 60 s; logs are in $work" >&2
+  KEEP=1
+  exit 1
+}
+
+echo "==> making a test repository in $work/repo"
+repo="$work/repo"
+git init -q -b main "$repo"
+git -C "$repo" config user.email demo@example.com
+git -C "$repo" config user.name "Baton Demo"
+mkdir -p "$repo/tests"
+cat > "$repo/tests/test_math.py" <<'PY'
+import unittest
+
+class MathTest(unittest.TestCase):
+    def test_add(self):
+        self.assertEqual(1 + 1, 2)
+
+    def test_multiply(self):
+        self.assertEqual(2 * 3, 6)
+PY
+git -C "$repo" add -A
+git -C "$repo" commit -q -m "two passing tests"
+first=$(git -C "$repo" rev-parse HEAD)
+
+echo "==> starting baton-dispatcher, two baton-runners and baton-observer --watch"
+"$bin/baton-dispatcher" --listen 127.0.0.1:0 --data-dir "$work/data" \
+  >"$work/dispatcher.addr" 2>"$work/dispatcher.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/dispatcher.addr" ] && break; sleep 0.05; done
+addr=$(head -n 1 "$work/dispatcher.addr")
+export BATON_DISPATCHER="$addr"
+echo "    dispatcher listening on $addr"
+for name in runner-a runner-b; do
+  "$bin/baton-runner" --dispatcher "$addr" --work-dir "$work/$name" --name "$name" 2>"$work/$name.log" &
+  pids+=($!)
+done
+"$bin/baton-observer" --dispatcher "$addr" --watch --state-file "$work/observer.json" "$repo" \
+  2>"$work/observer.log" &
+pids+=($!)
+
+wait_done "$first"
+echo "==> committing a failing test"
+cat > "$repo/tests/test_broken.py" <<'PY'
+import unittest
+
+class BrokenTest(unittest.TestCase):
+    def test_subtract(self):
+        self.assertEqual(5 - 3, 1)
+PY
+git -C "$repo" add -A
+git -C "$repo" commit -q -m "a failing test"
+broken=$(git -C "$repo" rev-parse HEAD)
+wait_done "$broken"
+
+echo "==> fixing it"
+sed -i 's/5 - 3, 1/5 - 3, 2/' "$repo/tests/test_broken.py"
+git -C "$repo" commit -q -am "fix the failing test"
+fixed=$(git -C "$repo" rev-parse HEAD)
+wait_done "$fixed"
+
+echo
+echo "\$ baton tasks"
+baton tasks
+echo
+echo "\$ baton show ${broken:0:10}"
+baton show "${broken:0:10}" || true
+echo
+echo "\$ baton log <the failing task>"
+broken_id=$(baton show "$broken" --json | sed -nE 's/.*"id": ?([0-9]+).*/\1/p' | head -n 1)
+baton log "$broken_id" | tail -n 12 || true
+echo
+echo "\$ baton runners"
+baton runners
+echo
+echo "\$ baton status"
+baton status
+echo
+echo "==> result files in the data dir:"
+ls "$work/data/test_results"
