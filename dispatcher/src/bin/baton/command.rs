@@ -1,0 +1,360 @@
+//! Running one invocation: connect, send the request, turn the answer into
+//! output and an [`Outcome`].
+//!
+//! This is the only module that pairs a request with the answers it may get;
+//! an answer that does not fit the request is an error, never a guess. What
+//! the output looks like lives in `render` and `json`, the connection in
+//! `session`, and exit codes in `main`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use protocol::message::{Accepted, ClientToDispatcher, DispatcherToClient, Selector};
+
+use crate::render::Style;
+use crate::request::Invocation;
+use crate::session::{Session, ANSWER_TIMEOUT};
+use crate::time::now_ms;
+use crate::{json, log, render};
+
+/// Where output goes and how it will be seen.
+pub struct Console<'a> {
+    /// Stdout: tables, JSON, log bytes.
+    pub out: &'a mut dyn Write,
+    /// Stderr: notes and verdicts (errors are `main`'s).
+    pub err: &'a mut dyn Write,
+    /// Whether stdout is a terminal, and whether to colour.
+    pub style: Style,
+}
+
+/// How a command ended when nothing went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit 1 without an error message: `log --follow` of a task that did not
+    /// pass (it has said so on stderr).
+    Unsuccessful,
+}
+
+/// Runs the invocation against the dispatcher.
+///
+/// # Errors
+/// [`crate::session::ConnectionFailed`] when the dispatcher is unreachable or
+/// the connection breaks; otherwise the dispatcher's `Error` answer, "no task
+/// ..." for a `show` that matched nothing, an answer that does not fit the
+/// request, or a failed write to stdout.
+pub async fn run(invocation: &Invocation, console: &mut Console<'_>) -> anyhow::Result<Outcome> {
+    let mut session = Session::open(&invocation.address, invocation.secret.as_ref()).await?;
+    session.send(&invocation.request).await?;
+    if let ClientToDispatcher::Log(request) = &invocation.request {
+        return log::stream(&mut session, request, console).await;
+    }
+    let answer = session.answer(Some(ANSWER_TIMEOUT)).await?;
+    let text = present(&invocation.request, answer, invocation.json, console)?;
+    console.out.write_all(text.as_bytes()).and_then(|()| console.out.flush()).context("writing to stdout")?;
+    Ok(Outcome::Success)
+}
+
+/// The text for stdout, for every request but `Log`.
+fn present(
+    request: &ClientToDispatcher,
+    answer: DispatcherToClient,
+    as_json: bool,
+    console: &mut Console<'_>,
+) -> anyhow::Result<String> {
+    let style = console.style;
+    let json_text = |value: serde_json::Value| json::to_text(&value, style.terminal) + "\n";
+    let text = match (request, answer) {
+        (_, DispatcherToClient::Error(reason)) => anyhow::bail!(reason),
+        (ClientToDispatcher::Status, DispatcherToClient::Status(report)) => {
+            if as_json {
+                json_text(json::status(&report))
+            } else {
+                render::status(&report, style)
+            }
+        }
+        (ClientToDispatcher::Runners, DispatcherToClient::Runners(runners)) => {
+            if as_json {
+                json_text(runners.iter().map(json::runner).collect())
+            } else {
+                render::runners(&runners, now_ms(), style)
+            }
+        }
+        (ClientToDispatcher::Tasks(_), DispatcherToClient::Tasks(tasks)) => {
+            if as_json {
+                json_text(tasks.iter().map(json::task).collect())
+            } else {
+                render::tasks(&tasks, now_ms(), style)
+            }
+        }
+        (ClientToDispatcher::Show(selector), DispatcherToClient::Task(found)) => {
+            let Some(task) = found else {
+                match selector {
+                    Selector::Id(id) => anyhow::bail!("no task with id {id}"),
+                    Selector::Commit(commit) => anyhow::bail!("no task for commit {commit}"),
+                }
+            };
+            if as_json {
+                json_text(json::task(&task))
+            } else {
+                render::task(&task, now_ms(), style)
+            }
+        }
+        (ClientToDispatcher::Abort(_), DispatcherToClient::Aborted(task)) => {
+            if as_json {
+                json_text(json::task(&task))
+            } else {
+                render::task(&task, now_ms(), style)
+            }
+        }
+        (
+            ClientToDispatcher::Submit(_) | ClientToDispatcher::Rerun(_),
+            DispatcherToClient::Accepted(accepted),
+        ) => {
+            if as_json {
+                json_text(json::accepted(&accepted))
+            } else {
+                note_duplicate(&accepted, console);
+                format!("{}\n", accepted.task_id)
+            }
+        }
+        (_, other) => return Err(unexpected(&other)),
+    };
+    Ok(text)
+}
+
+/// Stdout carries only the id, for `id=$(baton submit ...)`; a duplicate is
+/// worth telling the person.
+fn note_duplicate(accepted: &Accepted, console: &mut Console<'_>) {
+    if accepted.duplicate {
+        let _ = writeln!(
+            console.err,
+            "note: task {} already existed for this repository and commit",
+            accepted.task_id
+        );
+    }
+}
+
+/// The error for an answer that does not belong to the request sent: a
+/// dispatcher of another version, or a bug in one of the two.
+pub fn unexpected(answer: &DispatcherToClient) -> anyhow::Error {
+    // Named, not `{:?}`-printed: a log chunk can be megabytes.
+    let kind = match answer {
+        DispatcherToClient::Status(_) => "Status",
+        DispatcherToClient::Runners(_) => "Runners",
+        DispatcherToClient::Tasks(_) => "Tasks",
+        DispatcherToClient::Task(_) => "Task",
+        DispatcherToClient::Accepted(_) => "Accepted",
+        DispatcherToClient::Aborted(_) => "Aborted",
+        DispatcherToClient::LogChunk(_) => "LogChunk",
+        DispatcherToClient::LogEnd(_) => "LogEnd",
+        DispatcherToClient::Error(_) => "Error",
+    };
+    anyhow::anyhow!("unexpected answer from the dispatcher: {kind}")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use protocol::handshake::Role;
+    use protocol::message::{ManualSubmit, TaskInfo};
+    use protocol::{Branch, CommitId, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::cli::Cli;
+    use crate::fixtures;
+    use crate::session::ConnectionFailed;
+
+    /// A dispatcher that admits one client, reads one request, sends the
+    /// canned answers and closes; it hands back the request it read.
+    async fn fake_dispatcher(
+        secret: Option<Secret>,
+        answers: Vec<DispatcherToClient>,
+    ) -> (String, JoinHandle<ClientToDispatcher>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut connection, admitted) = protocol::handshake::accept::<
+                ClientToDispatcher,
+                DispatcherToClient,
+            >(stream, secret.as_ref(), None, protocol::MAX_FRAME)
+            .await
+            .unwrap();
+            assert_eq!(admitted.role, Role::Client);
+            assert_eq!(admitted.name.as_str(), "baton");
+            assert_eq!(admitted.authenticated, secret.is_some());
+            let request = connection.recv().await.unwrap().expect("a request");
+            for answer in &answers {
+                connection.send(answer).await.unwrap();
+            }
+            request
+        });
+        (address, server)
+    }
+
+    /// What one run of the client did.
+    struct Ran {
+        result: anyhow::Result<Outcome>,
+        stdout: Vec<u8>,
+        stderr: String,
+        request: ClientToDispatcher,
+    }
+
+    impl Ran {
+        fn stdout(&self) -> &str {
+            std::str::from_utf8(&self.stdout).unwrap()
+        }
+
+        fn error(&self) -> String {
+            format!("{:#}", self.result.as_ref().unwrap_err())
+        }
+    }
+
+    async fn run_client(args: &[&str], answers: Vec<DispatcherToClient>) -> Ran {
+        run_client_with_secret(args, None, answers).await
+    }
+
+    async fn run_client_with_secret(
+        args: &[&str],
+        secret: Option<Secret>,
+        answers: Vec<DispatcherToClient>,
+    ) -> Ran {
+        let (address, server) = fake_dispatcher(secret, answers).await;
+        let argv = ["baton", "--dispatcher", &address].into_iter().chain(args.iter().copied());
+        let invocation =
+            Invocation::from_cli(Cli::try_parse_from(argv).unwrap(), std::path::Path::new("/")).unwrap();
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut console = Console { out: &mut stdout, err: &mut stderr, style: Style::PLAIN };
+        let result = run(&invocation, &mut console).await;
+        let request = server.await.unwrap();
+        Ran { result, stdout, stderr: String::from_utf8(stderr).unwrap(), request }
+    }
+
+    fn task(id: i64, state: TaskState) -> Box<TaskInfo> {
+        Box::new(TaskInfo { id: TaskId::new(id).unwrap(), state, ..fixtures::task_info() })
+    }
+
+    #[tokio::test]
+    async fn show_json_prints_the_task_object() {
+        let ran = run_client(
+            &["show", "7", "--json"],
+            vec![DispatcherToClient::Task(Some(task(7, TaskState::Failed)))],
+        )
+        .await;
+        assert_eq!(ran.request, ClientToDispatcher::Show(Selector::Id(TaskId::new(7).unwrap())));
+        assert_eq!(*ran.result.as_ref().unwrap(), Outcome::Success);
+        let printed: serde_json::Value = serde_json::from_str(ran.stdout()).unwrap();
+        assert_eq!(printed, json::task(&fixtures::task_info()));
+        assert!(ran.stdout().ends_with("}\n") && ran.stdout().lines().count() == 1, "{}", ran.stdout());
+    }
+
+    #[tokio::test]
+    async fn show_of_an_unknown_commit_fails() {
+        let ran = run_client(&["show", "1234567"], vec![DispatcherToClient::Task(None)]).await;
+        assert_eq!(
+            ran.request,
+            ClientToDispatcher::Show(Selector::Commit(CommitPrefix::new("1234567").unwrap()))
+        );
+        assert_eq!(ran.error(), "no task for commit 1234567");
+        assert!(ran.stdout.is_empty());
+    }
+
+    #[tokio::test]
+    async fn submit_sends_checked_values_and_prints_the_id() {
+        let accepted = Accepted { task_id: TaskId::new(41).unwrap(), duplicate: false };
+        let args = ["submit", "/srv/app.git", fixtures::COMMIT, "--branch", "dev", "--label", "gpu"];
+        let ran = run_client(&args, vec![DispatcherToClient::Accepted(accepted.clone())]).await;
+        assert_eq!(
+            ran.request,
+            ClientToDispatcher::Submit(ManualSubmit {
+                repo: RepoUrl::new("/srv/app.git").unwrap(),
+                branch: Branch::new("dev").unwrap(),
+                commit: CommitId::new(fixtures::COMMIT).unwrap(),
+                labels: vec![Label::new("gpu").unwrap()],
+            })
+        );
+        assert_eq!(ran.stdout(), "41\n");
+        assert_eq!(ran.stderr, "");
+
+        let duplicate = Accepted { duplicate: true, ..accepted };
+        let ran = run_client(&["rerun", "40", "--json"], vec![DispatcherToClient::Accepted(duplicate)]).await;
+        assert_eq!(ran.request, ClientToDispatcher::Rerun(TaskId::new(40).unwrap()));
+        assert_eq!(ran.stdout(), "{\"duplicate\":true,\"id\":41}\n");
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_is_an_error() {
+        let ran =
+            run_client(&["abort", "7"], vec![DispatcherToClient::Error("task 7 already ended".into())]).await;
+        assert_eq!(ran.request, ClientToDispatcher::Abort(TaskId::new(7).unwrap()));
+        assert_eq!(ran.error(), "task 7 already ended");
+        assert!(ran.stdout.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_the_wrong_kind_is_refused() {
+        let ran = run_client(&["status"], vec![DispatcherToClient::Runners(vec![])]).await;
+        assert_eq!(ran.error(), "unexpected answer from the dispatcher: Runners");
+    }
+
+    #[tokio::test]
+    async fn a_dispatcher_that_hangs_up_is_a_connection_failure() {
+        let ran = run_client(&["runners"], vec![]).await;
+        let err = ran.result.unwrap_err();
+        assert!(err.downcast_ref::<ConnectionFailed>().is_some(), "{err:#}");
+        assert!(format!("{err:#}").ends_with(": the dispatcher closed the connection"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn log_copies_bytes_exactly_and_follow_reports_the_end() {
+        let chunks = [b"line 1\n".to_vec(), vec![0, 0xff, b':', b'\n', 0xc3], vec![0xa9, b'x']];
+        let mut answers: Vec<DispatcherToClient> =
+            chunks.iter().cloned().map(DispatcherToClient::LogChunk).collect();
+        answers.push(DispatcherToClient::LogEnd(task(7, TaskState::Failed)));
+        let ran = run_client(&["log", "7", "--follow"], answers.clone()).await;
+        assert_eq!(
+            ran.request,
+            ClientToDispatcher::Log(protocol::message::LogRequest {
+                task_id: TaskId::new(7).unwrap(),
+                follow: true
+            })
+        );
+        assert_eq!(ran.stdout, chunks.concat());
+        assert_eq!(ran.stderr, "task 7 ended: failed\n");
+        assert_eq!(*ran.result.as_ref().unwrap(), Outcome::Unsuccessful);
+
+        *answers.last_mut().unwrap() = DispatcherToClient::LogEnd(task(7, TaskState::Passed));
+        let ran = run_client(&["log", "7", "--follow"], answers.clone()).await;
+        assert_eq!(*ran.result.as_ref().unwrap(), Outcome::Success);
+        assert_eq!(ran.stderr, "task 7 ended: passed\n");
+
+        *answers.last_mut().unwrap() = DispatcherToClient::LogEnd(task(7, TaskState::Running));
+        let ran = run_client(&["log", "7"], answers).await;
+        assert_eq!(ran.stdout, chunks.concat());
+        assert_eq!(ran.stderr, "");
+        assert_eq!(*ran.result.as_ref().unwrap(), Outcome::Success);
+    }
+
+    #[tokio::test]
+    async fn the_token_file_authenticates() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let secret = Secret::new(b"s3cret".to_vec()).unwrap();
+        let report = fixtures::status_report();
+        let token_arg = token.to_str().unwrap();
+        let ran = run_client_with_secret(
+            &["status", "--token-file", token_arg],
+            Some(secret),
+            vec![DispatcherToClient::Status(report)],
+        )
+        .await;
+        assert_eq!(ran.request, ClientToDispatcher::Status);
+        assert!(ran.stdout().starts_with("version: 0.1.0\n"), "{}", ran.stdout());
+    }
+}

@@ -1,0 +1,214 @@
+//! The `--json` objects of SPEC §6, built from the protocol's types by hand.
+//!
+//! These shapes are a public contract for scripts, separate from the wire
+//! types on purpose: a field added to `TaskInfo` for the dispatcher's sake
+//! does not leak into anyone's `jq` filter, and a renamed Rust field does not
+//! rename a JSON key. serde_json's default map sorts keys, so the output is
+//! stable. Times are RFC 3339 in UTC with milliseconds, or `null`.
+
+use protocol::message::{Accepted, RunnerInfo, StatusReport, Summary, TaskInfo};
+use protocol::TaskState;
+use serde_json::{json, Value};
+
+use crate::time::rfc3339;
+
+/// One task: `show --json`, an element of `tasks --json`, `abort --json`.
+pub fn task(task: &TaskInfo) -> Value {
+    json!({
+        "id": task.id.get(),
+        "repo": task.repo.as_str(),
+        "branch": task.branch.as_str(),
+        "commit": task.commit.as_str(),
+        "state": task.state.as_str(),
+        "attempts": task.attempts,
+        "runner": task.runner.as_ref().map(|name| name.as_str()),
+        "exit_code": task.exit_code,
+        "created_at": rfc3339(task.created_at_ms),
+        "started_at": task.started_at_ms.and_then(rfc3339),
+        "finished_at": task.finished_at_ms.and_then(rfc3339),
+        "duration_ms": task.duration_ms,
+        "summary": task.summary.as_ref().map(summary),
+        "reason": task.reason,
+        "labels": task.labels.iter().map(|label| label.as_str()).collect::<Vec<_>>(),
+        "trigger": task.trigger,
+    })
+}
+
+/// `{"passed": N, "failed": N, "skipped": N}`.
+fn summary(summary: &Summary) -> Value {
+    json!({ "passed": summary.passed, "failed": summary.failed, "skipped": summary.skipped })
+}
+
+/// One runner: an element of `runners --json`. `task` is the first current
+/// task (what SPEC §6 names), `tasks` all of them (a runner may have slots).
+pub fn runner(runner: &RunnerInfo) -> Value {
+    json!({
+        "name": runner.name.as_str(),
+        "state": runner.state.as_str(),
+        "labels": runner.labels.iter().map(|label| label.as_str()).collect::<Vec<_>>(),
+        "task": runner.tasks.first().map(|id| id.get()),
+        "tasks": runner.tasks.iter().map(|id| id.get()).collect::<Vec<_>>(),
+        "last_seen": rfc3339(runner.last_seen_ms),
+        "address": runner.address,
+        "slots": runner.slots,
+        "host": { "os": runner.host.os, "arch": runner.host.arch, "cpus": runner.host.cpus },
+    })
+}
+
+/// `status --json`. Every state appears under `tasks`, with 0 when the
+/// dispatcher did not list it.
+pub fn status(report: &StatusReport) -> Value {
+    let tasks: serde_json::Map<String, Value> = TaskState::ALL
+        .into_iter()
+        .map(|state| (state.as_str().to_string(), Value::from(count(report, state))))
+        .collect();
+    json!({
+        "version": report.version,
+        "uptime_ms": report.uptime_ms,
+        "runners": {
+            "idle": report.runners_idle,
+            "busy": report.runners_busy,
+            "dead": report.runners_dead,
+        },
+        "tasks": tasks,
+    })
+}
+
+/// The number of tasks in `state`; a state listed twice is summed.
+pub fn count(report: &StatusReport, state: TaskState) -> u64 {
+    report.tasks.iter().filter(|(listed, _)| *listed == state).map(|(_, n)| *n).sum()
+}
+
+/// `submit --json` and `rerun --json`.
+pub fn accepted(accepted: &Accepted) -> Value {
+    json!({ "id": accepted.task_id.get(), "duplicate": accepted.duplicate })
+}
+
+/// The text printed: indented for a person at a terminal, one line for a
+/// pipe (one object or array per line suits `jq` and `grep` alike).
+pub fn to_text(value: &Value, pretty: bool) -> String {
+    let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
+    // Serialising a `Value` cannot fail: its map keys are always strings.
+    text.expect("a serde_json::Value always serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::message::RunnerState;
+
+    use super::*;
+    use crate::fixtures;
+
+    fn keys(value: &Value) -> Vec<&str> {
+        let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn sorted(mut keys: Vec<&str>) -> Vec<&str> {
+        keys.sort_unstable();
+        keys
+    }
+
+    #[test]
+    fn a_task_has_every_spec_key() {
+        let value = task(&fixtures::task_info());
+        assert_eq!(
+            keys(&value),
+            sorted(vec![
+                "id",
+                "repo",
+                "branch",
+                "commit",
+                "state",
+                "attempts",
+                "runner",
+                "exit_code",
+                "created_at",
+                "started_at",
+                "finished_at",
+                "summary",
+                "duration_ms",
+                "reason",
+                "labels",
+                "trigger",
+            ])
+        );
+        assert_eq!(
+            value,
+            json!({
+                "id": 7,
+                "repo": "/srv/app.git",
+                "branch": "main",
+                "commit": fixtures::COMMIT,
+                "state": "failed",
+                "attempts": 2,
+                "runner": "r1",
+                "exit_code": 1,
+                "created_at": "2026-05-01T12:00:00.000Z",
+                "started_at": "2026-05-01T12:00:01.500Z",
+                "finished_at": "2026-05-01T12:00:05.750Z",
+                "duration_ms": 4250,
+                "summary": { "passed": 3, "failed": 1, "skipped": 0 },
+                "reason": null,
+                "labels": ["linux"],
+                "trigger": "observer",
+            })
+        );
+    }
+
+    #[test]
+    fn a_pending_task_has_nulls() {
+        let value = task(&fixtures::pending_task());
+        for key in ["runner", "exit_code", "started_at", "finished_at", "duration_ms", "summary"] {
+            assert_eq!(value[key], Value::Null, "{key}");
+        }
+        assert_eq!(value["state"], "pending");
+        assert_eq!(value["labels"], json!([]));
+    }
+
+    #[test]
+    fn a_runner_has_every_spec_key() {
+        let value = runner(&fixtures::runner_info());
+        assert_eq!(
+            keys(&value),
+            sorted(vec!["name", "state", "labels", "task", "tasks", "last_seen", "address", "slots", "host"])
+        );
+        assert_eq!(
+            value,
+            json!({
+                "name": "r1",
+                "state": "busy",
+                "labels": ["linux", "x86"],
+                "task": 7,
+                "tasks": [7, 9],
+                "last_seen": "2026-05-01T12:00:00.000Z",
+                "address": "10.0.0.5:41234",
+                "slots": 2,
+                "host": { "os": "linux", "arch": "x86_64", "cpus": 8 },
+            })
+        );
+        let idle = RunnerInfo { state: RunnerState::Idle, tasks: vec![], ..fixtures::runner_info() };
+        assert_eq!(runner(&idle)["task"], Value::Null);
+    }
+
+    #[test]
+    fn status_lists_every_state() {
+        let value = status(&fixtures::status_report());
+        assert_eq!(keys(&value), sorted(vec!["version", "uptime_ms", "runners", "tasks"]));
+        assert_eq!(value["runners"], json!({ "idle": 2, "busy": 1, "dead": 0 }));
+        assert_eq!(
+            value["tasks"],
+            json!({ "pending": 3, "running": 1, "passed": 40, "failed": 2, "error": 0, "aborted": 0 })
+        );
+        assert_eq!(value["version"], "0.1.0");
+        assert_eq!(value["uptime_ms"], 3_723_000);
+    }
+
+    #[test]
+    fn accepted_and_text() {
+        let value = accepted(&Accepted { task_id: protocol::TaskId::new(4).unwrap(), duplicate: true });
+        assert_eq!(to_text(&value, false), r#"{"duplicate":true,"id":4}"#);
+        assert_eq!(to_text(&value, true), "{\n  \"duplicate\": true,\n  \"id\": 4\n}");
+    }
+}
