@@ -3,5 +3,6 @@
 //! repositories in temp dirs, and asserts on what a user sees (`baton ...
 //! --json`, files in the data dir).
 
+mod durability;
 mod foundation;
 mod support;
