@@ -29,6 +29,7 @@ pub async fn serve(
     // steer; with one, only peers that proved the secret may.
     let may_steer = authenticated || shared.secret.is_none();
     let (mut receiver, mut sender) = conn.split();
+    let mut limiter = super::limit::Limiter::new(super::limit::CLIENT);
     loop {
         let request = tokio::select! {
             _ = token.cancelled() => return,
@@ -42,6 +43,10 @@ pub async fn serve(
                 return;
             }
         };
+        if !limiter.allow() {
+            tracing::warn!("client is flooding; closing");
+            return;
+        }
         tracing::debug!(request = ?request, "client request");
         let result = match request {
             ClientToDispatcher::Log(log) => stream_log(&mut sender, shared, log, &token).await,
@@ -86,15 +91,22 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -
                 .map(DispatcherToClient::Tasks)
                 .map_err(|err| format!("{err:#}"))
         }
-        ClientToDispatcher::Show(selector) => shared
-            .readers
-            .query(move |reader| match &selector {
-                Selector::Id(id) => reader.task(*id),
-                Selector::Commit(prefix) => reader.newest_for_commit(prefix),
-            })
-            .await
-            .map(|task| DispatcherToClient::Task(task.map(Box::new)))
-            .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Show(selector) => {
+            let found = shared
+                .readers
+                .query(move |reader| match &selector {
+                    Selector::Id(id) => reader.task(*id),
+                    Selector::Commit(prefix) => reader.newest_for_commit(prefix),
+                })
+                .await;
+            match found {
+                Ok(Some(task)) => {
+                    Ok(DispatcherToClient::Task(Some(Box::new(explain_wait(shared, task).await))))
+                }
+                Ok(None) => Ok(DispatcherToClient::Task(None)),
+                Err(err) => Err(format!("{err:#}")),
+            }
+        }
         ClientToDispatcher::Submit(submit) => {
             let task =
                 super::new_task(submit.repo, submit.branch, submit.commit, submit.labels, Trigger::Manual);
@@ -118,6 +130,24 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -
         ClientToDispatcher::Log(_) => Err("log is streamed, not answered".into()),
     };
     result.unwrap_or_else(DispatcherToClient::Error)
+}
+
+/// A pending task that needs labels no live runner has says so, instead of
+/// looking forgotten.
+async fn explain_wait(shared: &Shared, mut task: TaskInfo) -> TaskInfo {
+    if task.state != protocol::TaskState::Pending || task.labels.is_empty() {
+        return task;
+    }
+    let Ok(runners) = shared.scheduler.ask(|reply| Event::Runners { reply }).await else { return task };
+    let servable = runners.iter().any(|runner| {
+        runner.state != protocol::message::RunnerState::Dead
+            && task.labels.iter().all(|label| runner.labels.contains(label))
+    });
+    if !servable {
+        let labels: Vec<&str> = task.labels.iter().map(|label| label.as_str()).collect();
+        task.reason = Some(format!("waiting for a runner with labels: {}", labels.join(", ")));
+    }
+    task
 }
 
 fn stopped(err: Stopped) -> String {

@@ -2,6 +2,7 @@
 //! them into scheduler events or store queries.
 
 pub mod client;
+pub mod limit;
 pub mod observer;
 pub mod runner;
 

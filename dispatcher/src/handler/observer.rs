@@ -24,6 +24,7 @@ pub async fn serve(
 ) {
     let (mut receiver, mut sender) = conn.split();
     let (answers, mut queued) = mpsc::channel::<Answer>(PIPELINE);
+    let mut limiter = super::limit::Limiter::new(super::limit::OBSERVER);
     let reader = async move {
         loop {
             let message = tokio::select! {
@@ -31,6 +32,10 @@ pub async fn serve(
                 message = receiver.recv() => message,
             };
             match message {
+                Ok(Some(_)) if !limiter.allow() => {
+                    tracing::warn!("observer is flooding; closing");
+                    break;
+                }
                 Ok(Some(ObserverToDispatcher::Submit(submit))) => {
                     let (reply, answer) = oneshot::channel();
                     let task = super::new_task(

@@ -72,6 +72,7 @@ pub async fn serve(
             }
         }
     };
+    let mut limiter = super::limit::Limiter::new(super::limit::RUNNER);
     let reader = async {
         let reason = loop {
             let message = tokio::select! {
@@ -79,6 +80,7 @@ pub async fn serve(
                 message = receiver.recv() => message,
             };
             match message {
+                Ok(Some(_)) if !limiter.allow() => break "flooding: too many messages per second".into(),
                 Ok(Some(message)) => {
                     if shared.scheduler.send(Event::FromRunner { conn: conn_id, message }).await.is_err() {
                         break "dispatcher stopping".into();
