@@ -1,1 +1,44 @@
-fn main() {}
+//! `baton-runner`: parses the command line, starts logging and the stop
+//! signal, and hands over to [`runner::run`].
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use runner::cli::Cli;
+use runner::Config;
+
+/// How long blocking work (a fetch that was abandoned) may delay the exit.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_cli(cli) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("baton-runner: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    protocol::peer::init_logging(config.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = protocol::peer::stop_token().context("installing signal handlers")?;
+        runner::run(config, shutdown).await
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "runner failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! One attempt from assignment to result: fetch and check out the commit,
+//! resolve the test command, run it (see `exec`), and turn how it ended into
+//! the result reported to the dispatcher, test counts included.
+//!
+//! Control messages that arrive while the commit is being fetched are obeyed
+//! here; once the test runs, `exec` obeys them. This module does not own the
+//! attempt's lifetime or its files (see `attempts`) and does not talk to the
+//! dispatcher.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::message::{Assign, Outcome};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::attempts::{Control, Progress, Shared};
+use crate::command::TestCommand;
+use crate::exec::{self, StopCause, Supervised};
+use crate::spool::{AttemptKey, Finished, OutputLog};
+use crate::{command, git, summary};
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// With a result to report.
+    Finished(Finished),
+    /// Without one: the dispatcher took it away, or the runner abandoned it.
+    Discarded,
+}
+
+/// Runs one attempt to its end. `log` is the attempt's output log, or why
+/// its spool entry could not be created; then the attempt ends in an error
+/// at once.
+pub async fn execute(
+    shared: &Shared,
+    assign: &Assign,
+    log: anyhow::Result<OutputLog>,
+    progress: &watch::Sender<Progress>,
+    control: &mut mpsc::Receiver<Control>,
+) -> Ending {
+    let started = Instant::now();
+    let elapsed_ms = || started.elapsed().as_millis() as u64;
+    let mut log = match log {
+        Ok(log) => log,
+        Err(err) => return Ending::Finished(Finished::error(format!("{err:#}"), elapsed_ms(), 0)),
+    };
+    let key = AttemptKey::of(assign);
+    let tree = shared.spool.tree(key);
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let prepare = prepare(shared, assign, &tree, interrupt.clone());
+    tokio::pin!(prepare);
+    let prepared = loop {
+        tokio::select! {
+            prepared = &mut prepare => break prepared,
+            Some(control) = control.recv() => {
+                // gix checks the flag and stops; the fetch keeps its mirror's
+                // lock until it has, so the mirror stays consistent.
+                match control {
+                    Control::Abort => {
+                        interrupt.store(true, Ordering::Relaxed);
+                        return Ending::Finished(aborted(elapsed_ms(), 0));
+                    }
+                    Control::Forget { .. } | Control::Abandon => {
+                        interrupt.store(true, Ordering::Relaxed);
+                        return Ending::Discarded;
+                    }
+                    Control::Ack { .. } => tracing::warn!("acknowledgement for a running attempt ignored"),
+                }
+            }
+        }
+    };
+    let test_command = match prepared {
+        Ok(test_command) => test_command,
+        Err(reason) => return Ending::Finished(Finished::error(reason, elapsed_ms(), 0)),
+    };
+    tracing::info!(source = ?test_command.source, program = ?test_command.program, "starting test");
+    let mut process = match exec::spawn(&test_command, &tree, &environment(assign)) {
+        Ok(process) => process,
+        Err(err) => {
+            return Ending::Finished(Finished::error(format!("starting the test: {err:#}"), elapsed_ms(), 0));
+        }
+    };
+    if let Err(err) = shared.spool.write_pgid(key, process.pgid) {
+        tracing::warn!(error = %format!("{err:#}"), "cannot record the test's process group");
+    }
+    let supervised =
+        match exec::supervise(&mut process, test_command.timeout, &mut log, progress, control).await {
+            Ok(supervised) => supervised,
+            Err(err) => {
+                let reason = format!("waiting for the test: {err:#}");
+                return Ending::Finished(Finished::error(reason, elapsed_ms(), log.written()));
+            }
+        };
+    let output_len = log.written();
+    let summary = read_tail(&shared.spool.output_path(key), output_len)
+        .await
+        .and_then(|tail| summary::summarize(&String::from_utf8_lossy(&tail)));
+    let mut ending = classify(supervised, elapsed_ms(), output_len);
+    if let Ending::Finished(finished) = &mut ending {
+        finished.summary = summary;
+    }
+    ending
+}
+
+/// Fetches, checks out and resolves the test command. Errors are the reason
+/// reported to the dispatcher.
+async fn prepare(
+    shared: &Shared,
+    assign: &Assign,
+    tree: &Path,
+    interrupt: Arc<AtomicBool>,
+) -> Result<TestCommand, String> {
+    let mirror = match shared.cache.fetch(&assign.repo, &assign.commit, interrupt.clone()).await {
+        Ok(Some(mirror)) => mirror,
+        Ok(None) => return Err(format!("commit {} not found in {}", assign.commit, assign.repo)),
+        Err(err) => return Err(format!("{err:#}")),
+    };
+    git::checkout(mirror, &assign.commit, tree.to_path_buf(), interrupt)
+        .await
+        .map_err(|err| format!("{err:#}"))?;
+    command::resolve(tree, shared.config.test_command.as_deref(), shared.config.timeout)
+        .map_err(|err| format!("{err:#}"))
+}
+
+fn aborted(duration_ms: u64, output_len: u64) -> Finished {
+    Finished {
+        outcome: Outcome::Aborted,
+        exit_code: None,
+        duration_ms,
+        summary: None,
+        reason: Some("aborted by the dispatcher".into()),
+        output_len,
+    }
+}
+
+/// Turns how the process ended into the attempt's result.
+fn classify(supervised: Supervised, duration_ms: u64, output_len: u64) -> Ending {
+    use std::os::unix::process::ExitStatusExt;
+    let failed = |exit_code, reason: String| Finished {
+        outcome: Outcome::Failed,
+        exit_code,
+        duration_ms,
+        summary: None,
+        reason: Some(reason),
+        output_len,
+    };
+    let finished = match supervised.cause {
+        Some(StopCause::Timeout) => failed(None, "timeout".into()),
+        Some(StopCause::Abort) => aborted(duration_ms, output_len),
+        Some(StopCause::Discard) => return Ending::Discarded,
+        Some(StopCause::OutputFailed(reason)) => Finished::error(reason, duration_ms, output_len),
+        None => match (supervised.status.code(), supervised.status.signal()) {
+            (Some(0), _) => Finished {
+                outcome: Outcome::Passed,
+                exit_code: Some(0),
+                duration_ms,
+                summary: None,
+                reason: None,
+                output_len,
+            },
+            (Some(code), _) => Finished { reason: None, ..failed(Some(code), String::new()) },
+            (None, Some(signal)) => failed(None, format!("killed by signal {signal}")),
+            (None, None) => failed(None, format!("ended with {}", supervised.status)),
+        },
+    };
+    Ending::Finished(finished)
+}
+
+/// The attempt's identity for the test, as environment variables: the only
+/// way network input reaches the test (all of it validated on decode).
+fn environment(assign: &Assign) -> Vec<(&'static str, String)> {
+    vec![
+        ("BATON_TASK_ID", assign.task_id.to_string()),
+        ("BATON_ATTEMPT", assign.attempt.to_string()),
+        ("BATON_COMMIT", assign.commit.to_string()),
+        ("BATON_BRANCH", assign.branch.to_string()),
+        ("BATON_REPO", assign.repo.to_string()),
+    ]
+}
+
+/// The last [`summary::TAIL_BYTES`] of the output, or `None` if unreadable.
+async fn read_tail(path: &Path, len: u64) -> Option<Vec<u8>> {
+    use tokio::io::AsyncSeekExt;
+    let start = len.saturating_sub(summary::TAIL_BYTES);
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    file.seek(io::SeekFrom::Start(start)).await.ok()?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    file.take(len - start).read_to_end(&mut tail).await.ok()?;
+    Some(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    fn check(status: ExitStatus, cause: Option<StopCause>) -> Option<(Outcome, Option<i32>, Option<String>)> {
+        match classify(Supervised { status, cause }, 10, 3) {
+            Ending::Finished(finished) => {
+                assert_eq!((finished.duration_ms, finished.output_len), (10, 3));
+                Some((finished.outcome, finished.exit_code, finished.reason))
+            }
+            Ending::Discarded => None,
+        }
+    }
+
+    #[test]
+    fn outcomes() {
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        let signalled = |signal: i32| ExitStatus::from_raw(signal);
+        assert_eq!(check(exited(0), None), Some((Outcome::Passed, Some(0), None)));
+        assert_eq!(check(exited(3), None), Some((Outcome::Failed, Some(3), None)));
+        assert_eq!(
+            check(signalled(9), None),
+            Some((Outcome::Failed, None, Some("killed by signal 9".into())))
+        );
+        assert_eq!(
+            check(signalled(15), Some(StopCause::Timeout)),
+            Some((Outcome::Failed, None, Some("timeout".into())))
+        );
+        assert_eq!(
+            check(exited(0), Some(StopCause::Timeout)),
+            Some((Outcome::Failed, None, Some("timeout".into())))
+        );
+        assert_eq!(
+            check(signalled(15), Some(StopCause::Abort)),
+            Some((Outcome::Aborted, None, Some("aborted by the dispatcher".into())))
+        );
+        assert_eq!(check(signalled(9), Some(StopCause::Discard)), None);
+        assert_eq!(
+            check(signalled(9), Some(StopCause::OutputFailed("disk full".into()))),
+            Some((Outcome::Error, None, Some("disk full".into())))
+        );
+    }
+
+    #[test]
+    fn the_environment_carries_the_attempt() {
+        let assign = Assign {
+            task_id: protocol::TaskId::new(4).unwrap(),
+            attempt: 2,
+            repo: protocol::RepoUrl::new("/srv/a b.git").unwrap(),
+            branch: protocol::Branch::new("main").unwrap(),
+            commit: protocol::CommitId::new("f".repeat(40)).unwrap(),
+        };
+        let names: Vec<&str> = environment(&assign).iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["BATON_TASK_ID", "BATON_ATTEMPT", "BATON_COMMIT", "BATON_BRANCH", "BATON_REPO"]);
+        assert_eq!(environment(&assign)[4].1, "/srv/a b.git");
+    }
+}
