@@ -23,6 +23,13 @@ pub struct Cli {
     /// loopback peers are accepted.
     #[arg(long, env = "BATON_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain to present: with `--tls-key`, every peer must
+    /// connect over TLS.
+    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Time between heartbeats to each runner [default: 1s].
     #[arg(long, env = "BATON_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,

@@ -17,6 +17,8 @@ pub struct Config {
     pub listen: String,
     pub data_dir: PathBuf,
     pub token_file: Option<PathBuf>,
+    /// Certificate chain and key for TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub settings: Settings,
     pub sync: Sync,
     pub log_json: bool,
@@ -29,6 +31,8 @@ struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     heartbeat_interval: Option<String>,
     heartbeat_misses: Option<u32>,
     max_attempts: Option<u32>,
@@ -58,7 +62,13 @@ impl Config {
             "normal" => Sync::Normal,
             other => anyhow::bail!("invalid --sync {other:?}: expected full or normal"),
         };
+        let tls = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
         Ok(Config {
+            tls,
             listen: cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into()),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),
             token_file: cli.token_file.or(file.token_file),

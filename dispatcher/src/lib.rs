@@ -53,10 +53,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             None
         }
     };
+    let tls = match &config.tls {
+        Some((cert, key)) => {
+            let tls =
+                protocol::tls::ServerTls::from_pem_files(cert, key).context("loading the TLS certificate")?;
+            tracing::info!(cert = %cert.display(), "peers must connect over TLS");
+            Some(tls)
+        }
+        None => None,
+    };
     let (scheduler, thread) =
         scheduler::start(store, files.clone(), config.settings.clone(), shutdown.clone())?;
     let readers = readers::Readers::new(files.database());
-    let shared = Arc::new(server::Shared::new(scheduler.clone(), readers, files, secret, shutdown.clone()));
+    let shared =
+        Arc::new(server::Shared::new(scheduler.clone(), readers, files, secret, tls, shutdown.clone()));
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "dispatcher started");
 
     let tracker = TaskTracker::new();

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use protocol::handshake::{self, Role, Secret};
 use protocol::message::{ClientToDispatcher, DispatcherToClient};
+use protocol::tls::ServerTls;
+use protocol::Transport;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,7 @@ pub struct Shared {
     pub readers: Arc<Readers>,
     pub files: DataDir,
     pub secret: Option<Secret>,
+    pub tls: Option<ServerTls>,
     pub max_frame: usize,
     /// The daemon's stop signal (connection tokens are its children).
     pub shutdown: CancellationToken,
@@ -42,6 +45,7 @@ impl Shared {
         readers: Arc<Readers>,
         files: DataDir,
         secret: Option<Secret>,
+        tls: Option<ServerTls>,
         shutdown: CancellationToken,
     ) -> Shared {
         Shared {
@@ -49,6 +53,7 @@ impl Shared {
             readers,
             files,
             secret,
+            tls,
             max_frame: protocol::MAX_FRAME,
             shutdown,
             next_conn: AtomicU64::new(1),
@@ -97,8 +102,21 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tracker: &TaskTra
 async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let refuse = (shared.secret.is_none() && !peer.ip().is_loopback())
         .then_some("this dispatcher has no token file and accepts only loopback peers");
+    let transport = match &shared.tls {
+        Some(tls) => tokio::time::timeout(protocol::HANDSHAKE_TIMEOUT, tls.accept(stream))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => Transport::plain(stream),
+    };
+    let transport = match transport {
+        Ok(transport) => transport,
+        Err(err) => {
+            tracing::warn!(peer = %peer, error = %err, "tls handshake failed");
+            return;
+        }
+    };
     let accepted = handshake::accept::<ClientToDispatcher, DispatcherToClient>(
-        stream,
+        transport,
         shared.secret.as_ref(),
         refuse,
         shared.max_frame,

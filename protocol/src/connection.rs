@@ -12,12 +12,74 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::codec::{decode, encode, frame_codec};
 use crate::Error;
+
+/// The reading half of a byte stream (plain TCP or TLS).
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a byte stream (plain TCP or TLS).
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connected byte stream, plain or TLS, split into halves, before framing.
+pub struct Transport {
+    read: BoxRead,
+    write: BoxWrite,
+    peer: SocketAddr,
+}
+
+impl Transport {
+    /// A plain TCP stream.
+    ///
+    /// # Errors
+    /// When the socket has no peer address (it was closed).
+    pub fn plain(stream: TcpStream) -> std::io::Result<Transport> {
+        let peer = stream.peer_addr()?;
+        // Frames are small and latency matters more than packet count.
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        Ok(Transport { read: Box::new(read), write: Box::new(write), peer })
+    }
+
+    /// Any stream, for example a TLS one.
+    pub fn from_stream<S>(stream: S, peer: SocketAddr) -> Transport
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        Transport { read: Box::new(read), write: Box::new(write), peer }
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+/// What a connection can be made from: a [`Transport`] or a plain
+/// `TcpStream`.
+pub trait IntoTransport {
+    /// Converts.
+    ///
+    /// # Errors
+    /// As [`Transport::plain`].
+    fn into_transport(self) -> std::io::Result<Transport>;
+}
+
+impl IntoTransport for Transport {
+    fn into_transport(self) -> std::io::Result<Transport> {
+        Ok(self)
+    }
+}
+
+impl IntoTransport for TcpStream {
+    fn into_transport(self) -> std::io::Result<Transport> {
+        Transport::plain(self)
+    }
+}
 
 /// Both halves of a connection, typed by direction.
 pub struct Connection<In, Out> {
@@ -28,32 +90,36 @@ pub struct Connection<In, Out> {
 
 /// The reading half.
 pub struct Receiver<In> {
-    frames: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    frames: FramedRead<BoxRead, LengthDelimitedCodec>,
     max_frame: usize,
     _in: PhantomData<fn() -> In>,
 }
 
 /// The writing half.
 pub struct Sender<Out> {
-    frames: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    frames: FramedWrite<BoxWrite, LengthDelimitedCodec>,
     _out: PhantomData<fn(Out)>,
 }
 
 impl<In: DeserializeOwned, Out: Serialize> Connection<In, Out> {
-    /// Frames a connected stream with the given maximum frame size.
-    pub fn new(stream: TcpStream, max_frame: usize) -> std::io::Result<Connection<In, Out>> {
-        let peer = stream.peer_addr()?;
-        // Frames are small and latency matters more than packet count.
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+    /// Frames a connected stream (a `TcpStream` or a [`Transport`]) with the
+    /// given maximum frame size.
+    ///
+    /// # Errors
+    /// When a TCP stream has no peer address (it was closed).
+    pub fn new(stream: impl IntoTransport, max_frame: usize) -> std::io::Result<Connection<In, Out>> {
+        let transport = stream.into_transport()?;
         Ok(Connection {
             receiver: Receiver {
-                frames: FramedRead::new(read, frame_codec(max_frame)),
+                frames: FramedRead::new(transport.read, frame_codec(max_frame)),
                 max_frame,
                 _in: PhantomData,
             },
-            sender: Sender { frames: FramedWrite::new(write, frame_codec(max_frame)), _out: PhantomData },
-            peer,
+            sender: Sender {
+                frames: FramedWrite::new(transport.write, frame_codec(max_frame)),
+                _out: PhantomData,
+            },
+            peer: transport.peer,
         })
     }
 

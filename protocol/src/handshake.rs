@@ -14,15 +14,13 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::connection::{Connection, IntoTransport};
+use crate::types::Name;
+use crate::{Error, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::net::TcpStream;
-
-use crate::connection::Connection;
-use crate::types::Name;
-use crate::{Error, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
 
 /// What a peer is; decides which messages it may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,7 +164,7 @@ impl Secret {
 /// [`Error::Rejected`] with the dispatcher's reason, [`Error::Timeout`], or
 /// any connection error.
 pub async fn connect<In, Out>(
-    stream: TcpStream,
+    stream: impl IntoTransport,
     role: Role,
     name: &Name,
     secret: Option<&Secret>,
@@ -214,7 +212,7 @@ pub struct Admitted {
 /// Any handshake failure; a reject frame has already been sent when one was
 /// due.
 pub async fn accept<In, Out>(
-    stream: TcpStream,
+    stream: impl IntoTransport,
     secret: Option<&Secret>,
     refuse: Option<&str>,
     max_frame: usize,

@@ -15,9 +15,10 @@ pub mod error;
 pub mod handshake;
 pub mod message;
 pub mod peer;
+pub mod tls;
 pub mod types;
 
-pub use connection::{Connection, Receiver, Sender};
+pub use connection::{Connection, IntoTransport, Receiver, Sender, Transport};
 pub use error::Error;
 pub use handshake::{Role, Secret};
 pub use types::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};

@@ -3,6 +3,7 @@
 //! and the stop signal. Kept here so the three daemons share one copy without
 //! depending on each other.
 
+use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
@@ -10,10 +11,57 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::handshake::{self, Role, Secret, Welcome};
+use crate::tls::ClientTls;
 use crate::types::Name;
-use crate::{Connection, Error};
+use crate::{Connection, Error, Transport};
 
-/// Dials `address` and completes the handshake as `role`.
+/// What a peer presents to the dispatcher: the shared secret and, for TLS,
+/// the CA to check the dispatcher's certificate against.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub secret: Option<Secret>,
+    pub tls: Option<ClientTls>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("secret", &self.secret)
+            .field("tls", &self.tls.as_ref().map(|_| "<configured>"))
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Loads `--token-file` and `--tls-ca` (with an optional
+    /// `--tls-server-name`), warning when the token file is readable by
+    /// others.
+    ///
+    /// # Errors
+    /// Unreadable or invalid files, with the path in the message.
+    pub fn load(
+        token_file: Option<&Path>,
+        tls_ca: Option<&Path>,
+        tls_server_name: Option<&str>,
+    ) -> std::io::Result<Credentials> {
+        let secret = match token_file {
+            Some(path) => {
+                let (secret, loose) = Secret::from_file(path).map_err(|err| {
+                    std::io::Error::new(err.kind(), format!("reading token file {}: {err}", path.display()))
+                })?;
+                if loose {
+                    tracing::warn!(path = %path.display(), "token file is readable by group or others");
+                }
+                Some(secret)
+            }
+            None => None,
+        };
+        let tls = tls_ca.map(|ca| ClientTls::from_ca_file(ca, tls_server_name)).transpose()?;
+        Ok(Credentials { secret, tls })
+    }
+}
+
+/// Dials `address` (plaintext) and completes the handshake as `role`.
 ///
 /// # Errors
 /// Connection refused, handshake failures and rejects.
@@ -28,10 +76,36 @@ where
     In: serde::de::DeserializeOwned,
     Out: serde::Serialize,
 {
-    let stream = tokio::time::timeout(crate::HANDSHAKE_TIMEOUT, TcpStream::connect(address))
-        .await
-        .map_err(|_| Error::Timeout)??;
-    handshake::connect(stream, role, name, secret, max_frame).await
+    let credentials = Credentials { secret: secret.cloned(), tls: None };
+    dial_with(address, role, name, &credentials, max_frame).await
+}
+
+/// Dials `address`, runs TLS when the credentials have a CA, and completes
+/// the handshake as `role`.
+///
+/// # Errors
+/// Connection refused, TLS failures, handshake failures and rejects.
+pub async fn dial_with<In, Out>(
+    address: &str,
+    role: Role,
+    name: &Name,
+    credentials: &Credentials,
+    max_frame: usize,
+) -> Result<(Connection<In, Out>, Welcome), Error>
+where
+    In: serde::de::DeserializeOwned,
+    Out: serde::Serialize,
+{
+    let connect = async {
+        let stream = TcpStream::connect(address).await?;
+        match &credentials.tls {
+            Some(tls) => tls.connect(stream, address).await,
+            None => Transport::plain(stream),
+        }
+    };
+    let transport =
+        tokio::time::timeout(crate::HANDSHAKE_TIMEOUT, connect).await.map_err(|_| Error::Timeout)??;
+    handshake::connect(transport, role, name, credentials.secret.as_ref(), max_frame).await
 }
 
 /// Capped exponential back-off with jitter, for reconnecting to a dispatcher

@@ -38,6 +38,16 @@ pub struct Cli {
     #[arg(long, env = "BATON_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM file of the CA that signed the dispatcher's TLS certificate;
+    /// makes the runner connect over TLS
+    #[arg(long, env = "BATON_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Name to check the dispatcher's certificate against [default: the
+    /// host of --dispatcher]
+    #[arg(long, env = "BATON_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
     /// Test command (run with `sh -c`) for repositories without a .baton.toml
     /// [default: python3 -m unittest discover -s tests -v]
     #[arg(long, env = "BATON_TEST_COMMAND", value_name = "CMD")]

@@ -43,6 +43,10 @@ pub struct Config {
     pub slots: u32,
     /// The shared secret's file, if the dispatcher wants one.
     pub token_file: Option<PathBuf>,
+    /// The CA of the dispatcher's TLS certificate; TLS is on when set.
+    pub tls_ca: Option<PathBuf>,
+    /// Overrides the name checked against the dispatcher's certificate.
+    pub tls_server_name: Option<String>,
     /// The runner's test command, for repositories without `.baton.toml`.
     pub test_command: Option<String>,
     /// A test's time limit, unless the repository sets one.
@@ -66,6 +70,8 @@ struct FileConfig {
     labels: Option<Vec<String>>,
     slots: Option<u32>,
     token_file: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_server_name: Option<String>,
     test_command: Option<String>,
     timeout: Option<String>,
     drain_timeout: Option<String>,
@@ -118,6 +124,8 @@ impl Config {
             anyhow::bail!("--slots must be between 1 and {MAX_SLOTS}, got {slots}");
         }
         let token_file = cli.token_file.or(file.token_file.map(from_file));
+        let tls_ca = cli.tls_ca.or(file.tls_ca.map(from_file));
+        let tls_server_name = cli.tls_server_name.or(file.tls_server_name);
         let test_command =
             cli.test_command.or(file.test_command).filter(|command| !command.trim().is_empty());
         let timeout = match cli.timeout.or(file.timeout) {
@@ -142,6 +150,8 @@ impl Config {
             labels,
             slots,
             token_file,
+            tls_ca,
+            tls_server_name,
             test_command,
             timeout,
             drain_timeout,

@@ -26,11 +26,10 @@ mod task;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use protocol::Secret;
+use protocol::peer::Credentials;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -61,7 +60,11 @@ const ABANDON_WAIT: Duration = Duration::from_secs(10);
 /// cannot be recovered, or the token file cannot be read. A missing
 /// dispatcher is never an error; the runner keeps trying.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let secret = load_secret(config.token_file.as_deref())?;
+    let credentials = Credentials::load(
+        config.token_file.as_deref(),
+        config.tls_ca.as_deref(),
+        config.tls_server_name.as_deref(),
+    )?;
     let spool = Spool::open(&config.work_dir)?;
     let cache_dir = config.work_dir.join("cache");
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
@@ -80,7 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shared.adopt(recovered);
     }
     let link_stop = CancellationToken::new();
-    let link = tracker.spawn(link::run(shared.clone(), secret, link_stop.clone()).instrument(link_span));
+    let link = tracker.spawn(link::run(shared.clone(), credentials, link_stop.clone()).instrument(link_span));
 
     shutdown.cancelled().await;
     drain(&shared).await;
@@ -117,14 +120,4 @@ async fn drain(shared: &Shared) {
     if tokio::time::timeout(ACK_WAIT, shared.wait_delivered()).await.is_err() {
         tracing::info!("results not acknowledged yet are kept for the next start");
     }
-}
-
-fn load_secret(path: Option<&Path>) -> anyhow::Result<Option<Secret>> {
-    let Some(path) = path else { return Ok(None) };
-    let (secret, exposed) =
-        Secret::from_file(path).with_context(|| format!("reading token file {}", path.display()))?;
-    if exposed {
-        tracing::warn!(path = %path.display(), "token file is readable by group or others");
-    }
-    Ok(Some(secret))
 }

@@ -22,7 +22,8 @@ use protocol::message::{
     DispatcherToRunner, HostFacts, Output, Pong, Register, Registered, RunnerToDispatcher,
 };
 use protocol::peer::Backoff;
-use protocol::{Receiver, Secret, Sender};
+use protocol::peer::Credentials;
+use protocol::{Receiver, Sender};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -53,16 +54,16 @@ const FLUSH_WAIT: Duration = Duration::from_secs(1);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Keeps the runner connected to the dispatcher until `stop` is cancelled.
-pub async fn run(shared: Arc<Shared>, secret: Option<Secret>, stop: CancellationToken) {
+pub async fn run(shared: Arc<Shared>, credentials: Credentials, stop: CancellationToken) {
     let address = shared.config.dispatcher.clone();
     let mut backoff = Backoff::default();
     loop {
         let dialled = tokio::select! {
-            dialled = protocol::peer::dial::<DispatcherToRunner, RunnerToDispatcher>(
+            dialled = protocol::peer::dial_with::<DispatcherToRunner, RunnerToDispatcher>(
                 &address,
                 Role::Runner,
                 &shared.config.name,
-                secret.as_ref(),
+                &credentials,
                 protocol::MAX_FRAME,
             ) => dialled,
             _ = stop.cancelled() => return,

@@ -42,6 +42,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM file of the CA that signed the dispatcher's TLS certificate;
+    /// makes `baton` connect over TLS.
+    #[arg(long, global = true, env = "BATON_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Name to check the dispatcher's certificate against [default: the host
+    /// of --dispatcher].
+    #[arg(long, global = true, env = "BATON_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
     /// Print JSON for scripts instead of tables (no effect on `log`).
     #[arg(long, global = true)]
     pub json: bool,

@@ -45,7 +45,7 @@ pub enum Outcome {
 /// ..." for a `show` that matched nothing, an answer that does not fit the
 /// request, or a failed write to stdout.
 pub async fn run(invocation: &Invocation, console: &mut Console<'_>) -> anyhow::Result<Outcome> {
-    let mut session = Session::open(&invocation.address, invocation.secret.as_ref()).await?;
+    let mut session = Session::open(&invocation.address, &invocation.credentials).await?;
     session.send(&invocation.request).await?;
     if let ClientToDispatcher::Log(request) = &invocation.request {
         return log::stream(&mut session, request, console).await;

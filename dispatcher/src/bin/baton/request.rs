@@ -11,6 +11,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use protocol::message::{ClientToDispatcher, LogRequest, ManualSubmit, Selector, TaskQuery};
+use protocol::peer::Credentials;
+use protocol::tls::ClientTls;
 use protocol::{Branch, CommitId, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
 
 use crate::cli::{Cli, Command};
@@ -27,8 +29,8 @@ const MAX_ID_DIGITS_IN_SHOW: usize = 6;
 pub struct Invocation {
     /// The dispatcher's `host:port`, as given.
     pub address: String,
-    /// The shared secret, when a token file was given.
-    pub secret: Option<Secret>,
+    /// The shared secret and TLS trust, when given.
+    pub credentials: Credentials,
     /// Print JSON instead of human output.
     pub json: bool,
     /// The request to send.
@@ -50,7 +52,15 @@ impl Invocation {
             Some(path) => Some(read_secret(path)?),
             None => None,
         };
-        Ok(Invocation { address: cli.dispatcher, secret, json: cli.json, request })
+        let tls = match &cli.tls_ca {
+            Some(ca) => Some(
+                ClientTls::from_ca_file(ca, cli.tls_server_name.as_deref())
+                    .with_context(|| format!("reading TLS CA {}", ca.display()))?,
+            ),
+            None => None,
+        };
+        let credentials = Credentials { secret, tls };
+        Ok(Invocation { address: cli.dispatcher, credentials, json: cli.json, request })
     }
 }
 

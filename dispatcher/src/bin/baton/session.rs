@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use protocol::handshake::Role;
 use protocol::message::{ClientToDispatcher, DispatcherToClient};
-use protocol::{Connection, Name, Secret};
+use protocol::peer::Credentials;
+use protocol::{Connection, Name};
 
 /// The name the client gives in its hello.
 pub const CLIENT_NAME: &str = "baton";
@@ -49,10 +50,11 @@ impl Session {
     /// # Errors
     /// "cannot reach the dispatcher at ADDR: CAUSE" for a refused or timed-out
     /// connection, an unresolvable address or a rejected handshake.
-    pub async fn open(address: &str, secret: Option<&Secret>) -> Result<Session, ConnectionFailed> {
+    pub async fn open(address: &str, credentials: &Credentials) -> Result<Session, ConnectionFailed> {
         // The constant is a valid name; the expect cannot fire.
         let name = Name::new(CLIENT_NAME).expect("CLIENT_NAME is a valid peer name");
-        match protocol::peer::dial(address, Role::Client, &name, secret, protocol::MAX_FRAME).await {
+        match protocol::peer::dial_with(address, Role::Client, &name, credentials, protocol::MAX_FRAME).await
+        {
             Ok((connection, _welcome)) => Ok(Session { connection, address: address.to_string() }),
             Err(err) => Err(ConnectionFailed {
                 message: format!("cannot reach the dispatcher at {address}: {}", describe(&err)),
@@ -150,7 +152,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let Err(err) = Session::open(&address, None).await else { panic!("connected to a closed port") };
+        let Err(err) = Session::open(&address, &Credentials::default()).await else {
+            panic!("connected to a closed port")
+        };
         assert_eq!(err.to_string(), format!("cannot reach the dispatcher at {address}: connection refused"));
     }
 }
