@@ -3,6 +3,7 @@
 //! repositories in temp dirs, and asserts on what a user sees (`baton ...
 //! --json`, files in the data dir).
 
+mod chaos;
 mod durability;
 mod foundation;
 mod support;
