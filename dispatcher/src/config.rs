@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use protocol::message::DeployStep;
+use protocol::{Branch, RepoUrl};
+
 use crate::cli::Cli;
 use crate::scheduler::Settings;
 use crate::store::Sync;
@@ -39,6 +42,100 @@ struct FileConfig {
     output_cap: Option<u64>,
     sync: Option<String>,
     log_format: Option<String>,
+    /// Branches whose passed commits become releases, unless a `[[repo]]`
+    /// says otherwise (default: main and master).
+    release_branches: Option<Vec<String>>,
+    #[serde(default)]
+    repo: Vec<RepoFile>,
+    #[serde(default)]
+    notifier: Vec<NotifierFile>,
+}
+
+/// A `[[repo]]` table: release and deploy settings of one repository.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepoFile {
+    url: String,
+    release_branches: Option<Vec<String>>,
+    pre_deploy: Option<String>,
+    deploy: Option<String>,
+    post_deploy: Option<String>,
+    #[serde(default)]
+    auto_rollback: bool,
+}
+
+/// A `[[notifier]]` table: a command (argument vector, the event as JSON on
+/// stdin) or a URL (HTTP POST of the event), and the events it wants.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifierFile {
+    command: Option<Vec<String>>,
+    url: Option<String>,
+    events: Option<Vec<String>>,
+}
+
+/// Release and deploy settings.
+#[derive(Clone, Debug)]
+pub struct Releases {
+    pub default_branches: Vec<Branch>,
+    pub repos: Vec<RepoSettings>,
+}
+
+impl Default for Releases {
+    fn default() -> Releases {
+        let branches = ["main", "master"].iter().map(|b| Branch::new(*b).expect("valid branch names")).collect();
+        Releases { default_branches: branches, repos: Vec::new() }
+    }
+}
+
+impl Releases {
+    /// The settings of one repository, if it has a `[[repo]]` table.
+    pub fn repo(&self, repo: &RepoUrl) -> Option<&RepoSettings> {
+        self.repos.iter().find(|settings| &settings.url == repo)
+    }
+
+    /// Whether a passed commit of this branch becomes a release.
+    pub fn is_release_branch(&self, repo: &RepoUrl, branch: &Branch) -> bool {
+        let branches = self.repo(repo).and_then(|s| s.release_branches.as_ref()).unwrap_or(&self.default_branches);
+        branches.contains(branch)
+    }
+}
+
+/// One repository's release settings.
+#[derive(Clone, Debug)]
+pub struct RepoSettings {
+    pub url: RepoUrl,
+    pub release_branches: Option<Vec<Branch>>,
+    /// `pre_deploy`, `deploy`, `post_deploy`, those configured, in order.
+    pub steps: Vec<DeployStep>,
+    pub auto_rollback: bool,
+}
+
+/// Where a notifier sends events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotifierTarget {
+    /// Run this program with these arguments, the event on stdin.
+    Command(Vec<String>),
+    /// POST the event as JSON.
+    Url(String),
+}
+
+/// A notifier and the events it wants (all when `None`).
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    pub target: NotifierTarget,
+    pub events: Option<Vec<String>>,
+}
+
+/// Every event a notifier can receive.
+pub const EVENTS: [&str; 6] =
+    ["task_failed", "task_error", "task_recovered", "release_recorded", "deploy_failed", "rollback"];
+
+impl Notifier {
+    /// Whether this notifier wants `event`.
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.as_ref().is_none_or(|events| events.iter().any(|e| e == event))
+    }
 }
 
 impl Config {
@@ -67,6 +164,8 @@ impl Config {
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
+        let releases = releases(file.release_branches, file.repo)?;
+        let notifiers = file.notifier.into_iter().map(notifier).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Config {
             tls,
             listen: cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into()),
@@ -77,11 +176,55 @@ impl Config {
                 heartbeat_misses,
                 max_attempts,
                 output_cap: cli.output_cap.or(file.output_cap).unwrap_or(64 * 1024 * 1024),
+                releases,
+                notifiers: std::sync::Arc::new(notifiers),
             },
             sync,
             log_json: parse_log_format(cli.log_format.or(file.log_format).as_deref())?,
         })
     }
+}
+
+fn branches(names: Vec<String>) -> anyhow::Result<Vec<Branch>> {
+    names.into_iter().map(|name| Branch::new(name).map_err(anyhow::Error::msg)).collect()
+}
+
+fn releases(default: Option<Vec<String>>, repos: Vec<RepoFile>) -> anyhow::Result<Releases> {
+    let mut releases = Releases::default();
+    if let Some(names) = default {
+        releases.default_branches = branches(names).context("release_branches")?;
+    }
+    for repo in repos {
+        let url = RepoUrl::new(repo.url).map_err(anyhow::Error::msg).context("[[repo]] url")?;
+        let mut steps = Vec::new();
+        for (name, command) in [("pre_deploy", repo.pre_deploy), ("deploy", repo.deploy), ("post_deploy", repo.post_deploy)] {
+            if let Some(command) = command {
+                anyhow::ensure!(!command.trim().is_empty(), "[[repo]] {url}: {name} is empty");
+                steps.push(DeployStep { name: name.to_string(), command });
+            }
+        }
+        anyhow::ensure!(
+            !repo.auto_rollback || steps.iter().any(|step| step.name == "post_deploy"),
+            "[[repo]] {url}: auto_rollback needs a post_deploy step to decide when to roll back"
+        );
+        let release_branches = repo.release_branches.map(branches).transpose().context("release_branches")?;
+        releases.repos.push(RepoSettings { url, release_branches, steps, auto_rollback: repo.auto_rollback });
+    }
+    Ok(releases)
+}
+
+fn notifier(file: NotifierFile) -> anyhow::Result<Notifier> {
+    let target = match (file.command, file.url) {
+        (Some(command), None) if !command.is_empty() => NotifierTarget::Command(command),
+        (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => NotifierTarget::Url(url),
+        _ => anyhow::bail!("a [[notifier]] needs either command = [\"program\", ...] or url = \"http(s)://...\""),
+    };
+    if let Some(events) = &file.events {
+        for event in events {
+            anyhow::ensure!(EVENTS.contains(&event.as_str()), "unknown notifier event {event:?}: expected one of {EVENTS:?}");
+        }
+    }
+    Ok(Notifier { target, events: file.events })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use protocol::TaskId;
+use protocol::message::ReleaseInfo;
+use protocol::{RepoUrl, TaskId};
 
 use crate::store::{Finish, LiveTask};
 
@@ -107,4 +108,84 @@ impl DataDir {
         file.sync_all()?;
         fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
     }
+
+    /// Writes `releases/<repository>/r<version>.json`, the record as it was
+    /// made (its changing state lives in the database), atomically.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_release(&self, release: &ReleaseInfo) -> anyhow::Result<()> {
+        let dir = self.root.join("releases").join(repo_dir_name(&release.repo));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut record = release_json(release);
+        if let Some(object) = record.as_object_mut() {
+            object.remove("state");
+        }
+        let path = dir.join(format!("r{}.json", release.version));
+        let tmp = dir.join(format!(".r{}.json.tmp", release.version));
+        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        serde_json::to_writer_pretty(&mut file, &record)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+}
+
+/// A directory name for a repository: its location with every character
+/// outside `[A-Za-z0-9._-]` replaced, plus a hash of the whole location so
+/// two locations never share a directory.
+pub fn repo_dir_name(repo: &RepoUrl) -> String {
+    let readable: String = repo
+        .as_str()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect();
+    let readable = readable.trim_start_matches(['_', '.']);
+    let readable: String = readable.chars().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let hash = repo.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{readable}-{:08x}", hash as u32)
+}
+
+fn rfc3339(ms: i64) -> serde_json::Value {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string().into()
+}
+
+/// A release as JSON: the shape of `baton releases --json`, of the files
+/// in `releases/` (without `state`) and of release notifications.
+pub fn release_json(release: &ReleaseInfo) -> serde_json::Value {
+    serde_json::json!({
+        "repo": release.repo.as_str(),
+        "version": format!("r{}", release.version),
+        "tag": release.tag.as_ref().map(|tag| tag.as_str()),
+        "branch": release.branch.as_str(),
+        "commit": release.commit.as_str(),
+        "task": release.task_id.map(|id| id.get()),
+        "deploy_task": release.deploy_task_id.map(|id| id.get()),
+        "created_at": rfc3339(release.created_at_ms),
+        "previous": release.previous.map(|version| format!("r{version}")),
+        "kind": release.kind,
+        "rollback_to": release.rollback_to.map(|version| format!("r{version}")),
+        "state": release.state,
+        "trigger": release.trigger,
+    })
+}
+
+/// A finished task as notifications describe it.
+pub fn task_event_json(task: &LiveTask, finish: &Finish) -> serde_json::Value {
+    serde_json::json!({
+        "id": task.id.get(),
+        "repo": task.repo.as_str(),
+        "branch": task.branch.as_str(),
+        "commit": task.commit.as_str(),
+        "state": finish.state.as_str(),
+        "attempts": task.attempts,
+        "runner": task.runner.as_ref().map(|name| name.as_str()),
+        "exit_code": finish.exit_code,
+        "reason": finish.reason,
+        "finished_at": rfc3339(finish.at_ms),
+    })
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod handler;
+pub mod notify;
 pub mod readers;
 pub mod scheduler;
 pub mod server;
@@ -53,6 +54,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             None
         }
     };
+    let outbox = Arc::new(tokio::sync::Notify::new());
     let tls = match &config.tls {
         Some((cert, key)) => {
             let tls =
@@ -63,7 +65,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         None => None,
     };
     let (scheduler, thread) =
-        scheduler::start(store, files.clone(), config.settings.clone(), shutdown.clone())?;
+        scheduler::start(store, files.clone(), config.settings.clone(), Arc::clone(&outbox), shutdown.clone())?;
     let readers = readers::Readers::new(files.database());
     let shared =
         Arc::new(server::Shared::new(scheduler.clone(), readers, files, secret, tls, shutdown.clone()));
@@ -87,6 +89,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             }
         })
     };
+    tracker.spawn(notify::run(
+        Arc::clone(&config.settings.notifiers),
+        Arc::clone(&shared.readers),
+        scheduler.clone(),
+        outbox,
+        shutdown.clone(),
+    ));
     server::serve(listener, Arc::clone(&shared), &tracker).await;
     tracing::info!("stopping: no new connections");
     tracker.close();

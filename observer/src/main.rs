@@ -1,1 +1,55 @@
-fn main() {}
+//! `baton-observer`: parse the flags, set up logging and signals, run.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use observer::cli::Cli;
+use observer::config::FileConfig;
+use observer::Config;
+
+fn main() -> ExitCode {
+    let config = match load(Cli::parse()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("baton-observer: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    protocol::peer::init_logging(config.log_json);
+    // One thread is plenty: git work runs on blocking threads, and the rest
+    // is one connection and a few timers.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "starting the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve(config));
+    // A fetch stuck on the network must not hold the exit: its thread is left behind.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+fn load(cli: Cli) -> anyhow::Result<Config> {
+    let file = cli.config.as_deref().map(FileConfig::load).transpose()?;
+    Config::from_cli(cli, file)
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let token = match protocol::peer::stop_token() {
+        Ok(token) => token,
+        Err(err) => {
+            tracing::error!(error = %err, "installing signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    match observer::run(config, token).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "baton-observer failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -157,6 +157,12 @@ pub struct TaskResult {
     /// Total length of the attempt's console output, so the dispatcher
     /// knows whether it has all of it.
     pub output_len: u64,
+    /// A tag pointing at the commit, if the runner's copy has one (for
+    /// release records).
+    pub tag: Option<Branch>,
+    /// For a deploy job that failed: the step that failed (`pre_deploy`,
+    /// `deploy` or `post_deploy`).
+    pub failed_step: Option<String>,
 }
 
 /// Dispatcher to runner.
@@ -205,6 +211,38 @@ pub struct Assign {
     pub repo: RepoUrl,
     pub branch: Branch,
     pub commit: CommitId,
+    /// What to run in the checkout.
+    pub job: Job,
+}
+
+/// What an attempt runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Job {
+    /// The repository's tests (`.baton.toml`, the runner's default).
+    Test,
+    /// A release's deploy steps, on a runner labelled `deploy`.
+    Deploy(Deploy),
+}
+
+/// The deploy steps of a release, run in order; the first failure stops.
+///
+/// The commands are the dispatcher operator's configuration, passed through
+/// verbatim; nothing in them is built from network input. The runner gives
+/// the release, commit and previous commit to them as environment variables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deploy {
+    /// The release's version, `r<N>`.
+    pub release: String,
+    pub previous_commit: Option<CommitId>,
+    pub steps: Vec<DeployStep>,
+}
+
+/// One deploy step: a name (`pre_deploy`, `deploy`, `post_deploy`) and the
+/// command run with `sh -c`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployStep {
+    pub name: String,
+    pub command: String,
 }
 
 /// Stop an attempt.
@@ -247,6 +285,25 @@ pub enum ClientToDispatcher {
     Abort(TaskId),
     /// Console output of a task; with `follow`, streamed until it ends.
     Log(LogRequest),
+    /// Release records, newest first.
+    Releases(ReleaseQuery),
+    /// Redeploy an earlier release.
+    Rollback(RollbackRequest),
+}
+
+/// Filters for `baton releases`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseQuery {
+    pub repo: Option<RepoUrl>,
+}
+
+/// `baton rollback REPO [--to VERSION]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub repo: RepoUrl,
+    /// The version to go back to; default: the release before the current
+    /// one.
+    pub to: Option<u32>,
 }
 
 /// Filters for `baton tasks`.
@@ -297,6 +354,35 @@ pub enum DispatcherToClient {
     LogEnd(Box<TaskInfo>),
     /// The request failed; the reason is for a human.
     Error(String),
+    Releases(Vec<ReleaseInfo>),
+    /// Answer to `Rollback`: the rollback record.
+    Release(Box<ReleaseInfo>),
+}
+
+/// A release record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub tag: Option<Branch>,
+    pub branch: Branch,
+    pub commit: CommitId,
+    /// The test task that passed (a release) or the release rolled back to
+    /// (a rollback: see `rollback_to`).
+    pub task_id: Option<TaskId>,
+    /// The task deploying this release, if deploy steps are configured.
+    pub deploy_task_id: Option<TaskId>,
+    pub created_at_ms: i64,
+    /// The version of the release before this one.
+    pub previous: Option<u32>,
+    /// `release` or `rollback`.
+    pub kind: String,
+    /// For a rollback, the version whose commit it redeploys.
+    pub rollback_to: Option<u32>,
+    /// `recorded`, `deploying`, `deployed`, `failed` or `rolled_back`.
+    pub state: String,
+    /// Who or what made it: `task 12`, `baton rollback`, `auto-rollback of r5`.
+    pub trigger: String,
 }
 
 /// `baton status`.
@@ -361,8 +447,10 @@ pub struct TaskInfo {
     pub summary: Option<Summary>,
     pub reason: Option<String>,
     pub labels: Vec<Label>,
-    /// What created the task: `observer`, `manual` or `rerun`.
+    /// What created the task: `observer`, `manual`, `rerun` or `deploy`.
     pub trigger: String,
+    /// `test`, or `deploy` for a release's deploy steps.
+    pub kind: String,
 }
 
 #[cfg(test)]
@@ -392,7 +480,49 @@ mod tests {
             reason: None,
             labels: vec![Label::new("linux").unwrap()],
             trigger: "observer".into(),
+            kind: "test".into(),
         }
+    }
+
+    fn release_info() -> ReleaseInfo {
+        ReleaseInfo {
+            repo: RepoUrl::new("/srv/app.git").unwrap(),
+            version: 3,
+            tag: Some(Branch::new("v1.2").unwrap()),
+            branch: Branch::new("main").unwrap(),
+            commit: commit(),
+            task_id: Some(task_id()),
+            deploy_task_id: None,
+            created_at_ms: 5,
+            previous: Some(2),
+            kind: "release".into(),
+            rollback_to: None,
+            state: "deployed".into(),
+            trigger: "task 7".into(),
+        }
+    }
+
+    #[test]
+    fn deploy_jobs_round_trip() {
+        let assign = DispatcherToRunner::Assign(Assign {
+            task_id: task_id(),
+            attempt: 1,
+            repo: RepoUrl::new("/r").unwrap(),
+            branch: Branch::new("m").unwrap(),
+            commit: commit(),
+            job: Job::Deploy(Deploy {
+                release: "r1".into(),
+                previous_commit: None,
+                steps: vec![DeployStep { name: "deploy".into(), command: "true".into() }],
+            }),
+        });
+        let expected = format!(
+            "020e01{}{}{}01 027231 00 01 066465706c6f79 0474727565",
+            hex("/r"),
+            hex("m"),
+            hex(commit().as_str())
+        );
+        assert_eq!(round_trip(&assign), expected.replace(' ', ""));
     }
 
     /// Encodes, decodes, compares, and returns the bytes as hex.
@@ -457,8 +587,10 @@ mod tests {
                     summary: Some(Summary { passed: 1, failed: 1, skipped: 0 }),
                     reason: None,
                     output_len: 9,
+                    tag: None,
+                    failed_step: None,
                 }),
-                "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09",
+                "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09 00 00",
             ),
         ];
         for (message, expected) in cases {
@@ -480,8 +612,9 @@ mod tests {
                     repo: RepoUrl::new("/r").unwrap(),
                     branch: Branch::new("m").unwrap(),
                     commit: commit(),
+                    job: Job::Test,
                 }),
-                format!("020e02{}{}{}", hex("/r"), hex("m"), hex(commit().as_str())).leak(),
+                format!("020e02{}{}{}00", hex("/r"), hex("m"), hex(commit().as_str())).leak(),
             ),
             (DispatcherToRunner::Abort(Abort { task_id: task_id(), attempt: 2 }), "030e02"),
             (
@@ -533,6 +666,14 @@ mod tests {
             (ClientToDispatcher::Rerun(task_id()), "050e"),
             (ClientToDispatcher::Abort(task_id()), "060e"),
             (ClientToDispatcher::Log(LogRequest { task_id: task_id(), follow: true }), "070e01"),
+            (ClientToDispatcher::Releases(ReleaseQuery { repo: None }), "0800"),
+            (
+                ClientToDispatcher::Rollback(RollbackRequest {
+                    repo: RepoUrl::new("/r").unwrap(),
+                    to: Some(2),
+                }),
+                "09 022f72 01 02",
+            ),
         ];
         for (message, expected) in requests {
             assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
@@ -569,6 +710,8 @@ mod tests {
             DispatcherToClient::LogChunk(vec![0, 255, b':', b'\n']),
             DispatcherToClient::LogEnd(Box::new(task_info())),
             DispatcherToClient::Error("nope".into()),
+            DispatcherToClient::Releases(vec![release_info()]),
+            DispatcherToClient::Release(Box::new(release_info())),
         ] {
             round_trip(&response);
         }

@@ -13,9 +13,10 @@ use proptest::prelude::*;
 use protocol::codec::{decode, encode, frame_codec};
 use protocol::handshake::{Challenge, DispatcherHandshake, Hello, Proof, Reject, Role, Welcome};
 use protocol::message::{
-    Abort, Accepted, Assign, ClientToDispatcher, DispatcherToClient, DispatcherToObserver, DispatcherToRunner,
-    Forget, Held, HostFacts, LogRequest, ManualSubmit, ObserverToDispatcher, Outcome, Output, Ping, Pong,
-    Refused, Register, Registered, ResultAck, Resume, RunnerInfo, RunnerState, RunnerToDispatcher, Selector,
+    Abort, Accepted, Assign, ClientToDispatcher, Deploy, DeployStep, DispatcherToClient,
+    DispatcherToObserver, DispatcherToRunner, Forget, Held, HostFacts, Job, LogRequest, ManualSubmit,
+    ObserverToDispatcher, Outcome, Output, Ping, Pong, Refused, Register, Registered, ReleaseInfo,
+    ReleaseQuery, ResultAck, Resume, RollbackRequest, RunnerInfo, RunnerState, RunnerToDispatcher, Selector,
     StatusReport, Submit, Summary, TaskInfo, TaskQuery, TaskResult,
 };
 use protocol::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
@@ -155,8 +156,8 @@ fn branch() -> impl Strategy<Value = Branch> {
 fn repo() -> impl Strategy<Value = RepoUrl> {
     prop_oneof![
         "(/[a-z0-9_-]{1,10}){1,4}(\\.git)?",
-        "(https|ssh|git|file)://[a-z0-9.-]{1,12}(/[a-z0-9_-]{1,10}){1,3}",
-        "git@[a-z0-9.-]{1,12}:[a-z0-9_-]{1,10}/[a-z0-9_-]{1,10}",
+        "(https|ssh|git|file)://[a-z0-9][a-z0-9.-]{0,11}(/[a-z0-9_-]{1,10}){1,3}",
+        "git@[a-z0-9][a-z0-9.-]{0,11}:[a-z0-9_-]{1,10}/[a-z0-9_-]{1,10}",
     ]
     .prop_map(|url| RepoUrl::new(url).unwrap())
 }
@@ -202,7 +203,7 @@ fn accepted() -> impl Strategy<Value = Accepted> {
     (task_id(), any::<bool>()).prop_map(|(task_id, duplicate)| Accepted { task_id, duplicate })
 }
 
-fn task_info() -> impl Strategy<Value = TaskInfo> {
+fn task_info() -> BoxedStrategy<TaskInfo> {
     let identity = (task_id(), repo(), branch(), commit(), state(), any::<u32>(), prop::option::of(name()));
     let times = (
         any::<Option<i32>>(),
@@ -211,34 +212,67 @@ fn task_info() -> impl Strategy<Value = TaskInfo> {
         any::<Option<i64>>(),
         any::<Option<u64>>(),
     );
-    let rest = (prop::option::of(summary()), prop::option::of(text()), labels(), text());
-    (identity, times, rest).prop_map(
-        |(
-            (id, repo, branch, commit, state, attempts, runner),
-            (exit_code, created_at_ms, started_at_ms, finished_at_ms, duration_ms),
-            (summary, reason, labels, trigger),
-        )| TaskInfo {
-            id,
-            repo,
-            branch,
-            commit,
-            state,
-            attempts,
-            runner,
-            exit_code,
-            created_at_ms,
-            started_at_ms,
-            finished_at_ms,
-            duration_ms,
-            summary,
-            reason,
-            labels,
-            trigger,
-        },
-    )
+    let rest = (prop::option::of(summary()), prop::option::of(text()), labels(), text(), text());
+    (identity, times, rest)
+        .prop_map(
+            |(
+                (id, repo, branch, commit, state, attempts, runner),
+                (exit_code, created_at_ms, started_at_ms, finished_at_ms, duration_ms),
+                (summary, reason, labels, trigger, kind),
+            )| TaskInfo {
+                id,
+                repo,
+                branch,
+                commit,
+                state,
+                attempts,
+                runner,
+                exit_code,
+                created_at_ms,
+                started_at_ms,
+                finished_at_ms,
+                duration_ms,
+                summary,
+                reason,
+                labels,
+                trigger,
+                kind,
+            },
+        )
+        .boxed()
 }
 
-fn runner_info() -> impl Strategy<Value = RunnerInfo> {
+fn release_info() -> BoxedStrategy<ReleaseInfo> {
+    let what = (repo(), any::<u32>(), prop::option::of(branch()), branch(), commit());
+    let tasks =
+        (prop::option::of(task_id()), prop::option::of(task_id()), any::<i64>(), any::<Option<u32>>());
+    let how = (text(), any::<Option<u32>>(), text(), text());
+    (what, tasks, how)
+        .prop_map(
+            |(
+                (repo, version, tag, branch, commit),
+                (task_id, deploy_task_id, created_at_ms, previous),
+                (kind, rollback_to, state, trigger),
+            )| ReleaseInfo {
+                repo,
+                version,
+                tag,
+                branch,
+                commit,
+                task_id,
+                deploy_task_id,
+                created_at_ms,
+                previous,
+                kind,
+                rollback_to,
+                state,
+                trigger,
+            },
+        )
+        .boxed()
+}
+
+fn runner_info() -> BoxedStrategy<RunnerInfo> {
     let state = prop::sample::select(vec![RunnerState::Idle, RunnerState::Busy, RunnerState::Dead]);
     (
         name(),
@@ -260,27 +294,31 @@ fn runner_info() -> impl Strategy<Value = RunnerInfo> {
             last_seen_ms,
             host,
         })
+        .boxed()
 }
 
-fn observer_to_dispatcher() -> impl Strategy<Value = ObserverToDispatcher> {
+fn observer_to_dispatcher() -> BoxedStrategy<ObserverToDispatcher> {
     (repo(), branch(), commit())
         .prop_map(|(repo, branch, commit)| ObserverToDispatcher::Submit(Submit { repo, branch, commit }))
+        .boxed()
 }
 
-fn dispatcher_to_observer() -> impl Strategy<Value = DispatcherToObserver> {
+fn dispatcher_to_observer() -> BoxedStrategy<DispatcherToObserver> {
     prop_oneof![
         accepted().prop_map(DispatcherToObserver::Accepted),
         text().prop_map(|reason| DispatcherToObserver::Refused(Refused { reason })),
     ]
+    .boxed()
 }
 
-fn runner_to_dispatcher() -> impl Strategy<Value = RunnerToDispatcher> {
+fn runner_to_dispatcher() -> BoxedStrategy<RunnerToDispatcher> {
     let held = (task_id(), any::<u32>()).prop_map(|(task_id, attempt)| Held { task_id, attempt });
     let register = (labels(), any::<u32>(), host(), prop::collection::vec(held, 0..3))
         .prop_map(|(labels, slots, host, held)| Register { labels, slots, host, held });
     let output = (task_id(), any::<u32>(), any::<u64>(), bytes())
         .prop_map(|(task_id, attempt, offset, data)| Output { task_id, attempt, offset, data });
-    let outcome = prop::sample::select(vec![Outcome::Passed, Outcome::Failed, Outcome::Error, Outcome::Aborted]);
+    let outcome =
+        prop::sample::select(vec![Outcome::Passed, Outcome::Failed, Outcome::Error, Outcome::Aborted]);
     let result = (
         task_id(),
         any::<u32>(),
@@ -290,10 +328,36 @@ fn runner_to_dispatcher() -> impl Strategy<Value = RunnerToDispatcher> {
         prop::option::of(summary()),
         prop::option::of(text()),
         any::<u64>(),
+        prop::option::of(branch()),
+        prop::option::of(text()),
     )
-        .prop_map(|(task_id, attempt, outcome, exit_code, duration_ms, summary, reason, output_len)| {
-            TaskResult { task_id, attempt, outcome, exit_code, duration_ms, summary, reason, output_len }
-        });
+        .prop_map(
+            |(
+                task_id,
+                attempt,
+                outcome,
+                exit_code,
+                duration_ms,
+                summary,
+                reason,
+                output_len,
+                tag,
+                failed_step,
+            )| {
+                TaskResult {
+                    task_id,
+                    attempt,
+                    outcome,
+                    exit_code,
+                    duration_ms,
+                    summary,
+                    reason,
+                    output_len,
+                    tag,
+                    failed_step,
+                }
+            },
+        );
     prop_oneof![
         register.prop_map(RunnerToDispatcher::Register),
         any::<u64>().prop_map(|seq| RunnerToDispatcher::Pong(Pong { seq })),
@@ -301,17 +365,37 @@ fn runner_to_dispatcher() -> impl Strategy<Value = RunnerToDispatcher> {
         result.prop_map(RunnerToDispatcher::Result),
         Just(RunnerToDispatcher::Draining),
     ]
+    .boxed()
 }
 
-fn dispatcher_to_runner() -> impl Strategy<Value = DispatcherToRunner> {
+fn forget() -> impl Strategy<Value = Forget> {
+    (task_id(), any::<u32>(), text()).prop_map(|(task_id, attempt, reason)| Forget {
+        task_id,
+        attempt,
+        reason,
+    })
+}
+
+fn dispatcher_to_runner() -> BoxedStrategy<DispatcherToRunner> {
     let resume = (task_id(), any::<u32>(), any::<u64>())
         .prop_map(|(task_id, attempt, output_offset)| Resume { task_id, attempt, output_offset });
-    let forget =
-        (task_id(), any::<u32>(), text()).prop_map(|(task_id, attempt, reason)| Forget { task_id, attempt, reason });
-    let registered = (prop::collection::vec(resume, 0..3), prop::collection::vec(forget.clone(), 0..3))
+    let registered = (prop::collection::vec(resume, 0..3), prop::collection::vec(forget(), 0..3))
         .prop_map(|(resume, forget)| Registered { resume, forget });
-    let assign = (task_id(), any::<u32>(), repo(), branch(), commit())
-        .prop_map(|(task_id, attempt, repo, branch, commit)| Assign { task_id, attempt, repo, branch, commit });
+    let step = (text(), text()).prop_map(|(name, command)| DeployStep { name, command });
+    let deploy = (text(), prop::option::of(commit()), prop::collection::vec(step, 0..4)).prop_map(
+        |(release, previous_commit, steps)| Job::Deploy(Deploy { release, previous_commit, steps }),
+    );
+    let job = prop_oneof![Just(Job::Test), deploy];
+    let assign = (task_id(), any::<u32>(), repo(), branch(), commit(), job).prop_map(
+        |(task_id, attempt, repo, branch, commit, job)| Assign {
+            task_id,
+            attempt,
+            repo,
+            branch,
+            commit,
+            job,
+        },
+    );
     let ack = (task_id(), any::<u32>(), any::<bool>(), prop::option::of(text()))
         .prop_map(|(task_id, attempt, accepted, reason)| ResultAck { task_id, attempt, accepted, reason });
     prop_oneof![
@@ -321,17 +405,15 @@ fn dispatcher_to_runner() -> impl Strategy<Value = DispatcherToRunner> {
         (task_id(), any::<u32>())
             .prop_map(|(task_id, attempt)| DispatcherToRunner::Abort(Abort { task_id, attempt })),
         ack.prop_map(DispatcherToRunner::ResultAck),
-        forget.prop_map(DispatcherToRunner::Forget),
+        forget().prop_map(DispatcherToRunner::Forget),
     ]
+    .boxed()
 }
 
-fn client_to_dispatcher() -> impl Strategy<Value = ClientToDispatcher> {
+fn client_to_dispatcher() -> BoxedStrategy<ClientToDispatcher> {
     let query = (prop::option::of(repo()), prop::option::of(state()), any::<u32>())
         .prop_map(|(repo, state, limit)| ClientToDispatcher::Tasks(TaskQuery { repo, state, limit }));
-    let selector = prop_oneof![
-        task_id().prop_map(Selector::Id),
-        commit_prefix().prop_map(Selector::Commit),
-    ];
+    let selector = prop_oneof![task_id().prop_map(Selector::Id), commit_prefix().prop_map(Selector::Commit),];
     let submit = (repo(), branch(), commit(), labels()).prop_map(|(repo, branch, commit, labels)| {
         ClientToDispatcher::Submit(ManualSubmit { repo, branch, commit, labels })
     });
@@ -345,10 +427,14 @@ fn client_to_dispatcher() -> impl Strategy<Value = ClientToDispatcher> {
         task_id().prop_map(ClientToDispatcher::Abort),
         (task_id(), any::<bool>())
             .prop_map(|(task_id, follow)| ClientToDispatcher::Log(LogRequest { task_id, follow })),
+        prop::option::of(repo()).prop_map(|repo| ClientToDispatcher::Releases(ReleaseQuery { repo })),
+        (repo(), any::<Option<u32>>())
+            .prop_map(|(repo, to)| ClientToDispatcher::Rollback(RollbackRequest { repo, to })),
     ]
+    .boxed()
 }
 
-fn dispatcher_to_client() -> impl Strategy<Value = DispatcherToClient> {
+fn dispatcher_to_client() -> BoxedStrategy<DispatcherToClient> {
     let counts = prop::collection::vec((state(), any::<u64>()), 0..6);
     let status = (text(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), counts).prop_map(
         |(version, uptime_ms, runners_idle, runners_busy, runners_dead, tasks)| {
@@ -372,15 +458,18 @@ fn dispatcher_to_client() -> impl Strategy<Value = DispatcherToClient> {
         bytes().prop_map(DispatcherToClient::LogChunk),
         task_info().prop_map(|task| DispatcherToClient::LogEnd(Box::new(task))),
         text().prop_map(DispatcherToClient::Error),
+        prop::collection::vec(release_info(), 0..3).prop_map(DispatcherToClient::Releases),
+        release_info().prop_map(|release| DispatcherToClient::Release(Box::new(release))),
     ]
+    .boxed()
 }
 
-fn hello() -> impl Strategy<Value = Hello> {
+fn hello() -> BoxedStrategy<Hello> {
     let role = prop::sample::select(vec![Role::Observer, Role::Runner, Role::Client]);
-    (any::<u32>(), role, name()).prop_map(|(version, role, name)| Hello { version, role, name })
+    (any::<u32>(), role, name()).prop_map(|(version, role, name)| Hello { version, role, name }).boxed()
 }
 
-fn dispatcher_handshake() -> impl Strategy<Value = DispatcherHandshake> {
+fn dispatcher_handshake() -> BoxedStrategy<DispatcherHandshake> {
     prop_oneof![
         (any::<[u8; 32]>(), any::<bool>()).prop_map(|(nonce, auth_required)| {
             DispatcherHandshake::Challenge(Challenge { nonce, auth_required })
@@ -388,10 +477,11 @@ fn dispatcher_handshake() -> impl Strategy<Value = DispatcherHandshake> {
         text().prop_map(|dispatcher_version| DispatcherHandshake::Welcome(Welcome { dispatcher_version })),
         text().prop_map(|reason| DispatcherHandshake::Reject(Reject { reason })),
     ]
+    .boxed()
 }
 
-fn proof() -> impl Strategy<Value = Proof> {
-    prop::option::of(bytes()).prop_map(|mac| Proof { mac })
+fn proof() -> BoxedStrategy<Proof> {
+    prop::option::of(bytes()).prop_map(|mac| Proof { mac }).boxed()
 }
 
 /// A valid value of any wire type, every variant reachable.

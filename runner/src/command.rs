@@ -41,6 +41,8 @@ pub enum Source {
     Runner,
     /// The built-in default.
     Default,
+    /// A deploy step from the dispatcher's configuration.
+    Dispatcher,
 }
 
 /// A resolved test command.
@@ -66,8 +68,14 @@ pub fn resolve(
 ) -> anyhow::Result<TestCommand> {
     let repo_test = read_repo_config(tree)?;
     let timeout = match repo_test.as_ref().and_then(|test| test.timeout.as_deref()) {
-        Some(text) => humantime::parse_duration(text)
-            .with_context(|| format!("invalid [test] timeout {text:?} in {REPO_CONFIG}"))?,
+        Some(text) => {
+            let timeout = humantime::parse_duration(text)
+                .with_context(|| format!("invalid [test] timeout {text:?} in {REPO_CONFIG}"))?;
+            if timeout.is_zero() {
+                anyhow::bail!("invalid [test] timeout {text:?} in {REPO_CONFIG}: must be longer than zero");
+            }
+            timeout
+        }
         None => default_timeout,
     };
     if let Some(command) = repo_test.and_then(|test| test.command) {
@@ -171,6 +179,7 @@ mod tests {
             "[test]\ncommand = 5\n",
             "[test]\ncommand = \"  \"\n",
             "[test]\ntimeout = \"soon\"\n",
+            "[test]\ntimeout = \"0s\"\n",
             "[test]\ncomand = \"typo\"\n",
         ] {
             assert!(check(Some(bad), None).is_err(), "{bad:?} accepted");

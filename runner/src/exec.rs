@@ -137,7 +137,9 @@ pub async fn supervise(
     let mut stdout_buf = vec![0u8; READ_CHUNK];
     let mut stderr_buf = vec![0u8; READ_CHUNK];
     let far_future = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-    let timeout_at = tokio::time::Instant::now() + timeout;
+    // A timeout too long for the clock (a `.baton.toml` may ask for
+    // "500000000000years") must not panic the attempt: it never fires.
+    let timeout_at = tokio::time::Instant::now().checked_add(timeout).unwrap_or(far_future);
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
     let mut cause: Option<StopCause> = None;
@@ -321,6 +323,7 @@ mod tests {
             repo: protocol::RepoUrl::new("/r").unwrap(),
             branch: protocol::Branch::new("main").unwrap(),
             commit: protocol::CommitId::new("a".repeat(40)).unwrap(),
+            job: protocol::message::Job::Test,
         };
         let log = spool.create(&assign, 1 << 20).unwrap();
         Fixture { _work: work, spool, key: AttemptKey::of(&assign), log }
@@ -361,6 +364,17 @@ mod tests {
         lines.sort();
         assert_eq!(lines, ["42", "err", "out"]);
         assert_eq!(progress.borrow().written, 11);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_beyond_the_clock_never_fires() {
+        let mut fixture = fixture();
+        let (progress, _) = watch::channel(Progress::default());
+        let (_control_tx, mut control) = mpsc::channel(1);
+        let mut process = spawn(&shell("echo ok", Duration::MAX), Path::new("/"), &[]).unwrap();
+        let supervised =
+            supervise(&mut process, Duration::MAX, &mut fixture.log, &progress, &mut control).await.unwrap();
+        assert_eq!((supervised.status.code(), supervised.cause), (Some(0), None));
     }
 
     #[tokio::test]

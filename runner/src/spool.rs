@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use protocol::message::{Assign, Outcome, Summary, TaskResult};
+use protocol::message::{Assign, Job, Outcome, Summary, TaskResult};
 use protocol::{Branch, CommitId, RepoUrl, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,10 @@ pub struct Finished {
     pub reason: Option<String>,
     /// Length of `output.log`, marker included.
     pub output_len: u64,
+    /// A tag pointing at the tested commit.
+    pub tag: Option<Branch>,
+    /// The deploy step that failed, for a deploy job.
+    pub failed_step: Option<String>,
 }
 
 impl Finished {
@@ -84,6 +88,8 @@ impl Finished {
             summary: None,
             reason: Some(reason.into()),
             output_len,
+            tag: None,
+            failed_step: None,
         }
     }
 
@@ -98,6 +104,8 @@ impl Finished {
             summary: self.summary,
             reason: self.reason.clone(),
             output_len: self.output_len,
+            tag: self.tag.clone(),
+            failed_step: self.failed_step.clone(),
         }
     }
 }
@@ -206,6 +214,8 @@ impl Spool {
             }),
             reason: finished.reason.clone(),
             output_len: finished.output_len,
+            tag: finished.tag.as_ref().map(|tag| tag.to_string()),
+            failed_step: finished.failed_step.clone(),
         };
         write_atomically(&self.dir(key).join("result.json"), &serde_json::to_vec_pretty(&record)?)
     }
@@ -289,6 +299,9 @@ impl Spool {
             repo: RepoUrl::new(record.repo).ok()?,
             branch: Branch::new(record.branch).ok()?,
             commit: CommitId::new(record.commit).ok()?,
+            // A recovered attempt is never run again (its result is "runner
+            // restarted"), so which job it was does not matter.
+            job: Job::Test,
         })
     }
 }
@@ -368,6 +381,10 @@ struct ResultFile {
     summary: Option<SummaryFile>,
     reason: Option<String>,
     output_len: u64,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    failed_step: Option<String>,
 }
 
 fn read_result(path: &Path) -> Option<Finished> {
@@ -389,6 +406,8 @@ fn read_result(path: &Path) -> Option<Finished> {
         }),
         reason: record.reason,
         output_len: record.output_len,
+        tag: record.tag.and_then(|tag| Branch::new(tag).ok()),
+        failed_step: record.failed_step,
     })
 }
 
@@ -432,6 +451,7 @@ mod tests {
             repo: RepoUrl::new("/srv/app.git").unwrap(),
             branch: Branch::new("main").unwrap(),
             commit: CommitId::new("0123456789abcdef0123456789abcdef01234567").unwrap(),
+            job: Job::Test,
         }
     }
 
@@ -475,6 +495,8 @@ mod tests {
             summary: Some(Summary { passed: 1, failed: 2, skipped: 0 }),
             reason: None,
             output_len: 6,
+            tag: Some(Branch::new("v1.0").unwrap()),
+            failed_step: Some("deploy".into()),
         };
         spool.write_result(key, &finished).unwrap();
         std::fs::create_dir_all(spool.tree(key)).unwrap();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use protocol::message::{Assign, Outcome};
+use protocol::message::{Assign, Job, Outcome};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
@@ -73,37 +73,64 @@ pub async fn execute(
             }
         }
     };
-    let test_command = match prepared {
-        Ok(test_command) => test_command,
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
         Err(reason) => return Ending::Finished(Finished::error(reason, elapsed_ms(), 0)),
     };
-    tracing::info!(source = ?test_command.source, program = ?test_command.program, "starting test");
-    let mut process = match exec::spawn(&test_command, &tree, &environment(assign)) {
-        Ok(process) => process,
-        Err(err) => {
-            return Ending::Finished(Finished::error(format!("starting the test: {err:#}"), elapsed_ms(), 0));
+    let env = environment(assign);
+    let mut ending = Ending::Discarded;
+    for (step, command) in &prepared.steps {
+        if let Some(step) = step {
+            let header = format!("==> {step}\n");
+            if let Err(err) = log.append(header.as_bytes()) {
+                return Ending::Finished(Finished::error(format!("writing the output: {err}"), elapsed_ms(), 0));
+            }
+            progress.send_modify(|progress| progress.written = log.written());
         }
-    };
-    if let Err(err) = shared.spool.write_pgid(key, process.pgid) {
-        tracing::warn!(error = %format!("{err:#}"), "cannot record the test's process group");
-    }
-    let supervised =
-        match exec::supervise(&mut process, test_command.timeout, &mut log, progress, control).await {
-            Ok(supervised) => supervised,
+        tracing::info!(step = ?step, source = ?command.source, program = ?command.program, "starting");
+        let mut process = match exec::spawn(command, &tree, &env) {
+            Ok(process) => process,
             Err(err) => {
-                let reason = format!("waiting for the test: {err:#}");
+                let reason = format!("starting the command: {err:#}");
                 return Ending::Finished(Finished::error(reason, elapsed_ms(), log.written()));
             }
         };
+        if let Err(err) = shared.spool.write_pgid(key, process.pgid) {
+            tracing::warn!(error = %format!("{err:#}"), "cannot record the test's process group");
+        }
+        let supervised = match exec::supervise(&mut process, command.timeout, &mut log, progress, control).await {
+            Ok(supervised) => supervised,
+            Err(err) => {
+                let reason = format!("waiting for the command: {err:#}");
+                return Ending::Finished(Finished::error(reason, elapsed_ms(), log.written()));
+            }
+        };
+        ending = classify(supervised, elapsed_ms(), log.written());
+        match &mut ending {
+            Ending::Finished(finished) if finished.outcome == Outcome::Passed => {}
+            Ending::Finished(finished) => {
+                finished.failed_step = step.clone();
+                break;
+            }
+            Ending::Discarded => break,
+        }
+    }
     let output_len = log.written();
     let summary = read_tail(&shared.spool.output_path(key), output_len)
         .await
         .and_then(|tail| summary::summarize(&String::from_utf8_lossy(&tail)));
-    let mut ending = classify(supervised, elapsed_ms(), output_len);
     if let Ending::Finished(finished) = &mut ending {
         finished.summary = summary;
+        finished.tag = prepared.tag;
     }
     ending
+}
+
+/// What an attempt runs once its tree is checked out: the test command, or
+/// the deploy steps by name; and the tag on the commit, if any.
+struct Prepared {
+    steps: Vec<(Option<String>, TestCommand)>,
+    tag: Option<protocol::Branch>,
 }
 
 /// Fetches, checks out and resolves the test command. Errors are the reason
@@ -113,17 +140,43 @@ async fn prepare(
     assign: &Assign,
     tree: &Path,
     interrupt: Arc<AtomicBool>,
-) -> Result<TestCommand, String> {
+) -> Result<Prepared, String> {
+    if matches!(assign.job, Job::Deploy(_)) && !shared.config.labels.iter().any(|label| label.as_str() == "deploy") {
+        return Err("this runner has no deploy label and runs no deploy steps".into());
+    }
     let mirror = match shared.cache.fetch(&assign.repo, &assign.commit, interrupt.clone()).await {
         Ok(Some(mirror)) => mirror,
         Ok(None) => return Err(format!("commit {} not found in {}", assign.commit, assign.repo)),
         Err(err) => return Err(format!("{err:#}")),
     };
-    git::checkout(mirror, &assign.commit, tree.to_path_buf(), interrupt)
+    git::checkout(mirror.clone(), &assign.commit, tree.to_path_buf(), interrupt)
         .await
         .map_err(|err| format!("{err:#}"))?;
-    command::resolve(tree, shared.config.test_command.as_deref(), shared.config.timeout)
-        .map_err(|err| format!("{err:#}"))
+    match &assign.job {
+        Job::Test => {
+            let command = command::resolve(tree, shared.config.test_command.as_deref(), shared.config.timeout)
+                .map_err(|err| format!("{err:#}"))?;
+            let tag = git::tag_of(mirror, &assign.commit).await;
+            Ok(Prepared { steps: vec![(None, command)], tag })
+        }
+        Job::Deploy(deploy) => {
+            // The steps are the dispatcher operator's configuration; the
+            // release and commits reach them only as environment variables.
+            let steps = deploy
+                .steps
+                .iter()
+                .map(|step| {
+                    let command = TestCommand {
+                        program: command::Program::Shell(step.command.clone()),
+                        timeout: shared.config.timeout,
+                        source: command::Source::Dispatcher,
+                    };
+                    (Some(step.name.clone()), command)
+                })
+                .collect();
+            Ok(Prepared { steps, tag: None })
+        }
+    }
 }
 
 fn aborted(duration_ms: u64, output_len: u64) -> Finished {
@@ -134,6 +187,8 @@ fn aborted(duration_ms: u64, output_len: u64) -> Finished {
         summary: None,
         reason: Some("aborted by the dispatcher".into()),
         output_len,
+        tag: None,
+        failed_step: None,
     }
 }
 
@@ -147,6 +202,8 @@ fn classify(supervised: Supervised, duration_ms: u64, output_len: u64) -> Ending
         summary: None,
         reason: Some(reason),
         output_len,
+        tag: None,
+        failed_step: None,
     };
     let finished = match supervised.cause {
         Some(StopCause::Timeout) => failed(None, "timeout".into()),
@@ -161,6 +218,8 @@ fn classify(supervised: Supervised, duration_ms: u64, output_len: u64) -> Ending
                 summary: None,
                 reason: None,
                 output_len,
+                tag: None,
+                failed_step: None,
             },
             (Some(code), _) => Finished { reason: None, ..failed(Some(code), String::new()) },
             (None, Some(signal)) => failed(None, format!("killed by signal {signal}")),
@@ -173,13 +232,19 @@ fn classify(supervised: Supervised, duration_ms: u64, output_len: u64) -> Ending
 /// The attempt's identity for the test, as environment variables: the only
 /// way network input reaches the test (all of it validated on decode).
 fn environment(assign: &Assign) -> Vec<(&'static str, String)> {
-    vec![
+    let mut env = vec![
         ("BATON_TASK_ID", assign.task_id.to_string()),
         ("BATON_ATTEMPT", assign.attempt.to_string()),
         ("BATON_COMMIT", assign.commit.to_string()),
         ("BATON_BRANCH", assign.branch.to_string()),
         ("BATON_REPO", assign.repo.to_string()),
-    ]
+    ];
+    if let Job::Deploy(deploy) = &assign.job {
+        env.push(("BATON_RELEASE", deploy.release.clone()));
+        let previous = deploy.previous_commit.as_ref().map(ToString::to_string).unwrap_or_default();
+        env.push(("BATON_PREVIOUS_COMMIT", previous));
+    }
+    env
 }
 
 /// The last [`summary::TAIL_BYTES`] of the output, or `None` if unreadable.
@@ -247,6 +312,7 @@ mod tests {
             repo: protocol::RepoUrl::new("/srv/a b.git").unwrap(),
             branch: protocol::Branch::new("main").unwrap(),
             commit: protocol::CommitId::new("f".repeat(40)).unwrap(),
+            job: Job::Test,
         };
         let names: Vec<&str> = environment(&assign).iter().map(|(name, _)| *name).collect();
         assert_eq!(names, ["BATON_TASK_ID", "BATON_ATTEMPT", "BATON_COMMIT", "BATON_BRANCH", "BATON_REPO"]);

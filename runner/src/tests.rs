@@ -123,6 +123,7 @@ fn assignment(task_id: i64, repo: &RepoUrl, commit: &CommitId) -> Assign {
         repo: repo.clone(),
         branch: Branch::new("main").unwrap(),
         commit: commit.clone(),
+        job: protocol::message::Job::Test,
     }
 }
 

@@ -65,7 +65,10 @@ pub async fn serve(
 async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -> DispatcherToClient {
     let steering = matches!(
         request,
-        ClientToDispatcher::Submit(_) | ClientToDispatcher::Rerun(_) | ClientToDispatcher::Abort(_)
+        ClientToDispatcher::Submit(_)
+            | ClientToDispatcher::Rerun(_)
+            | ClientToDispatcher::Abort(_)
+            | ClientToDispatcher::Rollback(_)
     );
     if steering && !may_steer {
         return DispatcherToClient::Error("not allowed: this command needs an authenticated client".into());
@@ -128,6 +131,19 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -
             }
         }
         ClientToDispatcher::Log(_) => Err("log is streamed, not answered".into()),
+        ClientToDispatcher::Releases(query) => shared
+            .readers
+            .query(move |reader| reader.releases(query.repo.as_ref()))
+            .await
+            .map(DispatcherToClient::Releases)
+            .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Rollback(request) => {
+            let (repo, to) = (request.repo, request.to);
+            match scheduler.ask(|reply| Event::Rollback { repo, to, reply }).await {
+                Ok(result) => result.map(|release| DispatcherToClient::Release(Box::new(release))),
+                Err(err) => Err(stopped(err)),
+            }
+        }
     };
     result.unwrap_or_else(DispatcherToClient::Error)
 }

@@ -14,5 +14,6 @@ pub(crate) fn new_task(
     labels: Vec<protocol::Label>,
     trigger: crate::store::Trigger,
 ) -> crate::store::NewTask {
-    crate::store::NewTask { repo, branch, commit, labels, trigger }
+    let kind = crate::store::TaskKind::Test;
+    crate::store::NewTask { repo, branch, commit, labels, trigger, kind, release_id: None }
 }

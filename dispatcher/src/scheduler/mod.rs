@@ -11,6 +11,7 @@
 //! Deliberately not here: sockets and framing (`handler`), SQL (`store`), file
 //! layout (`files`).
 
+mod releases;
 mod runners;
 mod tasks;
 
@@ -18,10 +19,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use protocol::message::{
-    Accepted, DispatcherToRunner, HostFacts, Register, RunnerInfo, RunnerToDispatcher, StatusReport, TaskInfo,
+    Accepted, DispatcherToRunner, HostFacts, Register, ReleaseInfo, RunnerInfo, RunnerToDispatcher, StatusReport,
+    TaskInfo,
 };
-use protocol::{Label, Name, TaskId, TaskState};
-use tokio::sync::{mpsc, oneshot, watch};
+use protocol::{Label, Name, RepoUrl, TaskId, TaskState};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::files::DataDir;
@@ -98,6 +102,11 @@ pub enum Event {
         task_id: TaskId,
         reply: oneshot::Sender<Option<watch::Receiver<LogProgress>>>,
     },
+    /// `baton rollback`.
+    Rollback { repo: RepoUrl, to: Option<u32>, reply: oneshot::Sender<Result<ReleaseInfo, String>> },
+    /// The notifier worker delivered an outbox entry (`Ok`) or failed to and
+    /// will retry at `retry_at_ms`; answered once committed.
+    Notified { id: i64, delivery: Result<(), String>, retry_at_ms: i64, reply: oneshot::Sender<()> },
 }
 
 /// How far a task's log has grown, for followers.
@@ -116,6 +125,8 @@ pub struct Settings {
     pub heartbeat_misses: u32,
     pub max_attempts: u32,
     pub output_cap: u64,
+    pub releases: crate::config::Releases,
+    pub notifiers: std::sync::Arc<Vec<crate::config::Notifier>>,
 }
 
 impl Settings {
@@ -164,9 +175,10 @@ impl std::fmt::Display for Stopped {
 
 /// Starts the scheduler thread.
 ///
-/// `fatal` is cancelled when the store fails (disk full, I/O error), which
-/// stops the whole daemon: the in-memory state may then be ahead of the
-/// database, and a restart rebuilds it from what was committed.
+/// `fatal` is cancelled when the store fails (disk full, I/O error) or the
+/// thread ends any other way (a panic), which stops the whole daemon: the
+/// in-memory state may then be ahead of the database, and a restart rebuilds
+/// it from what was committed.
 ///
 /// # Errors
 /// When the live state cannot be read from the store.
@@ -174,9 +186,10 @@ pub fn start(
     store: Store,
     files: DataDir,
     settings: Settings,
+    outbox: Arc<Notify>,
     fatal: CancellationToken,
 ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
-    let state = State::recover(&store, files, settings)?;
+    let state = State::recover(&store, files, settings, outbox)?;
     let (events, receiver) = mpsc::channel(EVENT_QUEUE);
     let thread = std::thread::Builder::new()
         .name("scheduler".into())
@@ -185,6 +198,10 @@ pub fn start(
 }
 
 fn run(mut store: Store, mut state: State, mut receiver: mpsc::Receiver<Event>, fatal: CancellationToken) {
+    // However the thread ends, a panic included, the daemon stops with it:
+    // a dispatcher whose scheduler is gone accepts connections but can
+    // answer nothing, which is worse than a restart (issue 6).
+    let _stop_daemon = fatal.clone().drop_guard();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
@@ -273,10 +290,14 @@ pub(crate) struct State {
     follows: HashMap<TaskId, watch::Sender<LogProgress>>,
     next_ping: u64,
     last_ping: Instant,
+    /// Set when the batch queued notifications; wakes the notifier worker
+    /// after the commit.
+    outbox_changed: bool,
+    outbox: Arc<Notify>,
 }
 
 impl State {
-    fn recover(store: &Store, files: DataDir, settings: Settings) -> anyhow::Result<State> {
+    fn recover(store: &Store, files: DataDir, settings: Settings, outbox: Arc<Notify>) -> anyhow::Result<State> {
         let now = Instant::now();
         let mut state = State {
             settings,
@@ -290,6 +311,8 @@ impl State {
             follows: HashMap::new(),
             next_ping: 1,
             last_ping: now,
+            outbox_changed: false,
+            outbox,
         };
         for task in store.live_tasks()? {
             match task.state {
@@ -318,6 +341,9 @@ impl State {
         }
         self.schedule(&tx, &mut effects)?;
         tx.commit()?;
+        if std::mem::take(&mut self.outbox_changed) {
+            self.outbox.notify_one();
+        }
         self.apply(effects);
         Ok(())
     }
@@ -359,6 +385,17 @@ impl State {
             Event::Follow { task_id, reply } => {
                 let progress = self.follow(task_id);
                 effects.reply(reply, progress);
+            }
+            Event::Rollback { repo, to, reply } => {
+                let result = self.rollback(tx, &repo, to)?;
+                effects.reply(reply, result);
+            }
+            Event::Notified { id, delivery, retry_at_ms, reply } => {
+                match delivery {
+                    Ok(()) => tx.delete_notification(id)?,
+                    Err(error) => tx.retry_notification(id, &error, retry_at_ms)?,
+                }
+                effects.reply(reply, ());
             }
         }
         Ok(())
@@ -417,7 +454,4 @@ impl State {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub(crate) use crate::store::now_ms;

@@ -2,13 +2,13 @@
 //! rerun.
 
 use protocol::message::{
-    Abort, Accepted, Assign, DispatcherToRunner, Outcome, Output, ResultAck, TaskInfo, TaskResult,
+    Abort, Accepted, Assign, DispatcherToRunner, Job, Outcome, Output, ResultAck, TaskInfo, TaskResult,
 };
 use protocol::{Name, TaskId, TaskState};
 use tokio::sync::watch;
 
 use super::{now_ms, ConnId, Effects, LogProgress, Running, State};
-use crate::store::{Finish, LiveTask, NewTask, Trigger, Tx};
+use crate::store::{Finish, LiveTask, NewTask, TaskKind, Trigger, Tx};
 
 /// How many queued tasks one scheduling pass looks at, so that a queue of
 /// tasks waiting for a label nobody has cannot stall a batch.
@@ -32,6 +32,8 @@ impl State {
                     state: TaskState::Pending,
                     attempts: 0,
                     runner: None,
+                    kind: task.kind,
+                    release_id: task.release_id,
                 },
             );
         } else {
@@ -90,6 +92,20 @@ impl State {
         task_id: TaskId,
         name: Name,
     ) -> anyhow::Result<()> {
+        let Some(task) = self.pending.get(&task_id) else { return Ok(()) };
+        let job = match task.kind {
+            TaskKind::Test => Job::Test,
+            TaskKind::Deploy => match self.deploy_job(tx, task)? {
+                Some(job) => job,
+                None => {
+                    let finish = Finish {
+                        reason: Some("the release or the repository's deploy steps are gone".into()),
+                        ..Finish::ended(TaskState::Error)
+                    };
+                    return self.finish(tx, task_id, &finish);
+                }
+            },
+        };
         let Some(mut task) = self.pending.remove(&task_id) else { return Ok(()) };
         let runner = self.runners.get_mut(&name).expect("schedule only picks known runners");
         let conn = runner.conn.expect("schedule only picks connected runners");
@@ -108,6 +124,7 @@ impl State {
                 repo: task.repo.clone(),
                 branch: task.branch.clone(),
                 commit: task.commit.clone(),
+                job,
             }),
         );
         if let Some(progress) = self.follows.get(&task_id) {
@@ -125,9 +142,14 @@ impl State {
             tracing::debug!(task_id = %output.task_id, attempt = output.attempt, runner = %runner, "output of a stale attempt dropped");
             return;
         }
+        // An end past u64::MAX is no real output: a peer's arithmetic must
+        // not panic the scheduler (issue 6).
+        let Some(end) = output.offset.checked_add(output.data.len() as u64) else {
+            tracing::warn!(task_id = %output.task_id, offset = output.offset, "output at an impossible offset dropped");
+            return;
+        };
         // After a reconnect the runner resends from the offset we gave it;
         // skip anything we already have.
-        let end = output.offset + output.data.len() as u64;
         if end <= running.log_len {
             return;
         }
@@ -214,6 +236,8 @@ impl State {
             summary: result.summary,
             reason: result.reason,
             at_ms: now_ms(),
+            tag: result.tag,
+            failed_step: result.failed_step,
         };
         self.finish(tx, task_id, &finish)?;
         effects.send_runner(conn, ack(true, None));
@@ -242,7 +266,7 @@ impl State {
         if let Some(progress) = self.follows.remove(&task_id) {
             progress.send_modify(|progress| progress.ended = true);
         }
-        Ok(())
+        self.after_finish(tx, &task, finish)
     }
 
     /// A lost runner's task goes back to the queue, or to `error` once its
@@ -257,12 +281,8 @@ impl State {
         let attempts = running.task.attempts;
         if attempts >= self.settings.max_attempts {
             let finish = Finish {
-                state: TaskState::Error,
-                exit_code: None,
-                duration_ms: None,
-                summary: None,
                 reason: Some(format!("gave up after {attempts} attempts; last: {reason}")),
-                at_ms: now_ms(),
+                ..Finish::ended(TaskState::Error)
             };
             return self.finish(tx, task_id, &finish);
         }
@@ -285,14 +305,7 @@ impl State {
         effects: &mut Effects,
         task_id: TaskId,
     ) -> anyhow::Result<Result<TaskInfo, String>> {
-        let aborted = Finish {
-            state: TaskState::Aborted,
-            exit_code: None,
-            duration_ms: None,
-            summary: None,
-            reason: Some("aborted by a client".into()),
-            at_ms: now_ms(),
-        };
+        let aborted = Finish { reason: Some("aborted by a client".into()), ..Finish::ended(TaskState::Aborted) };
         if self.pending.contains_key(&task_id) {
             self.finish(tx, task_id, &aborted)?;
         } else if let Some(running) = self.running.get(&task_id) {
@@ -323,6 +336,8 @@ impl State {
             commit: task.commit,
             labels: task.labels,
             trigger: Trigger::Rerun,
+            kind: TaskKind::Test,
+            release_id: None,
         };
         self.submit(tx, new).map(Ok)
     }

@@ -10,15 +10,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use protocol::message::{Summary, TaskInfo};
+use protocol::message::{ReleaseInfo, Summary, TaskInfo};
 use protocol::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
 use rusqlite::{params, OptionalExtension, Row};
 
+mod releases;
+
 const SCHEMA_V1: &str = include_str!("schema.sql");
+const SCHEMA_V2: &str = include_str!("v2.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub enum Trigger {
     Observer,
     Manual,
     Rerun,
+    /// A deploy task made for a release.
+    Deploy,
 }
 
 impl Trigger {
@@ -44,6 +49,33 @@ impl Trigger {
             Trigger::Observer => "observer",
             Trigger::Manual => "manual",
             Trigger::Rerun => "rerun",
+            Trigger::Deploy => "deploy",
+        }
+    }
+}
+
+/// What a task runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskKind {
+    /// The repository's tests.
+    Test,
+    /// A release's deploy steps.
+    Deploy,
+}
+
+impl TaskKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Test => "test",
+            TaskKind::Deploy => "deploy",
+        }
+    }
+
+    fn parse(text: &str) -> Result<TaskKind, String> {
+        match text {
+            "test" => Ok(TaskKind::Test),
+            "deploy" => Ok(TaskKind::Deploy),
+            other => Err(format!("unknown task kind {other:?}")),
         }
     }
 }
@@ -56,6 +88,9 @@ pub struct NewTask {
     pub commit: CommitId,
     pub labels: Vec<Label>,
     pub trigger: Trigger,
+    pub kind: TaskKind,
+    /// The release a deploy task deploys.
+    pub release_id: Option<i64>,
 }
 
 /// A task that is queued or running, as the scheduler keeps it in memory.
@@ -69,6 +104,8 @@ pub struct LiveTask {
     pub state: TaskState,
     pub attempts: u32,
     pub runner: Option<Name>,
+    pub kind: TaskKind,
+    pub release_id: Option<i64>,
 }
 
 /// The end of an attempt, to record.
@@ -80,6 +117,66 @@ pub struct Finish {
     pub summary: Option<Summary>,
     pub reason: Option<String>,
     pub at_ms: i64,
+    /// A tag on the commit, reported by the runner.
+    pub tag: Option<Branch>,
+    /// The deploy step that failed.
+    pub failed_step: Option<String>,
+}
+
+impl Finish {
+    /// A task ended without running to completion: no exit code, duration
+    /// or summary.
+    pub fn ended(state: TaskState) -> Finish {
+        Finish {
+            state,
+            exit_code: None,
+            duration_ms: None,
+            summary: None,
+            reason: None,
+            at_ms: now_ms(),
+            tag: None,
+            failed_step: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A release record to append; the version and previous release are
+/// decided by the store.
+#[derive(Clone, Debug)]
+pub struct NewRelease {
+    pub repo: RepoUrl,
+    pub tag: Option<Branch>,
+    pub branch: Branch,
+    pub commit: CommitId,
+    pub task_id: Option<TaskId>,
+    pub kind: &'static str,
+    pub rollback_to: Option<u32>,
+    pub state: &'static str,
+    pub trigger: String,
+}
+
+/// A release record and its row id.
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub id: i64,
+    pub info: ReleaseInfo,
+}
+
+/// A notification waiting for delivery.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub id: i64,
+    pub notifier: usize,
+    pub event: String,
+    pub attempts: u32,
 }
 
 /// The writing connection.
@@ -162,7 +259,7 @@ impl Store {
     /// SQLite errors.
     pub fn live_tasks(&self) -> anyhow::Result<Vec<LiveTask>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner FROM tasks
+            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner, kind, release_id FROM tasks
              WHERE state IN ('pending', 'running') ORDER BY id",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -175,6 +272,8 @@ impl Store {
                 state: parse(row, 5, |s: String| s.parse::<TaskState>())?,
                 attempts: row.get(6)?,
                 runner: row.get::<_, Option<String>>(7)?.map(Name::new).transpose().map_err(invalid(7))?,
+                kind: parse(row, 8, |s: String| TaskKind::parse(&s))?,
+                release_id: row.get(9)?,
             })
         })?;
         rows.collect::<Result<_, _>>().context("reading live tasks")
@@ -212,8 +311,8 @@ impl Tx<'_> {
         let inserted = self
             .tx
             .prepare_cached(
-                "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels)
-             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)
+                "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels, kind, release_id)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8)
              ON CONFLICT (repo, commit_id) WHERE trigger = 'observer' DO NOTHING",
             )?
             .execute(params![
@@ -222,7 +321,9 @@ impl Tx<'_> {
                 task.commit.as_str(),
                 task.trigger.as_str(),
                 now_ms,
-                labels
+                labels,
+                task.kind.as_str(),
+                task.release_id
             ])?;
         if inserted == 1 {
             return Ok((task_id(self.tx.last_insert_rowid())?, true));
@@ -363,7 +464,7 @@ impl Reader {
 }
 
 const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \
-     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger";
+     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind";
 
 fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
     let passed: Option<u32> = row.get(12)?;
@@ -391,6 +492,7 @@ fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
         reason: row.get(15)?,
         labels: parse_labels(row, 16)?,
         trigger: row.get(17)?,
+        kind: row.get(18)?,
     })
 }
 
@@ -446,6 +548,8 @@ mod tests {
             commit: CommitId::new(commit.to_string().repeat(40)).unwrap(),
             labels: vec![Label::new("linux").unwrap()],
             trigger,
+            kind: TaskKind::Test,
+            release_id: None,
         }
     }
 
@@ -489,6 +593,8 @@ mod tests {
             summary: Some(summary),
             reason: None,
             at_ms: 13,
+            tag: None,
+            failed_step: None,
         };
         tx.finish(id, &finish).unwrap();
         tx.commit().unwrap();
@@ -517,14 +623,7 @@ mod tests {
             .collect();
         tx.finish(
             ids[1],
-            &Finish {
-                state: TaskState::Passed,
-                exit_code: Some(0),
-                duration_ms: None,
-                summary: None,
-                reason: None,
-                at_ms: 2,
-            },
+            &Finish { exit_code: Some(0), ..Finish::ended(TaskState::Passed) },
         )
         .unwrap();
         tx.commit().unwrap();
@@ -551,5 +650,43 @@ mod tests {
         drop(conn);
         let err = Store::open(&path, Sync::Full).err().unwrap();
         assert!(format!("{err:#}").contains("newer than this dispatcher"), "{err:#}");
+    }
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+
+    fn release(kind: &'static str) -> NewRelease {
+        NewRelease {
+            repo: RepoUrl::new("/srv/app.git").unwrap(),
+            tag: None,
+            branch: Branch::new("main").unwrap(),
+            commit: CommitId::new("c".repeat(40)).unwrap(),
+            task_id: None,
+            kind,
+            rollback_to: None,
+            state: "recorded",
+            trigger: "test".into(),
+        }
+    }
+
+    #[test]
+    fn versions_increase_per_repository_and_link_the_previous_one() {
+        let mut store = Store::open_in_memory().unwrap();
+        let tx = store.begin().unwrap();
+        let first = tx.insert_release(&release("release"), 1).unwrap();
+        let second = tx.insert_release(&release("rollback"), 2).unwrap();
+        let mut elsewhere = release("release");
+        elsewhere.repo = RepoUrl::new("/srv/other.git").unwrap();
+        let other = tx.insert_release(&elsewhere, 3).unwrap();
+        assert_eq!((first.info.version, first.info.previous), (1, None));
+        assert_eq!((second.info.version, second.info.previous), (2, Some(1)));
+        assert_eq!((other.info.version, other.info.previous), (1, None));
+        tx.set_release_state(first.id, "deployed").unwrap();
+        let listed = tx.releases_of(&first.info.repo).unwrap();
+        assert_eq!(listed.iter().map(|r| r.info.version).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(listed[1].info.state, "deployed");
+        tx.commit().unwrap();
     }
 }

@@ -84,6 +84,30 @@ pub enum Command {
     Rerun(TaskArg),
     /// Stop a pending or running task; prints the task as it is now.
     Abort(TaskArg),
+    /// Release records, newest first.
+    Releases(ReleasesArgs),
+    /// Redeploy an earlier release (default: the one before the current
+    /// release) and record a rollback.
+    Rollback(RollbackArgs),
+}
+
+/// `baton releases`.
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    /// Only releases of this repository (a URL, or a local path made absolute).
+    #[arg(long, value_name = "REPO")]
+    pub repo: Option<String>,
+}
+
+/// `baton rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The repository (a URL, or a local path made absolute).
+    pub repo: String,
+
+    /// The release to go back to: `r3` or `3`.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
 }
 
 /// `baton tasks`.

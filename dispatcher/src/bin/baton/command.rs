@@ -119,6 +119,20 @@ fn present(
                 format!("{}\n", accepted.task_id)
             }
         }
+        (ClientToDispatcher::Releases(_), DispatcherToClient::Releases(releases)) => {
+            if as_json {
+                json_text(releases.iter().map(dispatcher::files::release_json).collect())
+            } else {
+                render::releases(&releases, now_ms(), style)
+            }
+        }
+        (ClientToDispatcher::Rollback(_), DispatcherToClient::Release(release)) => {
+            if as_json {
+                json_text(dispatcher::files::release_json(&release))
+            } else {
+                render::releases(std::slice::from_ref(&release), now_ms(), style)
+            }
+        }
         (_, other) => return Err(unexpected(&other)),
     };
     Ok(text)
@@ -150,6 +164,8 @@ pub fn unexpected(answer: &DispatcherToClient) -> anyhow::Error {
         DispatcherToClient::LogChunk(_) => "LogChunk",
         DispatcherToClient::LogEnd(_) => "LogEnd",
         DispatcherToClient::Error(_) => "Error",
+        DispatcherToClient::Releases(_) => "Releases",
+        DispatcherToClient::Release(_) => "Release",
     };
     anyhow::anyhow!("unexpected answer from the dispatcher: {kind}")
 }

@@ -28,6 +28,7 @@ pub fn task_info() -> TaskInfo {
         reason: None,
         labels: vec![Label::new("linux").unwrap()],
         trigger: "observer".into(),
+        kind: "test".into(),
     }
 }
 
@@ -45,6 +46,7 @@ pub fn pending_task() -> TaskInfo {
         summary: None,
         labels: vec![],
         trigger: "manual".into(),
+        kind: "test".into(),
         ..task_info()
     }
 }

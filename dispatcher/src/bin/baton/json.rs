@@ -31,6 +31,7 @@ pub fn task(task: &TaskInfo) -> Value {
         "reason": task.reason,
         "labels": task.labels.iter().map(|label| label.as_str()).collect::<Vec<_>>(),
         "trigger": task.trigger,
+        "kind": task.kind,
     })
 }
 
@@ -132,6 +133,7 @@ mod tests {
                 "reason",
                 "labels",
                 "trigger",
+                "kind",
             ])
         );
         assert_eq!(
@@ -153,6 +155,7 @@ mod tests {
                 "reason": null,
                 "labels": ["linux"],
                 "trigger": "observer",
+                "kind": "test",
             })
         );
     }

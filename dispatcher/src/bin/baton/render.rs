@@ -10,7 +10,7 @@
 use std::io::IsTerminal;
 
 use comfy_table::{presets, Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
-use protocol::message::{RunnerInfo, RunnerState, StatusReport, Summary, TaskInfo};
+use protocol::message::{ReleaseInfo, RunnerInfo, RunnerState, StatusReport, Summary, TaskInfo};
 use protocol::TaskState;
 
 use crate::json::count;
@@ -67,6 +67,33 @@ pub fn tasks(tasks: &[TaskInfo], now_ms: i64, style: Style) -> String {
         ]);
     }
     align_right(&mut table, &[0, 6]);
+    finish(&table)
+}
+
+/// `baton releases`: one line per release record.
+pub fn releases(releases: &[ReleaseInfo], now_ms: i64, style: Style) -> String {
+    if releases.is_empty() {
+        return "no releases\n".into();
+    }
+    let mut table =
+        table(style, &["VERSION", "STATE", "REPO", "BRANCH", "COMMIT", "TAG", "KIND", "CREATED", "TRIGGER"]);
+    for release in releases {
+        let kind = match release.rollback_to {
+            Some(version) => format!("rollback to r{version}"),
+            None => release.kind.clone(),
+        };
+        table.add_row(vec![
+            Cell::new(format!("r{}", release.version)),
+            Cell::new(&release.state),
+            Cell::new(&release.repo),
+            Cell::new(&release.branch),
+            Cell::new(short_commit(release.commit.as_str())),
+            Cell::new(release.tag.as_ref().map_or(NONE, |tag| tag.as_str())),
+            Cell::new(kind),
+            Cell::new(relative(now_ms, release.created_at_ms)),
+            Cell::new(&release.trigger),
+        ]);
+    }
     finish(&table)
 }
 

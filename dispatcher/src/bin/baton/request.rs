@@ -10,7 +10,9 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use protocol::message::{ClientToDispatcher, LogRequest, ManualSubmit, Selector, TaskQuery};
+use protocol::message::{
+    ClientToDispatcher, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest, Selector, TaskQuery,
+};
 use protocol::peer::Credentials;
 use protocol::tls::ClientTls;
 use protocol::{Branch, CommitId, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
@@ -105,8 +107,24 @@ pub fn build(command: &Command, cwd: &Path) -> anyhow::Result<ClientToDispatcher
         }),
         Command::Rerun(args) => ClientToDispatcher::Rerun(parse_task_id(&args.id)?),
         Command::Abort(args) => ClientToDispatcher::Abort(parse_task_id(&args.id)?),
+        Command::Releases(args) => ClientToDispatcher::Releases(ReleaseQuery {
+            repo: args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?,
+        }),
+        Command::Rollback(args) => ClientToDispatcher::Rollback(RollbackRequest {
+            repo: resolve_repo(&args.repo, cwd)?,
+            to: args.to.as_deref().map(parse_version).transpose()?,
+        }),
     };
     Ok(request)
+}
+
+/// A release version: `r3` or `3`.
+fn parse_version(text: &str) -> anyhow::Result<u32> {
+    let digits = text.strip_prefix('r').unwrap_or(text);
+    match digits.parse::<u32>() {
+        Ok(version) if version > 0 => Ok(version),
+        _ => anyhow::bail!("invalid release version {text:?}: expected r1, r2, ... or 1, 2, ..."),
+    }
 }
 
 /// A task state by its lowercase name.

@@ -57,7 +57,7 @@ impl Session {
         {
             Ok((connection, _welcome)) => Ok(Session { connection, address: address.to_string() }),
             Err(err) => Err(ConnectionFailed {
-                message: format!("cannot reach the dispatcher at {address}: {}", describe(&err)),
+                message: format!("cannot reach the dispatcher at {address}: {}", describe_handshake(&err)),
             }),
         }
     }
@@ -110,6 +110,20 @@ fn describe(err: &protocol::Error) -> String {
     }
 }
 
+/// The cause of a failed handshake. A peer whose first bytes are not a
+/// Baton frame (a web server, SSH, the wrong port) yields a frame error that
+/// would read as if a dispatcher had misbehaved; say what it means instead.
+fn describe_handshake(err: &protocol::Error) -> String {
+    match err {
+        protocol::Error::FrameTooLarge { .. }
+        | protocol::Error::Decode(_)
+        | protocol::Error::Handshake(_) => {
+            format!("the peer does not speak the Baton protocol ({err})")
+        }
+        other => describe(other),
+    }
+}
+
 /// The OS message without its "(os error N)" tail, lowercased.
 fn describe_io(err: &std::io::Error) -> String {
     let text = err.to_string();
@@ -143,6 +157,30 @@ mod tests {
         assert_eq!(
             describe(&protocol::Error::Rejected { reason: "authentication failed".into() }),
             "rejected by the dispatcher: authentication failed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_a_dispatcher_is_named_as_such() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let reply = b"HTTP/1.0 400 Bad Request\r\n\r\n";
+            tokio::io::AsyncWriteExt::write_all(&mut stream, reply).await.unwrap();
+            stream
+        });
+        let Err(err) = Session::open(&address, &Credentials::default()).await else {
+            panic!("a web server was taken for a dispatcher")
+        };
+        let _stream = server.await.unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot reach the dispatcher at {address}: the peer does not speak the Baton protocol \
+                 (frame larger than the maximum of {} bytes)",
+                protocol::MAX_FRAME
+            )
         );
     }
 

@@ -1,0 +1,213 @@
+//! Releases and notifications: a passed test of a release branch appends a
+//! release record (and, when deploy steps are configured, a deploy task); a
+//! failed deploy may roll back; events go to the outbox in the same
+//! transaction as the change they report, so none is lost across a restart.
+
+use protocol::message::{Deploy, Job, ReleaseInfo};
+use protocol::{Label, RepoUrl, TaskState};
+
+use super::{now_ms, State};
+use crate::files::{release_json, task_event_json};
+use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Trigger, Tx};
+
+/// States of a release that was good once, and so may be returned to.
+const GOOD: [&str; 3] = ["deployed", "recorded", "rolled_back"];
+
+impl State {
+    /// What a finished task means beyond its own state.
+    pub(super) fn after_finish(&mut self, tx: &Tx<'_>, task: &LiveTask, finish: &Finish) -> anyhow::Result<()> {
+        match task.kind {
+            TaskKind::Test => self.after_test(tx, task, finish),
+            TaskKind::Deploy => self.after_deploy(tx, task, finish),
+        }
+    }
+
+    fn after_test(&mut self, tx: &Tx<'_>, task: &LiveTask, finish: &Finish) -> anyhow::Result<()> {
+        let event = match finish.state {
+            TaskState::Failed => Some("task_failed"),
+            TaskState::Error => Some("task_error"),
+            TaskState::Passed => {
+                let before = tx.previous_test_state(&task.repo, &task.branch, task.id)?;
+                matches!(before, Some(TaskState::Failed | TaskState::Error)).then_some("task_recovered")
+            }
+            _ => None,
+        };
+        if let Some(event) = event {
+            self.notify(tx, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
+        }
+        if finish.state == TaskState::Passed && self.settings.releases.is_release_branch(&task.repo, &task.branch) {
+            let release = NewRelease {
+                repo: task.repo.clone(),
+                tag: finish.tag.clone(),
+                branch: task.branch.clone(),
+                commit: task.commit.clone(),
+                task_id: Some(task.id),
+                kind: "release",
+                rollback_to: None,
+                state: "recorded",
+                trigger: format!("task {}", task.id),
+            };
+            self.record_release(tx, release)?;
+        }
+        Ok(())
+    }
+
+    fn after_deploy(&mut self, tx: &Tx<'_>, task: &LiveTask, finish: &Finish) -> anyhow::Result<()> {
+        let Some(release) = task.release_id.map(|id| tx.release(id)).transpose()?.flatten() else {
+            return Ok(());
+        };
+        let version = release.info.version;
+        if finish.state == TaskState::Passed {
+            tx.set_release_state(release.id, "deployed")?;
+            tracing::info!(repo = %task.repo, release = version, task_id = %task.id, "release deployed");
+            return Ok(());
+        }
+        tx.set_release_state(release.id, "failed")?;
+        tracing::warn!(repo = %task.repo, release = version, step = ?finish.failed_step, "deploy failed");
+        let event = serde_json::json!({
+            "release": release_json(&release.info),
+            "task": task_event_json(task, finish),
+            "failed_step": finish.failed_step,
+        });
+        self.notify(tx, "deploy_failed", event)?;
+        let auto = self.settings.releases.repo(&task.repo).is_some_and(|settings| settings.auto_rollback);
+        if auto && finish.failed_step.as_deref() == Some("post_deploy") {
+            let releases = tx.releases_of(&task.repo)?;
+            let target = releases.iter().find(|r| r.info.version < version && GOOD.contains(&r.info.state.as_str()));
+            match target {
+                Some(target) => {
+                    self.roll_back(tx, None, target, format!("auto-rollback of r{version}"))?;
+                }
+                None => tracing::warn!(repo = %task.repo, release = version, "no earlier good release to roll back to"),
+            }
+        }
+        Ok(())
+    }
+
+    /// `baton rollback REPO [--to VERSION]`: by default, the release before
+    /// the current one.
+    pub(super) fn rollback(
+        &mut self,
+        tx: &Tx<'_>,
+        repo: &RepoUrl,
+        to: Option<u32>,
+    ) -> anyhow::Result<Result<ReleaseInfo, String>> {
+        let releases = tx.releases_of(repo)?;
+        let current = releases.iter().find(|r| matches!(r.info.state.as_str(), "deployed" | "recorded" | "deploying"));
+        let target = match to {
+            Some(version) => match releases.iter().find(|r| r.info.version == version) {
+                Some(target) => target,
+                None => return Ok(Err(format!("{repo} has no release r{version}"))),
+            },
+            None => {
+                let Some(current) = current else {
+                    return Ok(Err(format!("{repo} has no current release to roll back from")));
+                };
+                let older = releases.iter().find(|r| {
+                    r.info.version < current.info.version
+                        && GOOD.contains(&r.info.state.as_str())
+                        && r.info.commit != current.info.commit
+                });
+                match older {
+                    Some(target) => target,
+                    None => return Ok(Err(format!("{repo} has no release before r{}", current.info.version))),
+                }
+            }
+        };
+        let release = self.roll_back(tx, current, target, "baton rollback".into())?;
+        Ok(Ok(release.info))
+    }
+
+    fn roll_back(
+        &mut self,
+        tx: &Tx<'_>,
+        current: Option<&Release>,
+        target: &Release,
+        trigger: String,
+    ) -> anyhow::Result<Release> {
+        if let Some(current) = current {
+            tx.set_release_state(current.id, "rolled_back")?;
+        }
+        let release = NewRelease {
+            repo: target.info.repo.clone(),
+            tag: target.info.tag.clone(),
+            branch: target.info.branch.clone(),
+            commit: target.info.commit.clone(),
+            task_id: target.info.task_id,
+            kind: "rollback",
+            rollback_to: Some(target.info.version),
+            state: "recorded",
+            trigger,
+        };
+        self.record_release(tx, release)
+    }
+
+    /// Appends a release record, its JSON file, its deploy task if deploy
+    /// steps are configured, and its notification.
+    fn record_release(&mut self, tx: &Tx<'_>, mut release: NewRelease) -> anyhow::Result<Release> {
+        let deploys = self.settings.releases.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
+        if deploys {
+            release.state = "deploying";
+        }
+        let mut record = tx.insert_release(&release, now_ms())?;
+        if deploys {
+            let deploy = NewTask {
+                repo: release.repo.clone(),
+                branch: release.branch.clone(),
+                commit: release.commit.clone(),
+                labels: vec![Label::new("deploy").expect("a valid label")],
+                trigger: Trigger::Deploy,
+                kind: TaskKind::Deploy,
+                release_id: Some(record.id),
+            };
+            let accepted = self.submit(tx, deploy)?;
+            tx.set_release_deploy_task(record.id, accepted.task_id)?;
+            record.info.deploy_task_id = Some(accepted.task_id);
+        }
+        tracing::info!(repo = %record.info.repo, release = record.info.version, commit = %record.info.commit,
+            kind = %record.info.kind, trigger = %record.info.trigger, "release recorded");
+        if let Err(err) = self.files.write_release(&record.info) {
+            tracing::error!(error = %format!("{err:#}"), "cannot write the release file");
+        }
+        let event = if record.info.kind == "rollback" { "rollback" } else { "release_recorded" };
+        self.notify(tx, event, serde_json::json!({ "release": release_json(&record.info) }))?;
+        Ok(record)
+    }
+
+    /// The job of a deploy task, or `None` when its release or the
+    /// repository's deploy steps are gone.
+    pub(super) fn deploy_job(&self, tx: &Tx<'_>, task: &LiveTask) -> anyhow::Result<Option<Job>> {
+        let Some(release) = task.release_id.map(|id| tx.release(id)).transpose()?.flatten() else {
+            return Ok(None);
+        };
+        let Some(settings) = self.settings.releases.repo(&task.repo).filter(|s| !s.steps.is_empty()) else {
+            return Ok(None);
+        };
+        let previous_commit = match release.info.previous {
+            Some(version) => {
+                tx.releases_of(&task.repo)?.into_iter().find(|r| r.info.version == version).map(|r| r.info.commit)
+            }
+            None => None,
+        };
+        Ok(Some(Job::Deploy(Deploy {
+            release: format!("r{}", release.info.version),
+            previous_commit,
+            steps: settings.steps.clone(),
+        })))
+    }
+
+    /// Queues `event` for every notifier that wants it.
+    fn notify(&mut self, tx: &Tx<'_>, event: &str, mut body: serde_json::Value) -> anyhow::Result<()> {
+        body["event"] = event.into();
+        body["at"] = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().into();
+        let text = body.to_string();
+        let notifiers = std::sync::Arc::clone(&self.settings.notifiers);
+        for (idx, notifier) in notifiers.iter().enumerate() {
+            if notifier.wants(event) {
+                tx.enqueue_notification(idx, &text, now_ms())?;
+                self.outbox_changed = true;
+            }
+        }
+        Ok(())
+    }
+}

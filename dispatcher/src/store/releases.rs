@@ -1,0 +1,212 @@
+//! The SQL of release records and of the notification outbox.
+
+use anyhow::Context;
+use protocol::message::ReleaseInfo;
+use protocol::{Branch, CommitId, RepoUrl, TaskId, TaskState};
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{invalid, parse, NewRelease, Outgoing, Reader, Release, Tx};
+
+const RELEASE_COLUMNS: &str = "id, repo, version, tag, branch, commit_id, task_id, deploy_task_id, created_at, \
+     previous, kind, rollback_to, state, trigger";
+
+/// Most release records one query returns.
+const MAX_RELEASES: u32 = 1000;
+
+impl Tx<'_> {
+    /// The final state of the newest test task of the same repository and
+    /// branch before `before`, for "recovered" notifications.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn previous_test_state(
+        &self,
+        repo: &RepoUrl,
+        branch: &Branch,
+        before: TaskId,
+    ) -> anyhow::Result<Option<TaskState>> {
+        let state: Option<String> = self
+            .tx
+            .prepare_cached(
+                "SELECT state FROM tasks WHERE repo = ?1 AND branch = ?2 AND id < ?3 AND kind = 'test'
+                 AND state IN ('passed', 'failed', 'error') ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![repo.as_str(), branch.as_str(), before.get()], |row| row.get(0))
+            .optional()?;
+        state.map(|state| state.parse::<TaskState>().map_err(anyhow::Error::msg)).transpose()
+    }
+
+    /// Appends a release record with the next version of its repository.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn insert_release(&self, release: &NewRelease, now_ms: i64) -> anyhow::Result<Release> {
+        let (version, previous): (u32, Option<u32>) = self
+            .tx
+            .prepare_cached("SELECT COALESCE(MAX(version), 0) + 1, MAX(version) FROM releases WHERE repo = ?1")?
+            .query_row([release.repo.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO releases (repo, version, tag, branch, commit_id, task_id, created_at, previous, kind,
+                 rollback_to, state, trigger) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                release.repo.as_str(),
+                version,
+                release.tag.as_ref().map(Branch::as_str),
+                release.branch.as_str(),
+                release.commit.as_str(),
+                release.task_id.map(TaskId::get),
+                now_ms,
+                previous,
+                release.kind,
+                release.rollback_to,
+                release.state,
+                release.trigger,
+            ])?;
+        let id = self.tx.last_insert_rowid();
+        self.release(id)?.context("reading back a release just inserted")
+    }
+
+    /// One release by row id.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn release(&self, id: i64) -> anyhow::Result<Option<Release>> {
+        let mut stmt = self.tx.prepare_cached(&format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = ?1"))?;
+        stmt.query_row([id], release_row).optional().context("reading a release")
+    }
+
+    /// A repository's releases, newest first.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn releases_of(&self, repo: &RepoUrl) -> anyhow::Result<Vec<Release>> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE repo = ?1 ORDER BY version DESC LIMIT {MAX_RELEASES}"
+        ))?;
+        let rows = stmt.query_map([repo.as_str()], release_row)?;
+        rows.collect::<Result<_, _>>().context("listing releases")
+    }
+
+    /// Sets a release's state (records are otherwise never rewritten).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn set_release_state(&self, id: i64, state: &str) -> anyhow::Result<()> {
+        self.tx.prepare_cached("UPDATE releases SET state = ?2 WHERE id = ?1")?.execute(params![id, state])?;
+        Ok(())
+    }
+
+    /// Links a release to the task deploying it.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn set_release_deploy_task(&self, id: i64, task_id: TaskId) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached("UPDATE releases SET deploy_task_id = ?2 WHERE id = ?1")?
+            .execute(params![id, task_id.get()])?;
+        Ok(())
+    }
+
+    /// Queues an event for a notifier.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn enqueue_notification(&self, notifier: usize, event: &str, now_ms: i64) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached("INSERT INTO outbox (notifier, event, created_at, next_at) VALUES (?1, ?2, ?3, ?3)")?
+            .execute(params![notifier as i64, event, now_ms])?;
+        Ok(())
+    }
+
+    /// Removes a delivered notification.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn delete_notification(&self, id: i64) -> anyhow::Result<()> {
+        self.tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([id])?;
+        Ok(())
+    }
+
+    /// Records a failed delivery and when to try again.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn retry_notification(&self, id: i64, error: &str, next_at_ms: i64) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_at = ?3 WHERE id = ?1")?
+            .execute(params![id, error, next_at_ms])?;
+        Ok(())
+    }
+}
+
+impl Reader {
+    /// Release records, newest first.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn releases(&self, repo: Option<&RepoUrl>) -> anyhow::Result<Vec<ReleaseInfo>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE (?1 IS NULL OR repo = ?1)
+             ORDER BY created_at DESC, id DESC LIMIT {MAX_RELEASES}"
+        ))?;
+        let rows = stmt.query_map([repo.map(RepoUrl::as_str)], release_row)?;
+        let releases: Vec<Release> = rows.collect::<Result<_, _>>().context("listing releases")?;
+        Ok(releases.into_iter().map(|release| release.info).collect())
+    }
+
+    /// For each notifier, its oldest undelivered event if it is due: events
+    /// reach a notifier in order, so a later one waits for an earlier one.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn due_notifications(&self, now_ms: i64) -> anyhow::Result<Vec<Outgoing>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.id, o.notifier, o.event, o.attempts FROM outbox o
+             WHERE o.id = (SELECT MIN(id) FROM outbox WHERE notifier = o.notifier) AND o.next_at <= ?1",
+        )?;
+        let rows = stmt.query_map([now_ms], |row| {
+            Ok(Outgoing {
+                id: row.get(0)?,
+                notifier: row.get::<_, i64>(1)?.max(0) as usize,
+                event: row.get(2)?,
+                attempts: row.get(3)?,
+            })
+        })?;
+        rows.collect::<Result<_, _>>().context("reading the outbox")
+    }
+
+    /// When the next undelivered event is due, if any.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn next_notification_at(&self) -> anyhow::Result<Option<i64>> {
+        let next = self.conn.prepare_cached("SELECT MIN(next_at) FROM outbox")?.query_row([], |row| row.get(0))?;
+        Ok(next)
+    }
+}
+
+fn release_row(row: &Row<'_>) -> rusqlite::Result<Release> {
+    let task_id = |idx: usize| -> rusqlite::Result<Option<TaskId>> {
+        row.get::<_, Option<i64>>(idx)?.map(TaskId::new).transpose().map_err(invalid(idx))
+    };
+    Ok(Release {
+        id: row.get(0)?,
+        info: ReleaseInfo {
+            repo: parse(row, 1, |s: String| RepoUrl::new(s))?,
+            version: row.get(2)?,
+            tag: row.get::<_, Option<String>>(3)?.map(Branch::new).transpose().map_err(invalid(3))?,
+            branch: parse(row, 4, |s: String| Branch::new(s))?,
+            commit: parse(row, 5, |s: String| CommitId::new(s))?,
+            task_id: task_id(6)?,
+            deploy_task_id: task_id(7)?,
+            created_at_ms: row.get(8)?,
+            previous: row.get(9)?,
+            kind: row.get(10)?,
+            rollback_to: row.get(11)?,
+            state: row.get(12)?,
+            trigger: row.get(13)?,
+        },
+    })
+}
