@@ -83,7 +83,8 @@ pub struct Releases {
 
 impl Default for Releases {
     fn default() -> Releases {
-        let branches = ["main", "master"].iter().map(|b| Branch::new(*b).expect("valid branch names")).collect();
+        let branches =
+            ["main", "master"].iter().map(|b| Branch::new(*b).expect("valid branch names")).collect();
         Releases { default_branches: branches, repos: Vec::new() }
     }
 }
@@ -96,7 +97,8 @@ impl Releases {
 
     /// Whether a passed commit of this branch becomes a release.
     pub fn is_release_branch(&self, repo: &RepoUrl, branch: &Branch) -> bool {
-        let branches = self.repo(repo).and_then(|s| s.release_branches.as_ref()).unwrap_or(&self.default_branches);
+        let branches =
+            self.repo(repo).and_then(|s| s.release_branches.as_ref()).unwrap_or(&self.default_branches);
         branches.contains(branch)
     }
 }
@@ -197,7 +199,9 @@ fn releases(default: Option<Vec<String>>, repos: Vec<RepoFile>) -> anyhow::Resul
     for repo in repos {
         let url = RepoUrl::new(repo.url).map_err(anyhow::Error::msg).context("[[repo]] url")?;
         let mut steps = Vec::new();
-        for (name, command) in [("pre_deploy", repo.pre_deploy), ("deploy", repo.deploy), ("post_deploy", repo.post_deploy)] {
+        for (name, command) in
+            [("pre_deploy", repo.pre_deploy), ("deploy", repo.deploy), ("post_deploy", repo.post_deploy)]
+        {
             if let Some(command) = command {
                 anyhow::ensure!(!command.trim().is_empty(), "[[repo]] {url}: {name} is empty");
                 steps.push(DeployStep { name: name.to_string(), command });
@@ -216,12 +220,19 @@ fn releases(default: Option<Vec<String>>, repos: Vec<RepoFile>) -> anyhow::Resul
 fn notifier(file: NotifierFile) -> anyhow::Result<Notifier> {
     let target = match (file.command, file.url) {
         (Some(command), None) if !command.is_empty() => NotifierTarget::Command(command),
-        (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => NotifierTarget::Url(url),
-        _ => anyhow::bail!("a [[notifier]] needs either command = [\"program\", ...] or url = \"http(s)://...\""),
+        (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+            NotifierTarget::Url(url)
+        }
+        _ => anyhow::bail!(
+            "a [[notifier]] needs either command = [\"program\", ...] or url = \"http(s)://...\""
+        ),
     };
     if let Some(events) = &file.events {
         for event in events {
-            anyhow::ensure!(EVENTS.contains(&event.as_str()), "unknown notifier event {event:?}: expected one of {EVENTS:?}");
+            anyhow::ensure!(
+                EVENTS.contains(&event.as_str()),
+                "unknown notifier event {event:?}: expected one of {EVENTS:?}"
+            );
         }
     }
     Ok(Notifier { target, events: file.events })

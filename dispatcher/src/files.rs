@@ -143,9 +143,10 @@ pub fn repo_dir_name(repo: &RepoUrl) -> String {
     let readable = readable.trim_start_matches(['_', '.']);
     let readable: String = readable.chars().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
     // FNV-1a: stable across versions and platforms, unlike std's hasher.
-    let hash = repo.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = repo
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
     format!("{readable}-{:08x}", hash as u32)
 }
 

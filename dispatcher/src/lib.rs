@@ -64,8 +64,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         }
         None => None,
     };
-    let (scheduler, thread) =
-        scheduler::start(store, files.clone(), config.settings.clone(), Arc::clone(&outbox), shutdown.clone())?;
+    let (scheduler, thread) = scheduler::start(
+        store,
+        files.clone(),
+        config.settings.clone(),
+        Arc::clone(&outbox),
+        shutdown.clone(),
+    )?;
     let readers = readers::Readers::new(files.database());
     let shared =
         Arc::new(server::Shared::new(scheduler.clone(), readers, files, secret, tls, shutdown.clone()));

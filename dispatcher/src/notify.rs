@@ -55,9 +55,13 @@ pub async fn run(
                 None => Ok(()),
             };
             match &delivery {
-                Ok(()) => tracing::debug!(id = outgoing.id, notifier = outgoing.notifier, "notification delivered"),
-                Err(error) => tracing::warn!(id = outgoing.id, notifier = outgoing.notifier, attempts = outgoing.attempts + 1,
-                    error = %error, "notification failed; will retry"),
+                Ok(()) => {
+                    tracing::debug!(id = outgoing.id, notifier = outgoing.notifier, "notification delivered")
+                }
+                Err(error) => {
+                    tracing::warn!(id = outgoing.id, notifier = outgoing.notifier, attempts = outgoing.attempts + 1,
+                    error = %error, "notification failed; will retry")
+                }
             }
             let retry = Duration::from_millis(250 << outgoing.attempts.min(10)).min(MAX_RETRY);
             let retry_at_ms = now_ms() + retry.as_millis() as i64;

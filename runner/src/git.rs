@@ -205,6 +205,35 @@ fn checkout_blocking(
     Ok(())
 }
 
+/// A tag of the mirror that points at `commit` (directly or through an
+/// annotated tag), for release records; the first by name if several do.
+pub async fn tag_of(mirror: PathBuf, commit: &CommitId) -> Option<protocol::Branch> {
+    let commit = commit.clone();
+    let found = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<protocol::Branch>> {
+        let repo = gix::open(&mirror)?;
+        let wanted = object_id(&commit)?;
+        let mut names = Vec::new();
+        for reference in repo.references()?.tags()?.peeled()? {
+            let Ok(reference) = reference else { continue };
+            if reference.try_id().map(|id| id.detach()) == Some(wanted) {
+                names.push(reference.name().shorten().to_string());
+            }
+        }
+        names.sort();
+        Ok(names.into_iter().find_map(|name| protocol::Branch::new(name).ok()))
+    })
+    .await;
+    match found {
+        Ok(Ok(tag)) => tag,
+        Ok(Err(err)) => {
+            tracing::debug!(error = %format!("{err:#}"), "cannot list tags");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -310,33 +339,5 @@ mod tests {
         let commit = CommitId::new("0123456789abcdef0123456789abcdef01234567").unwrap();
         let err = cache.fetch(&repo, &commit, Arc::new(AtomicBool::new(false))).await.unwrap_err();
         assert!(format!("{err:#}").contains("nope"), "{err:#}");
-    }
-}
-
-/// A tag of the mirror that points at `commit` (directly or through an
-/// annotated tag), for release records; the first by name if several do.
-pub async fn tag_of(mirror: PathBuf, commit: &CommitId) -> Option<protocol::Branch> {
-    let commit = commit.clone();
-    let found = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<protocol::Branch>> {
-        let repo = gix::open(&mirror)?;
-        let wanted = object_id(&commit)?;
-        let mut names = Vec::new();
-        for reference in repo.references()?.tags()?.peeled()? {
-            let Ok(reference) = reference else { continue };
-            if reference.try_id().map(|id| id.detach()) == Some(wanted) {
-                names.push(reference.name().shorten().to_string());
-            }
-        }
-        names.sort();
-        Ok(names.into_iter().find_map(|name| protocol::Branch::new(name).ok()))
-    })
-    .await;
-    match found {
-        Ok(Ok(tag)) => tag,
-        Ok(Err(err)) => {
-            tracing::debug!(error = %format!("{err:#}"), "cannot list tags");
-            None
-        }
-        Err(_) => None,
     }
 }

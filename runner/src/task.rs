@@ -83,7 +83,11 @@ pub async fn execute(
         if let Some(step) = step {
             let header = format!("==> {step}\n");
             if let Err(err) = log.append(header.as_bytes()) {
-                return Ending::Finished(Finished::error(format!("writing the output: {err}"), elapsed_ms(), 0));
+                return Ending::Finished(Finished::error(
+                    format!("writing the output: {err}"),
+                    elapsed_ms(),
+                    0,
+                ));
             }
             progress.send_modify(|progress| progress.written = log.written());
         }
@@ -98,13 +102,14 @@ pub async fn execute(
         if let Err(err) = shared.spool.write_pgid(key, process.pgid) {
             tracing::warn!(error = %format!("{err:#}"), "cannot record the test's process group");
         }
-        let supervised = match exec::supervise(&mut process, command.timeout, &mut log, progress, control).await {
-            Ok(supervised) => supervised,
-            Err(err) => {
-                let reason = format!("waiting for the command: {err:#}");
-                return Ending::Finished(Finished::error(reason, elapsed_ms(), log.written()));
-            }
-        };
+        let supervised =
+            match exec::supervise(&mut process, command.timeout, &mut log, progress, control).await {
+                Ok(supervised) => supervised,
+                Err(err) => {
+                    let reason = format!("waiting for the command: {err:#}");
+                    return Ending::Finished(Finished::error(reason, elapsed_ms(), log.written()));
+                }
+            };
         ending = classify(supervised, elapsed_ms(), log.written());
         match &mut ending {
             Ending::Finished(finished) if finished.outcome == Outcome::Passed => {}
@@ -141,7 +146,9 @@ async fn prepare(
     tree: &Path,
     interrupt: Arc<AtomicBool>,
 ) -> Result<Prepared, String> {
-    if matches!(assign.job, Job::Deploy(_)) && !shared.config.labels.iter().any(|label| label.as_str() == "deploy") {
+    if matches!(assign.job, Job::Deploy(_))
+        && !shared.config.labels.iter().any(|label| label.as_str() == "deploy")
+    {
         return Err("this runner has no deploy label and runs no deploy steps".into());
     }
     let mirror = match shared.cache.fetch(&assign.repo, &assign.commit, interrupt.clone()).await {
@@ -154,8 +161,9 @@ async fn prepare(
         .map_err(|err| format!("{err:#}"))?;
     match &assign.job {
         Job::Test => {
-            let command = command::resolve(tree, shared.config.test_command.as_deref(), shared.config.timeout)
-                .map_err(|err| format!("{err:#}"))?;
+            let command =
+                command::resolve(tree, shared.config.test_command.as_deref(), shared.config.timeout)
+                    .map_err(|err| format!("{err:#}"))?;
             let tag = git::tag_of(mirror, &assign.commit).await;
             Ok(Prepared { steps: vec![(None, command)], tag })
         }

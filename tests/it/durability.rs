@@ -162,6 +162,7 @@ fn an_observer_restart_neither_loses_nor_repeats_commits() {
     wait_for("the fourth commit to be submitted", || show(&dispatcher.addr, &fourth));
 
     let tasks = baton_json(&dispatcher.addr, &["tasks"]);
-    let commits: Vec<&str> = tasks.as_array().unwrap().iter().map(|t| t["commit"].as_str().unwrap()).collect();
+    let commits: Vec<&str> =
+        tasks.as_array().unwrap().iter().map(|t| t["commit"].as_str().unwrap()).collect();
     assert_eq!(commits, [fourth.as_str(), third.as_str(), second.as_str(), first.as_str()]);
 }

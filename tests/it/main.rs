@@ -6,4 +6,7 @@
 mod chaos;
 mod durability;
 mod foundation;
+mod operator;
+mod releases;
+mod security;
 mod support;

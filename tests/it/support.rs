@@ -70,6 +70,23 @@ impl Daemon {
         }
     }
 
+    /// Waits for the daemon to exit by itself (after a signal sent with
+    /// [`Daemon::signal`]) and returns its status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.child = Some(child);
+                panic!("{} did not exit", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -86,16 +103,44 @@ impl Drop for Daemon {
 }
 
 fn start(name: &str, program: &str, args: &[String], log: PathBuf, stdout: Stdio) -> (Daemon, Child) {
+    start_with_env(name, program, args, &[], log, stdout)
+}
+
+/// Starts `program` with exactly `args`. `BATON_*` variables of the test's
+/// own environment are removed, so only `env` sets any.
+fn start_with_env(
+    name: &str,
+    program: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+    log: PathBuf,
+    stdout: Stdio,
+) -> (Daemon, Child) {
     let log_file = std::fs::File::create(&log).expect("log file");
     let mut command = Command::new(bin(program));
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|key| key.starts_with("BATON_")) {
+            command.env_remove(key);
+        }
+    }
     command
         .args(args)
         .env("RUST_LOG", "info,dispatcher=debug")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(log_file);
     let child = command.spawn().unwrap_or_else(|err| panic!("starting {program}: {err}"));
     (Daemon { name: name.to_string(), child: None, log }, child)
+}
+
+/// Starts a runner or an observer with exactly `args` and `env` (no
+/// `--dispatcher`, `--work-dir` or `--name` added), logging to `log`.
+pub fn daemon(program: &str, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Daemon {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let (mut daemon, child) = start_with_env(program, program, &args, env, log, Stdio::null());
+    daemon.child = Some(child);
+    daemon
 }
 
 /// A dispatcher on a free loopback port (or `listen`), with its data dir.
@@ -114,11 +159,20 @@ impl Dispatcher {
     /// Starts on a given address (to restart on the same port).
     pub fn start_on(data_dir: &Path, listen: &str, args: &[&str]) -> Dispatcher {
         std::fs::create_dir_all(data_dir).expect("data dir");
-        let mut all = vec!["--listen".to_string(), listen.to_string(), "--data-dir".to_string()];
-        all.push(data_dir.display().to_string());
-        all.extend(args.iter().map(|arg| arg.to_string()));
+        let mut all = vec!["--listen", listen, "--data-dir"];
+        let data_dir_arg = data_dir.display().to_string();
+        all.push(&data_dir_arg);
+        all.extend(args);
         let log = data_dir.with_extension(format!("log{}", unique()));
-        let (mut daemon, mut child) = start("dispatcher", "baton-dispatcher", &all, log, Stdio::piped());
+        Dispatcher::start_with(data_dir, &all, &[], log)
+    }
+
+    /// Starts `baton-dispatcher` with exactly `args` and `env`, which must
+    /// make it keep its data in `data_dir` and listen where it prints.
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Dispatcher {
+        let all: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let (mut daemon, mut child) =
+            start_with_env("dispatcher", "baton-dispatcher", &all, env, log, Stdio::piped());
         let stdout = child.stdout.take().expect("piped stdout");
         daemon.child = Some(child);
         let mut line = String::new();
@@ -180,10 +234,16 @@ pub fn observer(root: &Path, addr: &str, repo: &Path, args: &[&str]) -> Daemon {
 
 /// Runs `baton --dispatcher ADDR ARGS`.
 pub fn baton(addr: &str, args: &[&str]) -> Output {
+    baton_with_env(addr, args, &[])
+}
+
+/// As [`baton`], with extra environment variables (`BATON_TOKEN_FILE`).
+pub fn baton_with_env(addr: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin("baton"))
         .arg("--dispatcher")
         .arg(addr)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("running baton")

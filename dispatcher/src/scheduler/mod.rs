@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use protocol::message::{
-    Accepted, DispatcherToRunner, HostFacts, Register, ReleaseInfo, RunnerInfo, RunnerToDispatcher, StatusReport,
-    TaskInfo,
+    Accepted, DispatcherToRunner, HostFacts, Register, ReleaseInfo, RunnerInfo, RunnerToDispatcher,
+    StatusReport, TaskInfo,
 };
 use protocol::{Label, Name, RepoUrl, TaskId, TaskState};
 use std::sync::Arc;
@@ -103,10 +103,19 @@ pub enum Event {
         reply: oneshot::Sender<Option<watch::Receiver<LogProgress>>>,
     },
     /// `baton rollback`.
-    Rollback { repo: RepoUrl, to: Option<u32>, reply: oneshot::Sender<Result<ReleaseInfo, String>> },
+    Rollback {
+        repo: RepoUrl,
+        to: Option<u32>,
+        reply: oneshot::Sender<Result<ReleaseInfo, String>>,
+    },
     /// The notifier worker delivered an outbox entry (`Ok`) or failed to and
     /// will retry at `retry_at_ms`; answered once committed.
-    Notified { id: i64, delivery: Result<(), String>, retry_at_ms: i64, reply: oneshot::Sender<()> },
+    Notified {
+        id: i64,
+        delivery: Result<(), String>,
+        retry_at_ms: i64,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// How far a task's log has grown, for followers.
@@ -297,7 +306,12 @@ pub(crate) struct State {
 }
 
 impl State {
-    fn recover(store: &Store, files: DataDir, settings: Settings, outbox: Arc<Notify>) -> anyhow::Result<State> {
+    fn recover(
+        store: &Store,
+        files: DataDir,
+        settings: Settings,
+        outbox: Arc<Notify>,
+    ) -> anyhow::Result<State> {
         let now = Instant::now();
         let mut state = State {
             settings,

@@ -15,7 +15,12 @@ const GOOD: [&str; 3] = ["deployed", "recorded", "rolled_back"];
 
 impl State {
     /// What a finished task means beyond its own state.
-    pub(super) fn after_finish(&mut self, tx: &Tx<'_>, task: &LiveTask, finish: &Finish) -> anyhow::Result<()> {
+    pub(super) fn after_finish(
+        &mut self,
+        tx: &Tx<'_>,
+        task: &LiveTask,
+        finish: &Finish,
+    ) -> anyhow::Result<()> {
         match task.kind {
             TaskKind::Test => self.after_test(tx, task, finish),
             TaskKind::Deploy => self.after_deploy(tx, task, finish),
@@ -35,7 +40,9 @@ impl State {
         if let Some(event) = event {
             self.notify(tx, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
         }
-        if finish.state == TaskState::Passed && self.settings.releases.is_release_branch(&task.repo, &task.branch) {
+        if finish.state == TaskState::Passed
+            && self.settings.releases.is_release_branch(&task.repo, &task.branch)
+        {
             let release = NewRelease {
                 repo: task.repo.clone(),
                 tag: finish.tag.clone(),
@@ -73,12 +80,15 @@ impl State {
         let auto = self.settings.releases.repo(&task.repo).is_some_and(|settings| settings.auto_rollback);
         if auto && finish.failed_step.as_deref() == Some("post_deploy") {
             let releases = tx.releases_of(&task.repo)?;
-            let target = releases.iter().find(|r| r.info.version < version && GOOD.contains(&r.info.state.as_str()));
+            let target =
+                releases.iter().find(|r| r.info.version < version && GOOD.contains(&r.info.state.as_str()));
             match target {
                 Some(target) => {
                     self.roll_back(tx, None, target, format!("auto-rollback of r{version}"))?;
                 }
-                None => tracing::warn!(repo = %task.repo, release = version, "no earlier good release to roll back to"),
+                None => {
+                    tracing::warn!(repo = %task.repo, release = version, "no earlier good release to roll back to")
+                }
             }
         }
         Ok(())
@@ -93,7 +103,8 @@ impl State {
         to: Option<u32>,
     ) -> anyhow::Result<Result<ReleaseInfo, String>> {
         let releases = tx.releases_of(repo)?;
-        let current = releases.iter().find(|r| matches!(r.info.state.as_str(), "deployed" | "recorded" | "deploying"));
+        let current =
+            releases.iter().find(|r| matches!(r.info.state.as_str(), "deployed" | "recorded" | "deploying"));
         let target = match to {
             Some(version) => match releases.iter().find(|r| r.info.version == version) {
                 Some(target) => target,
@@ -110,7 +121,9 @@ impl State {
                 });
                 match older {
                     Some(target) => target,
-                    None => return Ok(Err(format!("{repo} has no release before r{}", current.info.version))),
+                    None => {
+                        return Ok(Err(format!("{repo} has no release before r{}", current.info.version)))
+                    }
                 }
             }
         };
@@ -145,7 +158,8 @@ impl State {
     /// Appends a release record, its JSON file, its deploy task if deploy
     /// steps are configured, and its notification.
     fn record_release(&mut self, tx: &Tx<'_>, mut release: NewRelease) -> anyhow::Result<Release> {
-        let deploys = self.settings.releases.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
+        let deploys =
+            self.settings.releases.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
         if deploys {
             release.state = "deploying";
         }
@@ -184,9 +198,11 @@ impl State {
             return Ok(None);
         };
         let previous_commit = match release.info.previous {
-            Some(version) => {
-                tx.releases_of(&task.repo)?.into_iter().find(|r| r.info.version == version).map(|r| r.info.commit)
-            }
+            Some(version) => tx
+                .releases_of(&task.repo)?
+                .into_iter()
+                .find(|r| r.info.version == version)
+                .map(|r| r.info.commit),
             None => None,
         };
         Ok(Some(Job::Deploy(Deploy {

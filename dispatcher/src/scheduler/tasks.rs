@@ -305,7 +305,8 @@ impl State {
         effects: &mut Effects,
         task_id: TaskId,
     ) -> anyhow::Result<Result<TaskInfo, String>> {
-        let aborted = Finish { reason: Some("aborted by a client".into()), ..Finish::ended(TaskState::Aborted) };
+        let aborted =
+            Finish { reason: Some("aborted by a client".into()), ..Finish::ended(TaskState::Aborted) };
         if self.pending.contains_key(&task_id) {
             self.finish(tx, task_id, &aborted)?;
         } else if let Some(running) = self.running.get(&task_id) {

@@ -621,11 +621,7 @@ mod tests {
             .iter()
             .map(|c| tx.insert_task(&new_task(*c, Trigger::Observer), 1).unwrap().0)
             .collect();
-        tx.finish(
-            ids[1],
-            &Finish { exit_code: Some(0), ..Finish::ended(TaskState::Passed) },
-        )
-        .unwrap();
+        tx.finish(ids[1], &Finish { exit_code: Some(0), ..Finish::ended(TaskState::Passed) }).unwrap();
         tx.commit().unwrap();
         let all: Vec<TaskId> = reader.tasks(None, None, 50).unwrap().iter().map(|t| t.id).collect();
         assert_eq!(all, vec![ids[2], ids[1], ids[0]]);

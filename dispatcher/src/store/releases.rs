@@ -7,7 +7,8 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::{invalid, parse, NewRelease, Outgoing, Reader, Release, Tx};
 
-const RELEASE_COLUMNS: &str = "id, repo, version, tag, branch, commit_id, task_id, deploy_task_id, created_at, \
+const RELEASE_COLUMNS: &str =
+    "id, repo, version, tag, branch, commit_id, task_id, deploy_task_id, created_at, \
      previous, kind, rollback_to, state, trigger";
 
 /// Most release records one query returns.
@@ -43,7 +44,9 @@ impl Tx<'_> {
     pub fn insert_release(&self, release: &NewRelease, now_ms: i64) -> anyhow::Result<Release> {
         let (version, previous): (u32, Option<u32>) = self
             .tx
-            .prepare_cached("SELECT COALESCE(MAX(version), 0) + 1, MAX(version) FROM releases WHERE repo = ?1")?
+            .prepare_cached(
+                "SELECT COALESCE(MAX(version), 0) + 1, MAX(version) FROM releases WHERE repo = ?1",
+            )?
             .query_row([release.repo.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?;
         self.tx
             .prepare_cached(
@@ -73,7 +76,8 @@ impl Tx<'_> {
     /// # Errors
     /// SQLite errors.
     pub fn release(&self, id: i64) -> anyhow::Result<Option<Release>> {
-        let mut stmt = self.tx.prepare_cached(&format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = ?1"))?;
+        let mut stmt =
+            self.tx.prepare_cached(&format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = ?1"))?;
         stmt.query_row([id], release_row).optional().context("reading a release")
     }
 
@@ -94,7 +98,9 @@ impl Tx<'_> {
     /// # Errors
     /// SQLite errors.
     pub fn set_release_state(&self, id: i64, state: &str) -> anyhow::Result<()> {
-        self.tx.prepare_cached("UPDATE releases SET state = ?2 WHERE id = ?1")?.execute(params![id, state])?;
+        self.tx
+            .prepare_cached("UPDATE releases SET state = ?2 WHERE id = ?1")?
+            .execute(params![id, state])?;
         Ok(())
     }
 
@@ -115,7 +121,9 @@ impl Tx<'_> {
     /// SQLite errors.
     pub fn enqueue_notification(&self, notifier: usize, event: &str, now_ms: i64) -> anyhow::Result<()> {
         self.tx
-            .prepare_cached("INSERT INTO outbox (notifier, event, created_at, next_at) VALUES (?1, ?2, ?3, ?3)")?
+            .prepare_cached(
+                "INSERT INTO outbox (notifier, event, created_at, next_at) VALUES (?1, ?2, ?3, ?3)",
+            )?
             .execute(params![notifier as i64, event, now_ms])?;
         Ok(())
     }
@@ -135,7 +143,9 @@ impl Tx<'_> {
     /// SQLite errors.
     pub fn retry_notification(&self, id: i64, error: &str, next_at_ms: i64) -> anyhow::Result<()> {
         self.tx
-            .prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_at = ?3 WHERE id = ?1")?
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_at = ?3 WHERE id = ?1",
+            )?
             .execute(params![id, error, next_at_ms])?;
         Ok(())
     }
@@ -182,7 +192,8 @@ impl Reader {
     /// # Errors
     /// SQLite errors.
     pub fn next_notification_at(&self) -> anyhow::Result<Option<i64>> {
-        let next = self.conn.prepare_cached("SELECT MIN(next_at) FROM outbox")?.query_row([], |row| row.get(0))?;
+        let next =
+            self.conn.prepare_cached("SELECT MIN(next_at) FROM outbox")?.query_row([], |row| row.get(0))?;
         Ok(next)
     }
 }

@@ -1,0 +1,112 @@
+//! `throughput`: how many no-op tasks a real dispatcher with default, durable
+//! settings (`--sync full`) completes per second with 50 simulated runners
+//! (SPEC §8: at least 5,000 tasks/s).
+//!
+//! Each sample starts a fresh dispatcher and data dir, connects the runners,
+//! then submits 20,000 distinct fake commits through 4 pipelined observer
+//! connections at once. Figures: tasks completed per second, from the first
+//! submission to the last `ResultAck`; and submissions acknowledged per
+//! second, from the first submission to the last `Accepted`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use protocol::{RepoUrl, TaskState};
+use tokio::task::JoinSet;
+
+use super::Ctx;
+use crate::client::Client;
+use crate::report::{Bound, Figure};
+use crate::sim::{self, Fleet};
+use crate::support::{Deadline, Dispatcher, START_PATIENCE};
+
+/// Simulated runners, one slot each.
+const RUNNERS: usize = 50;
+/// Tasks per sample.
+const TASKS: usize = 20_000;
+/// Observer connections the submissions are spread over.
+const OBSERVERS: usize = 4;
+/// Longest a sample may take: 20,000 tasks at a tenth of the target rate.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs the scenario.
+///
+/// # Errors
+/// When a sample cannot be completed.
+pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
+    let mut tasks_per_second = Vec::new();
+    let mut submits_per_second = Vec::new();
+    for sample in 0..ctx.reps_or(3) {
+        let (tasks, submits) =
+            sample_once(ctx, sample as u64).await.with_context(|| format!("sample {sample}"))?;
+        eprintln!("#   sample {sample}: {tasks:.0} tasks/s, {:.0} submits/s", submits.unwrap_or(f64::NAN));
+        tasks_per_second.push(tasks);
+        submits_per_second.extend(submits);
+    }
+    Ok(vec![
+        Figure::new("throughput_tasks", "tasks/s", tasks_per_second).target(Bound::AtLeast(5000.0)),
+        Figure::new("throughput_submits", "submits/s", submits_per_second),
+    ])
+}
+
+/// One fresh dispatcher, one burst of submissions; returns tasks/s and, when
+/// every task was done in time, submits/s.
+async fn sample_once(ctx: &Ctx, sample: u64) -> anyhow::Result<(f64, Option<f64>)> {
+    let dir = ctx.dir.join(format!("sample-{sample}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut dispatcher = Dispatcher::start(&ctx.bins, &dir, &dir.join("data"), &[])?;
+    let mut fleet = Fleet::connect(&dispatcher.addr, "sim", RUNNERS, TASKS as u64).await?;
+    let deadline = Deadline::after(START_PATIENCE, "the simulated runners to register");
+    while fleet.counters.registered.load(Ordering::SeqCst) < RUNNERS as u64 {
+        deadline.check()?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let repo = RepoUrl::new("/srv/bench/throughput.git").map_err(anyhow::Error::msg)?;
+    let commits = sim::fake_commits(TASKS, 0x5eed_0000 + sample);
+    let mut submitters = JoinSet::new();
+    let started = Instant::now();
+    for (idx, chunk) in commits.chunks(TASKS.div_ceil(OBSERVERS)).enumerate() {
+        let (addr, repo, chunk) = (dispatcher.addr.clone(), repo.clone(), chunk.to_vec());
+        submitters
+            .spawn(async move { sim::submit_all(&addr, &format!("observer-{idx}"), &repo, &chunk).await });
+    }
+    let finished = tokio::time::timeout(PATIENCE, fleet.counters.target_reached.notified()).await;
+    let ended = Instant::now();
+    dispatcher.daemon.ensure_running()?;
+    if let Some(err) = fleet.failure() {
+        return Err(err.context("a simulated runner failed"));
+    }
+    if finished.is_err() {
+        // Far below the target: report the rate over the window rather than
+        // blow the time budget of the whole benchmark.
+        let acked = fleet.counters.acked.load(Ordering::SeqCst);
+        eprintln!(
+            "#   warning: only {acked} of {TASKS} tasks were done after {PATIENCE:?}; rate over that window"
+        );
+        let rate = acked as f64 / ended.duration_since(started).as_secs_f64();
+        return Ok((rate, None));
+    }
+
+    let mut last_accepted = started;
+    let (mut accepted, mut duplicates) = (0, 0);
+    while let Some(joined) = submitters.join_next().await {
+        let submitted = joined.context("a simulated observer panicked")??;
+        accepted += submitted.accepted;
+        duplicates += submitted.duplicates;
+        last_accepted = last_accepted.max(submitted.last_answer);
+    }
+    anyhow::ensure!(accepted == TASKS as u64, "{accepted} of {TASKS} submissions accepted");
+    anyhow::ensure!(duplicates == 0, "{duplicates} submissions were taken for duplicates");
+    let refused = fleet.counters.refused.load(Ordering::SeqCst);
+    anyhow::ensure!(refused == 0, "{refused} results were refused");
+    let mut client = Client::connect(&dispatcher.addr).await?;
+    let status = client.status().await?;
+    let passed = status.tasks.iter().find(|(state, _)| *state == TaskState::Passed).map_or(0, |(_, n)| *n);
+    anyhow::ensure!(passed == TASKS as u64, "the dispatcher counts {passed} passed tasks, expected {TASKS}");
+
+    let tasks_per_second = TASKS as f64 / ended.duration_since(started).as_secs_f64();
+    let submits_per_second = TASKS as f64 / last_accepted.duration_since(started).as_secs_f64();
+    Ok((tasks_per_second, Some(submits_per_second)))
+}
