@@ -233,7 +233,6 @@ pub async fn tag_of(mirror: PathBuf, commit: &CommitId) -> Option<protocol::Bran
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
