@@ -147,7 +147,21 @@ impl Config {
     /// An unreadable or invalid config file, or an invalid value.
     pub fn from_cli(cli: Cli) -> anyhow::Result<Config> {
         let file = match &cli.config {
-            Some(path) => read_file(path)?,
+            Some(path) => {
+                // Relative paths in the file are taken from the file's folder,
+                // as the runner and observer do (under systemd the working
+                // directory is `/`).
+                let mut file = read_file(path)?;
+                let base = path.parent().unwrap_or(Path::new("."));
+                for relative in
+                    [&mut file.data_dir, &mut file.token_file, &mut file.tls_cert, &mut file.tls_key]
+                {
+                    if let Some(value) = relative.as_mut().filter(|value| value.is_relative()) {
+                        *value = base.join(&*value);
+                    }
+                }
+                file
+            }
             None => FileConfig::default(),
         };
         let interval_text = cli.heartbeat_interval.or(file.heartbeat_interval).unwrap_or_else(|| "1s".into());

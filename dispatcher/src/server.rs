@@ -12,7 +12,7 @@ use protocol::message::{ClientToDispatcher, DispatcherToClient};
 use protocol::tls::ServerTls;
 use protocol::Transport;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,9 +21,15 @@ use crate::handler;
 use crate::readers::Readers;
 use crate::scheduler::Handle;
 
-/// Open connections at most: 1,000 runners plus observers and clients, with
-/// room to spare. Accepting waits when it is reached.
+/// Admitted connections at most: 1,000 runners plus observers and clients,
+/// with room to spare. A peer admitted beyond it is closed.
 const MAX_CONNECTIONS: usize = 4096;
+
+/// Connections still in the handshake at most. Kept apart from the admitted
+/// ones, so peers that connect and say nothing (for up to the handshake
+/// deadline) cannot take the slots of real peers; beyond it, new connections
+/// are closed at once instead of making accepting wait.
+const MAX_HANDSHAKES: usize = 256;
 
 /// What every connection task shares.
 pub struct Shared {
@@ -68,14 +74,10 @@ impl Shared {
 
 /// Accepts connections until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tracker: &TaskTracker) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let mut backoff = Duration::from_millis(10);
     loop {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let permit = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore never closed"),
-        };
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -83,11 +85,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tracker: &TaskTra
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                let shared = Arc::clone(&shared);
-                tracker.spawn(async move {
-                    connection(stream, peer, shared).await;
-                    drop(permit);
-                });
+                let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    tracing::warn!(peer = %peer, "too many connections in the handshake; closing this one");
+                    continue;
+                };
+                tracker.spawn(connection(stream, peer, Arc::clone(&shared), handshake, Arc::clone(&slots)));
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait, do not spin.
@@ -99,7 +101,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tracker: &TaskTra
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    handshake: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+) {
     let refuse = (shared.secret.is_none() && !peer.ip().is_loopback())
         .then_some("this dispatcher has no token file and accepts only loopback peers");
     let transport = match &shared.tls {
@@ -128,6 +136,11 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             tracing::warn!(peer = %peer, error = %err, "handshake failed");
             return;
         }
+    };
+    drop(handshake);
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        tracing::warn!(peer = %peer, "too many connections; closing an admitted one");
+        return;
     };
     let span =
         tracing::info_span!("conn", peer = %peer, role = admitted.role.as_str(), name = %admitted.name);

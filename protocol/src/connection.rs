@@ -152,6 +152,15 @@ impl<In: DeserializeOwned, Out: Serialize> Connection<In, Out> {
         }
     }
 
+    /// Changes the largest frame either half accepts (raised once the
+    /// handshake has admitted the peer).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        let max_frame = max_frame.min(crate::MAX_FRAME);
+        self.receiver.max_frame = max_frame;
+        self.receiver.frames.decoder_mut().set_max_frame_length(max_frame);
+        self.sender.frames.encoder_mut().set_max_frame_length(max_frame);
+    }
+
     /// Splits into the reading and the writing half.
     pub fn split(self) -> (Receiver<In>, Sender<Out>) {
         (self.receiver, self.sender)

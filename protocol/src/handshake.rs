@@ -4,12 +4,16 @@
 //! 2. The dispatcher answers [`DispatcherHandshake::Challenge`] with a fresh
 //!    random nonce, or `Reject` (version mismatch, peer not allowed).
 //! 3. The peer sends [`Proof`]: HMAC-SHA256(secret, nonce ‖ role ‖ name), or
-//!    no MAC when it has no secret.
+//!    no MAC when it has no secret, and a nonce of its own.
 //! 4. The dispatcher answers `Welcome` or `Reject` and, on reject, closes.
+//!    With a secret, `Welcome` carries the dispatcher's own proof over both
+//!    nonces, so a peer that has the secret also knows it reached the real
+//!    dispatcher (and refuses one that does not ask for the secret).
 //!
-//! The secret never crosses the wire; the nonce makes a recorded proof
-//! worthless on another connection. Both sides give up after
-//! [`crate::HANDSHAKE_TIMEOUT`].
+//! The secret never crosses the wire; the nonces make a recorded proof
+//! worthless on another connection. Handshake frames are limited to
+//! [`HANDSHAKE_MAX_FRAME`] bytes until the peer is admitted. Both sides give
+//! up after [`crate::HANDSHAKE_TIMEOUT`].
 
 use std::fmt;
 use std::path::Path;
@@ -73,10 +77,16 @@ pub struct Challenge {
     pub auth_required: bool,
 }
 
+/// The largest handshake frame: a hello, a challenge or a proof is a few
+/// hundred bytes, so nobody gets to announce megabytes before being admitted.
+pub const HANDSHAKE_MAX_FRAME: usize = 4096;
+
 /// The peer's answer to a [`Challenge`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proof {
     pub mac: Option<Vec<u8>>,
+    /// The peer's nonce, for the dispatcher's proof in [`Welcome`].
+    pub nonce: [u8; 32],
 }
 
 impl fmt::Debug for Proof {
@@ -89,6 +99,9 @@ impl fmt::Debug for Proof {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     pub dispatcher_version: String,
+    /// With a secret: HMAC-SHA256(secret, "dispatcher" ‖ peer nonce ‖
+    /// dispatcher nonce ‖ role ‖ name).
+    pub proof: Option<Vec<u8>>,
 }
 
 /// The handshake failed, and why.
@@ -147,6 +160,46 @@ impl Secret {
         mac
     }
 
+    fn dispatcher_mac(
+        &self,
+        peer_nonce: &[u8; 32],
+        nonce: &[u8; 32],
+        role: Role,
+        name: &Name,
+    ) -> Hmac<Sha256> {
+        // Hmac accepts keys of any length; the expect cannot fire.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("hmac takes any key length");
+        mac.update(b"dispatcher");
+        mac.update(peer_nonce);
+        mac.update(nonce);
+        mac.update(&[role.tag()]);
+        mac.update(name.as_str().as_bytes());
+        mac
+    }
+
+    /// The dispatcher's proof that it knows the secret too.
+    pub fn prove_dispatcher(
+        &self,
+        peer_nonce: &[u8; 32],
+        nonce: &[u8; 32],
+        role: Role,
+        name: &Name,
+    ) -> Vec<u8> {
+        self.dispatcher_mac(peer_nonce, nonce, role, name).finalize().into_bytes().to_vec()
+    }
+
+    /// Checks the dispatcher's proof in constant time.
+    pub fn verify_dispatcher(
+        &self,
+        peer_nonce: &[u8; 32],
+        nonce: &[u8; 32],
+        role: Role,
+        name: &Name,
+        proof: &[u8],
+    ) -> bool {
+        self.dispatcher_mac(peer_nonce, nonce, role, name).verify_slice(proof).is_ok()
+    }
+
     /// The proof a peer sends for this nonce, role and name.
     pub fn prove(&self, nonce: &[u8; 32], role: Role, name: &Name) -> Vec<u8> {
         self.mac(nonce, role, name).finalize().into_bytes().to_vec()
@@ -175,18 +228,35 @@ where
     Out: Serialize,
 {
     let handshake = async {
-        let mut conn: Connection<DispatcherHandshake, Hello> = Connection::new(stream, max_frame)?;
+        let mut conn: Connection<DispatcherHandshake, Hello> = Connection::new(stream, HANDSHAKE_MAX_FRAME)?;
         conn.send(&Hello { version: PROTOCOL_VERSION, role, name: name.clone() }).await?;
         let challenge = match conn.recv().await?.ok_or(Error::ClosedEarly)? {
             DispatcherHandshake::Challenge(challenge) => challenge,
             DispatcherHandshake::Reject(reject) => return Err(Error::Rejected { reason: reject.reason }),
             DispatcherHandshake::Welcome(_) => return Err(Error::Handshake("welcome before proof")),
         };
+        if secret.is_some() && !challenge.auth_required {
+            return Err(Error::Handshake("the dispatcher does not ask for the shared secret we have"));
+        }
         let mut conn: Connection<DispatcherHandshake, Proof> = conn.retype();
         let mac = secret.map(|secret| secret.prove(&challenge.nonce, role, name));
-        conn.send(&Proof { mac }).await?;
+        let mut own_nonce = [0u8; 32];
+        rand::rng().fill_bytes(&mut own_nonce);
+        conn.send(&Proof { mac, nonce: own_nonce }).await?;
         match conn.recv().await?.ok_or(Error::ClosedEarly)? {
-            DispatcherHandshake::Welcome(welcome) => Ok((conn.retype(), welcome)),
+            DispatcherHandshake::Welcome(welcome) => {
+                if let Some(secret) = secret {
+                    let proven = welcome.proof.as_deref().is_some_and(|proof| {
+                        secret.verify_dispatcher(&own_nonce, &challenge.nonce, role, name, proof)
+                    });
+                    if !proven {
+                        return Err(Error::Handshake("the dispatcher could not prove the shared secret"));
+                    }
+                }
+                let mut conn = conn.retype();
+                conn.set_max_frame(max_frame);
+                Ok((conn, welcome))
+            }
             DispatcherHandshake::Reject(reject) => Err(Error::Rejected { reason: reject.reason }),
             DispatcherHandshake::Challenge(_) => Err(Error::Handshake("second challenge")),
         }
@@ -222,7 +292,7 @@ where
     Out: Serialize,
 {
     let handshake = async {
-        let mut conn: Connection<Hello, DispatcherHandshake> = Connection::new(stream, max_frame)?;
+        let mut conn: Connection<Hello, DispatcherHandshake> = Connection::new(stream, HANDSHAKE_MAX_FRAME)?;
         let hello = conn.recv().await?.ok_or(Error::ClosedEarly)?;
         if hello.version != PROTOCOL_VERSION {
             let reason = format!(
@@ -251,11 +321,16 @@ where
                 return Err(Error::Rejected { reason });
             }
         };
+        let proof =
+            secret.map(|secret| secret.prove_dispatcher(&proof.nonce, &nonce, hello.role, &hello.name));
         conn.send(&DispatcherHandshake::Welcome(Welcome {
             dispatcher_version: crate::BATON_VERSION.to_string(),
+            proof,
         }))
         .await?;
-        Ok((conn.retype(), Admitted { role: hello.role, name: hello.name, authenticated }))
+        let mut conn = conn.retype();
+        conn.set_max_frame(max_frame);
+        Ok((conn, Admitted { role: hello.role, name: hello.name, authenticated }))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| Error::Timeout)?
 }

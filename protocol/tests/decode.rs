@@ -474,14 +474,16 @@ fn dispatcher_handshake() -> BoxedStrategy<DispatcherHandshake> {
         (any::<[u8; 32]>(), any::<bool>()).prop_map(|(nonce, auth_required)| {
             DispatcherHandshake::Challenge(Challenge { nonce, auth_required })
         }),
-        text().prop_map(|dispatcher_version| DispatcherHandshake::Welcome(Welcome { dispatcher_version })),
+        (text(), prop::option::of(bytes())).prop_map(|(dispatcher_version, proof)| {
+            DispatcherHandshake::Welcome(Welcome { dispatcher_version, proof })
+        }),
         text().prop_map(|reason| DispatcherHandshake::Reject(Reject { reason })),
     ]
     .boxed()
 }
 
 fn proof() -> BoxedStrategy<Proof> {
-    prop::option::of(bytes()).prop_map(|mac| Proof { mac }).boxed()
+    (prop::option::of(bytes()), any::<[u8; 32]>()).prop_map(|(mac, nonce)| Proof { mac, nonce }).boxed()
 }
 
 /// A valid value of any wire type, every variant reachable.

@@ -12,7 +12,10 @@
 //! and released once its result is recorded.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::FutureExt;
 
 use protocol::message::{Assign, Held};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -165,7 +168,13 @@ impl Shared {
                     Ok(permit) => {
                         tracing::info!(repo = %assign.repo, branch = %assign.branch, "attempt started");
                         let mut control = control;
-                        let ending = task::execute(&shared, &assign, log, &progress_tx, &mut control).await;
+                        // A bug that panics inside one attempt must still end
+                        // it with a result, or its task would stay running.
+                        let attempt = task::execute(&shared, &assign, log, &progress_tx, &mut control);
+                        let ending = AssertUnwindSafe(attempt).catch_unwind().await.unwrap_or_else(|_| {
+                            let reason = "the runner failed while running the attempt (see its log)";
+                            Ending::Finished(Finished::error(reason, 0, progress_tx.borrow().written))
+                        });
                         match ending {
                             Ending::Finished(finished) => {
                                 shared.record(key, finished, &progress_tx).await;

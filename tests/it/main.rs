@@ -6,6 +6,7 @@
 mod chaos;
 mod durability;
 mod foundation;
+mod observer;
 mod operator;
 mod releases;
 mod security;

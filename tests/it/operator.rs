@@ -162,17 +162,9 @@ fn log_follow_streams_a_line_before_the_test_ends() {
     assert_eq!(wait_final(&dispatcher.addr, &id)["state"], "passed");
 }
 
-/// Checks that a follower ended reporting that task `id` passed, and exited 0.
-///
-/// FIXME: the dispatcher tells followers that a task ended before the
-/// transaction recording its final state has committed, so the `LogEnd` it
-/// sends may still say `running` and the follower then exits 1. Until that
-/// is fixed this one wrong answer is accepted; any other fails.
+/// Checks that a follower ended reporting that task `id` passed, and exited
+/// 0: followers hear of the end only after it is committed.
 fn check_followed_to_pass(status: ExitStatus, stderr: &str, id: &str) {
-    if stderr == format!("task {id} ended: running\n") {
-        assert_eq!(status.code(), Some(1), "{stderr}");
-        return;
-    }
     assert_eq!(stderr, format!("task {id} ended: passed\n"));
     assert!(status.success(), "baton log --follow exited {status}; stderr: {stderr}");
 }
@@ -190,12 +182,8 @@ fn log_follow_of_a_pending_task_waits_for_its_output() {
     follower.wait_line("hello from the test");
     let (status, output, stderr) = follower.finish();
     check_followed_to_pass(status, &stderr, &id);
-    // FIXME: a follower that attached while the task was pending is told
-    // that the first attempt is a restart. Whether it attached in time is a
-    // race with the runner's start, so the bogus marker is removed here
-    // rather than expected.
-    let output = String::from_utf8_lossy(&output).replace("\n[baton: task restarted as attempt 1]\n", "");
-    assert_eq!(output, "hello from the test\n");
+    // The first attempt of a pending task is no restart: no marker.
+    assert_eq!(String::from_utf8_lossy(&output), "hello from the test\n");
 }
 
 /// Live (not zombie) processes whose process group is `pgid`.
@@ -780,7 +768,7 @@ fn stopped(pid: i32) -> bool {
 }
 
 #[test]
-fn an_abort_the_runner_never_saw_is_lost_when_the_runner_dies() {
+fn an_abort_the_runner_never_saw_still_ends_the_task_when_the_runner_dies() {
     let tmp = tempfile::tempdir().unwrap();
     let pid_file = tmp.path().join("test.pid");
     let command = format!("echo $$ > {pid_file}; exec sleep 600", pid_file = pid_file.display());
@@ -799,8 +787,6 @@ fn an_abort_the_runner_never_saw_is_lost_when_the_runner_dies() {
     let task = wait_for("the runner's loss to be noticed", || {
         show(&dispatcher.addr, &id).filter(|task| task["state"] != "running")
     });
-    // FIXME: the dispatcher forgets that the task was aborted and requeues
-    // it like any task of a lost runner, so it runs again on the next
-    // runner; expected: `aborted`.
-    assert_eq!((task["state"].as_str(), task["attempts"].as_i64()), (Some("pending"), Some(1)), "{task:#}");
+    // The abort is remembered: the task is not requeued for another runner.
+    assert_eq!((task["state"].as_str(), task["attempts"].as_i64()), (Some("aborted"), Some(1)), "{task:#}");
 }

@@ -333,7 +333,7 @@ fn wrong_and_missing_tokens_are_rejected() {
             "a runner's proof" => Some(secret.prove(nonce, Role::Runner, &mallory)),
             _ => Some(vec![0; 7]),
         };
-        peer.send(&Proof { mac });
+        peer.send(&Proof { mac, nonce: [7; 32] });
         match peer.recv::<DispatcherHandshake>() {
             DispatcherHandshake::Reject(reject) => {
                 assert_eq!(reject.reason, "authentication failed", "{what}")
@@ -958,7 +958,10 @@ impl Raw {
         let name = Name::new(format!("raw-{}", role.as_str())).unwrap();
         peer.send(&Hello { version: PROTOCOL_VERSION, role, name: name.clone() });
         let DispatcherHandshake::Challenge(challenge) = peer.recv() else { panic!("no challenge") };
-        peer.send(&Proof { mac: secret.map(|secret| secret.prove(&challenge.nonce, role, &name)) });
+        peer.send(&Proof {
+            mac: secret.map(|secret| secret.prove(&challenge.nonce, role, &name)),
+            nonce: [7; 32],
+        });
         match peer.recv() {
             DispatcherHandshake::Welcome(_) => peer,
             other => panic!("not admitted: {other:?}"),

@@ -195,10 +195,14 @@ async fn stream_log(
         loop {
             let now = *progress.borrow_and_update();
             if now.attempt != attempt {
+                // Attempt 0 is a task that had not started: no restart.
+                let restarted = attempt > 0;
                 attempt = now.attempt;
                 offset = 0;
-                let marker = format!("\n[baton: task restarted as attempt {attempt}]\n");
-                sender.send(&DispatcherToClient::LogChunk(marker.into_bytes())).await?;
+                if restarted {
+                    let marker = format!("\n[baton: task restarted as attempt {attempt}]\n");
+                    sender.send(&DispatcherToClient::LogChunk(marker.into_bytes())).await?;
+                }
             }
             offset = send_file(sender, &path, offset, Some(now.len)).await?;
             if now.ended {

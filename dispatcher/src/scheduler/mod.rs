@@ -282,6 +282,9 @@ struct Running {
     /// Since when the runner is absent (dispatcher restart); `None` while
     /// its runner is connected.
     orphaned_at: Option<Instant>,
+    /// A client asked to abort it; if its runner is lost before it reports,
+    /// the task ends `aborted` instead of running again.
+    aborting: bool,
 }
 
 /// The scheduler's in-memory state, rebuilt from the store at start-up.
@@ -297,6 +300,10 @@ pub(crate) struct State {
     running: HashMap<TaskId, Running>,
     counts: HashMap<TaskState, u64>,
     follows: HashMap<TaskId, watch::Sender<LogProgress>>,
+    /// Follower updates about state changes of this batch (a new attempt, an
+    /// end), sent only after the commit, so a follower that reads the task
+    /// then sees the new state.
+    progress_after_commit: Vec<(TaskId, LogProgress)>,
     next_ping: u64,
     last_ping: Instant,
     /// Set when the batch queued notifications; wakes the notifier worker
@@ -323,6 +330,7 @@ impl State {
             running: HashMap::new(),
             counts: store.count_by_state()?.into_iter().collect(),
             follows: HashMap::new(),
+            progress_after_commit: Vec::new(),
             next_ping: 1,
             last_ping: now,
             outbox_changed: false,
@@ -334,9 +342,10 @@ impl State {
                     let log_len = state.files.log_len(task.id);
                     tracing::info!(task_id = %task.id, runner = ?task.runner.as_ref().map(Name::as_str),
                         attempt = task.attempts, "waiting for the runner of a running task to come back");
-                    state
-                        .running
-                        .insert(task.id, Running { task, log_len, truncated: false, orphaned_at: Some(now) });
+                    state.running.insert(
+                        task.id,
+                        Running { task, log_len, truncated: false, orphaned_at: Some(now), aborting: false },
+                    );
                 }
                 _ => {
                     state.pending.insert(task.id, task);
@@ -357,6 +366,14 @@ impl State {
         tx.commit()?;
         if std::mem::take(&mut self.outbox_changed) {
             self.outbox.notify_one();
+        }
+        for (task_id, progress) in std::mem::take(&mut self.progress_after_commit) {
+            if let Some(sender) = self.follows.get(&task_id) {
+                sender.send_replace(progress);
+            }
+            if progress.ended {
+                self.follows.remove(&task_id);
+            }
         }
         self.apply(effects);
         Ok(())

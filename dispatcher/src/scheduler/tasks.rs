@@ -127,11 +127,15 @@ impl State {
                 job,
             }),
         );
-        if let Some(progress) = self.follows.get(&task_id) {
-            progress.send_replace(LogProgress { attempt: task.attempts, len: 0, ended: false });
+        if self.follows.contains_key(&task_id) {
+            let progress = LogProgress { attempt: task.attempts, len: 0, ended: false };
+            self.progress_after_commit.push((task_id, progress));
         }
         self.move_count(Some(TaskState::Pending), TaskState::Running);
-        self.running.insert(task_id, Running { task, log_len: 0, truncated: false, orphaned_at: None });
+        self.running.insert(
+            task_id,
+            Running { task, log_len: 0, truncated: false, orphaned_at: None, aborting: false },
+        );
         Ok(())
     }
 
@@ -263,8 +267,9 @@ impl State {
         if let Err(err) = self.files.write_result(&task, finish) {
             tracing::error!(task_id = %task_id, error = %format!("{err:#}"), "cannot write the result file");
         }
-        if let Some(progress) = self.follows.remove(&task_id) {
-            progress.send_modify(|progress| progress.ended = true);
+        if let Some(sender) = self.follows.get(&task_id) {
+            let progress = LogProgress { ended: true, ..*sender.borrow() };
+            self.progress_after_commit.push((task_id, progress));
         }
         self.after_finish(tx, &task, finish)
     }
@@ -279,6 +284,15 @@ impl State {
     ) -> anyhow::Result<()> {
         let Some(running) = self.running.get(&task_id) else { return Ok(()) };
         let attempts = running.task.attempts;
+        if running.aborting {
+            let finish = Finish {
+                reason: Some(format!(
+                    "aborted by a client; its runner was lost before stopping it: {reason}"
+                )),
+                ..Finish::ended(TaskState::Aborted)
+            };
+            return self.finish(tx, task_id, &finish);
+        }
         if attempts >= self.settings.max_attempts {
             let finish = Finish {
                 reason: Some(format!("gave up after {attempts} attempts; last: {reason}")),
@@ -309,7 +323,9 @@ impl State {
             Finish { reason: Some("aborted by a client".into()), ..Finish::ended(TaskState::Aborted) };
         if self.pending.contains_key(&task_id) {
             self.finish(tx, task_id, &aborted)?;
-        } else if let Some(running) = self.running.get(&task_id) {
+        } else if let Some(running) = self.running.get_mut(&task_id) {
+            running.aborting = true;
+            let running = &*running;
             let conn =
                 running.task.runner.as_ref().and_then(|name| self.runners.get(name)).and_then(|r| r.conn);
             match conn.filter(|_| running.orphaned_at.is_none()) {

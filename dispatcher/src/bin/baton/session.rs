@@ -179,7 +179,7 @@ mod tests {
             format!(
                 "cannot reach the dispatcher at {address}: the peer does not speak the Baton protocol \
                  (frame larger than the maximum of {} bytes)",
-                protocol::MAX_FRAME
+                protocol::handshake::HANDSHAKE_MAX_FRAME
             )
         );
     }
