@@ -190,7 +190,12 @@ pub async fn submit_all(
     let (mut receiver, mut sender) = conn.split();
     let writer = async {
         for (idx, commit) in commits.iter().enumerate() {
-            let submit = Submit { repo: repo.clone(), branch: branch.clone(), commit: commit.clone() };
+            let submit = Submit {
+                repo: repo.clone(),
+                branch: branch.clone(),
+                commit: commit.clone(),
+                labels: Vec::new(),
+            };
             sender.feed(&ObserverToDispatcher::Submit(submit)).await?;
             if (idx + 1) % SUBMIT_FLUSH_EVERY == 0 {
                 sender.flush().await?;

@@ -231,7 +231,7 @@ mod tests {
         let main = Branch::new("main").unwrap();
         let new = ['1', '2', '3']
             .into_iter()
-            .map(|digit| NewCommit { commit: commit(digit), parents: Vec::new() })
+            .map(|digit| NewCommit { commit: commit(digit), parents: Vec::new(), labels: Vec::new() })
             .collect();
         let scanned =
             BranchScan { branch: main.clone(), tip: commit('3'), new, skipped: 0, lost_cursor: false };

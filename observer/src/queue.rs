@@ -132,7 +132,12 @@ impl Ledger {
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
                 tracing::debug!(repo = %repo, branch = %branch, commit = %new.commit, "commit queued");
-                let submit = Submit { repo: repo.clone(), branch: branch.clone(), commit: new.commit };
+                let submit = Submit {
+                    repo: repo.clone(),
+                    branch: branch.clone(),
+                    commit: new.commit,
+                    labels: new.labels,
+                };
                 inner.pending.push_back(Pending { seq, submit, parents: new.parents });
                 n_added += 1;
             }
@@ -170,7 +175,7 @@ impl Ledger {
         let mut inner = self.lock();
         let idx = inner.pending.iter().position(|pending| pending.seq == seq)?;
         let pending = inner.pending.remove(idx)?;
-        let Submit { repo, branch, commit } = &pending.submit;
+        let Submit { repo, branch, commit, .. } = &pending.submit;
         inner.cursors.acknowledge(repo, branch, commit, &pending.parents);
         inner.dirty = true;
         Some(pending)
@@ -221,7 +226,7 @@ mod tests {
             .iter()
             .map(|digit| {
                 let parents = parent.replace(commit(*digit)).into_iter().collect();
-                NewCommit { commit: commit(*digit), parents }
+                NewCommit { commit: commit(*digit), parents, labels: Vec::new() }
             })
             .collect();
         BranchScan {

@@ -28,6 +28,8 @@ pub struct Submit {
     pub repo: RepoUrl,
     pub branch: Branch,
     pub commit: CommitId,
+    /// Runner labels the commit's `.baton.toml` requires.
+    pub labels: Vec<Label>,
 }
 
 /// Dispatcher to observer: one answer per `Submit`, in order.
@@ -546,8 +548,9 @@ mod tests {
             repo: RepoUrl::new("/r").unwrap(),
             branch: Branch::new("main").unwrap(),
             commit: commit(),
+            labels: vec![Label::new("gpu").unwrap()],
         });
-        let expected = format!("00{}{}{}", hex("/r"), hex("main"), hex(commit().as_str()));
+        let expected = format!("00{}{}{}01{}", hex("/r"), hex("main"), hex(commit().as_str()), hex("gpu"));
         assert_eq!(round_trip(&submit), expected);
         let accepted = DispatcherToObserver::Accepted(Accepted { task_id: task_id(), duplicate: true });
         assert_eq!(round_trip(&accepted), "000e01");

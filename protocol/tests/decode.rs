@@ -298,8 +298,10 @@ fn runner_info() -> BoxedStrategy<RunnerInfo> {
 }
 
 fn observer_to_dispatcher() -> BoxedStrategy<ObserverToDispatcher> {
-    (repo(), branch(), commit())
-        .prop_map(|(repo, branch, commit)| ObserverToDispatcher::Submit(Submit { repo, branch, commit }))
+    (repo(), branch(), commit(), labels())
+        .prop_map(|(repo, branch, commit, labels)| {
+            ObserverToDispatcher::Submit(Submit { repo, branch, commit, labels })
+        })
         .boxed()
 }
 

@@ -112,6 +112,7 @@ fn duplicate_observer_submissions_are_acknowledged_once() {
         repo: RepoUrl::new("/srv/git/app.git").unwrap(),
         branch: Branch::new("main").unwrap(),
         commit: CommitId::new("a".repeat(40)).unwrap(),
+        labels: Vec::new(),
     };
     let answers = observe(&dispatcher.addr, &[submit.clone(), submit]);
     let [DispatcherToObserver::Accepted(first), DispatcherToObserver::Accepted(second)] = answers.as_slice()

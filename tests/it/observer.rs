@@ -191,3 +191,25 @@ fn a_force_push_and_a_new_branch_submit_only_commits_not_seen_before() {
     assert_eq!(settled.len(), 6);
     assert_eq!(settled[5].2, last[0]);
 }
+
+#[test]
+fn labels_from_a_commit_s_baton_toml_route_its_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&tmp.path().join("repo"));
+    let toml = "[test]\ncommand = \"echo on a gpu runner\"\nlabels = [\"gpu\"]\n";
+    let commit = repo.commit(&[(".baton.toml", toml)], "needs a gpu");
+    let dispatcher = Dispatcher::start(&tmp.path().join("data"), &[]);
+    let _plain = support::runner(tmp.path(), &dispatcher.addr, "plain", &[]);
+    let _observer = support::observer(tmp.path(), &dispatcher.addr, &repo.path, &["--poll", "50ms"]);
+
+    let task = wait_for("the task to wait for a gpu runner", || {
+        support::show(&dispatcher.addr, &commit).filter(|task| task["reason"].as_str().is_some())
+    });
+    assert_eq!(task["state"], "pending", "{task:#}");
+    assert_eq!(task["labels"], serde_json::json!(["gpu"]));
+    assert_eq!(task["reason"], "waiting for a runner with labels: gpu");
+
+    let _gpu = support::runner(tmp.path(), &dispatcher.addr, "gpu-1", &["--labels", "gpu"]);
+    let task = support::wait_final(&dispatcher.addr, &commit);
+    assert_eq!((task["state"].as_str(), task["runner"].as_str()), (Some("passed"), Some("gpu-1")), "{task:#}");
+}

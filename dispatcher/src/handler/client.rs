@@ -15,6 +15,9 @@ use crate::store::Trigger;
 
 /// Most tasks one `tasks` query returns.
 const MAX_LIMIT: u32 = 10_000;
+/// How long an admitted client may sit between requests before its
+/// connection is closed, so idle clients do not hold connection slots.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Bytes of console output per `LogChunk`.
 const LOG_CHUNK: usize = 256 * 1024;
 
@@ -33,7 +36,13 @@ pub async fn serve(
     loop {
         let request = tokio::select! {
             _ = token.cancelled() => return,
-            request = receiver.recv() => request,
+            request = tokio::time::timeout(IDLE, receiver.recv()) => match request {
+                Ok(request) => request,
+                Err(_) => {
+                    tracing::debug!("idle client; closing");
+                    return;
+                }
+            },
         };
         let request = match request {
             Ok(Some(request)) => request,

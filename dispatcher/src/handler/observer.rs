@@ -42,7 +42,7 @@ pub async fn serve(
                         submit.repo,
                         submit.branch,
                         submit.commit,
-                        Vec::new(),
+                        submit.labels,
                         Trigger::Observer,
                     );
                     if shared.scheduler.send(Event::Submit { task, reply }).await.is_err()

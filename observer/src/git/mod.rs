@@ -81,6 +81,8 @@ pub struct NewCommit {
     pub commit: CommitId,
     /// All its parents, which the cursor needs to fold its heads.
     pub parents: Vec<CommitId>,
+    /// Runner labels its `.baton.toml` requires.
+    pub labels: Vec<protocol::Label>,
 }
 
 /// Scans one repository: fetches it if it is remote, reads its branches and
@@ -219,7 +221,7 @@ fn scan_branch(
             // Something is new, so the tip is; it alone is submitted.
             let commit = repo.find_commit(tip).context("reading the tip")?;
             let parents = commit.parent_ids().map(|id| commit_id(id.detach())).collect();
-            vec![NewCommit { commit: tip_id, parents }]
+            vec![NewCommit { commit: tip_id, parents, labels: walk::required_labels(repo, tip) }]
         }
         _ => new,
     };

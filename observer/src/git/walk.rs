@@ -52,9 +52,36 @@ pub(super) fn new_commits(
         .map(|(id, parents)| NewCommit {
             commit: commit_id(id),
             parents: parents.into_iter().map(commit_id).collect(),
+            labels: required_labels(repo, id),
         })
         .collect();
     Ok((new, total))
+}
+
+/// The runner labels the commit's `.baton.toml` asks for (`[test] labels`),
+/// so the dispatcher sends it only to runners that have them. A file that
+/// cannot be read asks for none here; the runner reports it as invalid.
+pub(super) fn required_labels(repo: &gix::Repository, id: ObjectId) -> Vec<protocol::Label> {
+    #[derive(serde::Deserialize)]
+    struct RepoConfig {
+        test: Option<TestSection>,
+    }
+    #[derive(serde::Deserialize)]
+    struct TestSection {
+        labels: Option<Vec<String>>,
+    }
+    let text = (|| -> Option<String> {
+        let tree = repo.find_commit(id).ok()?.tree().ok()?;
+        let entry = tree.lookup_entry_by_path(".baton.toml").ok()??;
+        let object = entry.object().ok()?;
+        // A repository config is small; a huge blob is not one.
+        (object.data.len() <= 64 * 1024).then(|| String::from_utf8(object.data.clone()).ok())?
+    })();
+    let Some(config) = text.and_then(|text| toml::from_str::<RepoConfig>(&text).ok()) else {
+        return Vec::new();
+    };
+    let labels = config.test.and_then(|test| test.labels).unwrap_or_default();
+    labels.into_iter().filter_map(|label| protocol::Label::new(label).ok()).collect()
 }
 
 /// Orders `commits` (newest first by time) parents before children, keeping
