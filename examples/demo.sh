@@ -90,8 +90,35 @@ git -C "$repo" commit -q -am "fix the failing test"
 fixed=$(git -C "$repo" rev-parse HEAD)
 wait_done "$fixed"
 
+echo "==> a slow test: kill -9 the runner running it, and watch it finish on the other"
+cat > "$repo/.baton.toml" <<'TOML'
+[test]
+command = "sleep 2; python3 -m unittest discover -s tests -v"
+TOML
+git -C "$repo" add -A
+git -C "$repo" commit -q -m "a slow test run"
+slow=$(git -C "$repo" rev-parse HEAD)
+for _ in $(seq 300); do
+  runner=$(baton show "$slow" --json 2>/dev/null | sed -nE 's/.*"runner": ?"([a-z-]+)".*/\1/p' | head -n 1)
+  [ -n "$runner" ] && break
+  sleep 0.05
+done
+echo "    task is running on $runner; kill -9 it"
+if [ "$runner" = runner-a ]; then victim=${pids[1]}; else victim=${pids[2]}; fi
+kill -9 "$victim"
+wait "$victim" 2>/dev/null || true
+wait_done "$slow"
+baton show "${slow:0:10}" | grep -E '^(state|attempts|runner):'
+
+echo "==> kill -9 the dispatcher and start it again on the same data dir and port"
+kill -9 "${pids[0]}"
+wait "${pids[0]}" 2>/dev/null || true
+"$bin/baton-dispatcher" --listen "$addr" --data-dir "$work/data" >/dev/null 2>>"$work/dispatcher.log" &
+pids+=($!)
+for _ in $(seq 100); do baton status >/dev/null 2>&1 && break; sleep 0.05; done
+
 echo
-echo "\$ baton tasks"
+echo "\$ baton tasks   # after the restart: nothing lost"
 baton tasks
 echo
 echo "\$ baton show ${broken:0:10}"
