@@ -105,14 +105,12 @@ for _ in $(seq 300); do
 done
 echo "    task is running on $runner; kill -9 it"
 if [ "$runner" = runner-a ]; then victim=${pids[1]}; else victim=${pids[2]}; fi
-kill -9 "$victim"
-wait "$victim" 2>/dev/null || true
+{ kill -9 "$victim"; wait "$victim"; } 2>/dev/null || true
 wait_done "$slow"
 baton show "${slow:0:10}" | grep -E '^(state|attempts|runner):'
 
 echo "==> kill -9 the dispatcher and start it again on the same data dir and port"
-kill -9 "${pids[0]}"
-wait "${pids[0]}" 2>/dev/null || true
+{ kill -9 "${pids[0]}"; wait "${pids[0]}"; } 2>/dev/null || true
 "$bin/baton-dispatcher" --listen "$addr" --data-dir "$work/data" >/dev/null 2>>"$work/dispatcher.log" &
 pids+=($!)
 for _ in $(seq 100); do baton status >/dev/null 2>&1 && break; sleep 0.05; done
