@@ -165,8 +165,9 @@ pub struct Submitted {
     pub last_answer: Instant,
 }
 
-/// Submits `commits` to `repo` on one observer connection, pipelined: a
-/// writer keeps sending while a reader counts the in-order answers.
+/// Submits `commits` of `repo` and `branch` on one observer connection,
+/// pipelined: a writer keeps sending while a reader counts the in-order
+/// answers.
 ///
 /// # Errors
 /// Connection failures, or a refused submission.
@@ -174,10 +175,10 @@ pub async fn submit_all(
     addr: &str,
     name: &str,
     repo: &RepoUrl,
+    branch: &Branch,
     commits: &[CommitId],
 ) -> anyhow::Result<Submitted> {
     let name = Name::new(name).map_err(anyhow::Error::msg)?;
-    let branch = Branch::new("main").map_err(anyhow::Error::msg)?;
     let (conn, _welcome) = protocol::peer::dial::<DispatcherToObserver, ObserverToDispatcher>(
         addr,
         Role::Observer,
@@ -240,6 +241,7 @@ pub fn fake_commits(n: usize, seed: u64) -> Vec<CommitId> {
     (0..n)
         .map(|_| {
             let text = format!("{:016x}{:016x}{:08x}", next(), next(), next() as u32);
+            // 16 + 16 + 8 lowercase hex digits: always a valid commit id.
             CommitId::new(text).expect("40 lowercase hex digits are a valid commit id")
         })
         .collect()

@@ -7,14 +7,15 @@
 //! from raw network input.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
 
 use anyhow::Context;
-use protocol::message::ReleaseInfo;
+use protocol::message::{ReleaseInfo, TaskInfo};
 use protocol::{RepoUrl, TaskId};
 
-use crate::store::{Finish, LiveTask};
+use crate::store::{Finish, LiveTask, Store};
 
 /// The data directory's layout.
 #[derive(Clone, Debug)]
@@ -78,35 +79,50 @@ impl DataDir {
 
     /// Writes `test_results/<commit>`: a short header, then the console
     /// output. Written to a temporary file and renamed, so readers never see
-    /// half a report.
+    /// half a report. Not synced: the database is the record, and a crash
+    /// is repaired by [`catch_up`].
     ///
     /// # Errors
     /// I/O errors.
-    pub fn write_result(&self, task: &LiveTask, finish: &Finish) -> anyhow::Result<()> {
+    pub fn write_result(&self, task: &TaskInfo) -> anyhow::Result<()> {
         let dir = self.root.join("test_results");
         let path = dir.join(task.commit.as_str());
         let tmp = dir.join(format!(".{}.tmp", task.commit));
-        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let summary = finish
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = BufWriter::new(file);
+        let summary = task
             .summary
             .map(|s| format!("{} passed, {} failed, {} skipped", s.passed, s.failed, s.skipped))
             .unwrap_or_else(|| "-".into());
-        let exit_code = finish.exit_code.map(|code| code.to_string()).unwrap_or_else(|| "-".into());
+        let exit_code = task.exit_code.map(|code| code.to_string()).unwrap_or_else(|| "-".into());
         writeln!(file, "task: {}", task.id)?;
         writeln!(file, "repo: {}", task.repo)?;
         writeln!(file, "branch: {}", task.branch)?;
         writeln!(file, "commit: {}", task.commit)?;
-        writeln!(file, "state: {}", finish.state)?;
+        writeln!(file, "state: {}", task.state)?;
         writeln!(file, "attempts: {}", task.attempts)?;
         writeln!(file, "exit_code: {exit_code}")?;
         writeln!(file, "summary: {summary}")?;
-        writeln!(file, "reason: {}", finish.reason.as_deref().unwrap_or("-"))?;
+        writeln!(file, "reason: {}", task.reason.as_deref().unwrap_or("-"))?;
         writeln!(file)?;
         if let Ok(mut log) = File::open(self.log_path(task.id)) {
             std::io::copy(&mut log, &mut file).context("copying the log into the result")?;
         }
-        file.sync_all()?;
+        file.into_inner().map_err(|err| err.into_error())?;
         fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// When the file writer last caught up: files of everything that
+    /// finished before this moment are written.
+    fn read_watermark(&self) -> Option<i64> {
+        fs::read_to_string(self.root.join(WATERMARK)).ok()?.trim().parse().ok()
+    }
+
+    fn write_watermark(&self, at_ms: i64) -> anyhow::Result<()> {
+        let tmp = self.root.join(format!("{WATERMARK}.tmp"));
+        fs::write(&tmp, at_ms.to_string())?;
+        fs::rename(&tmp, self.root.join(WATERMARK))?;
+        Ok(())
     }
 
     /// Writes `releases/<repository>/r<version>.json`, the record as it was
@@ -123,12 +139,99 @@ impl DataDir {
         }
         let path = dir.join(format!("r{}.json", release.version));
         let tmp = dir.join(format!(".r{}.json.tmp", release.version));
-        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = BufWriter::new(file);
         serde_json::to_writer_pretty(&mut file, &record)?;
         file.write_all(b"\n")?;
-        file.sync_all()?;
+        file.into_inner().map_err(|err| err.into_error())?;
         fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
     }
+}
+
+/// Where the file writer notes how far it got.
+const WATERMARK: &str = "files-written-until";
+
+/// Files the scheduler wants written once its batch is committed.
+pub enum FileJob {
+    /// `test_results/<commit>` of a finished task.
+    Result(Box<TaskInfo>),
+    /// `releases/<repository>/r<N>.json`.
+    Release(Box<ReleaseInfo>),
+}
+
+impl FileJob {
+    fn at_ms(&self) -> i64 {
+        match self {
+            FileJob::Result(task) => task.finished_at_ms.unwrap_or(0),
+            FileJob::Release(release) => release.created_at_ms,
+        }
+    }
+}
+
+/// Jobs the file writer may lag behind. Creating files is the slowest thing
+/// the dispatcher does per task (a few thousand a second on ordinary
+/// disks), so bursts are absorbed here instead of slowing scheduling; a
+/// sustained overload fills it and then slows the scheduler to the disk's
+/// pace.
+const FILE_QUEUE: usize = 65_536;
+
+/// Starts the thread that writes result and release files off the
+/// scheduler's path, in the order the scheduler committed them.
+///
+/// # Errors
+/// When the thread cannot be started.
+pub fn start_writer(files: DataDir) -> anyhow::Result<(SyncSender<FileJob>, std::thread::JoinHandle<()>)> {
+    let (jobs, queue) = sync_channel::<FileJob>(FILE_QUEUE);
+    let thread = std::thread::Builder::new().name("files".into()).spawn(move || {
+        let mut written_until = None;
+        while let Ok(job) = queue.recv() {
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                // Everything that finished before this job is written.
+                written_until = Some(job.at_ms());
+                let written = match &job {
+                    FileJob::Result(task) => files.write_result(task),
+                    FileJob::Release(release) => files.write_release(release),
+                };
+                if let Err(err) = written {
+                    tracing::error!(error = %format!("{err:#}"), "cannot write a result or release file");
+                }
+                next = queue.try_recv().ok();
+            }
+            // Idle for now: note how far the files are.
+            if let Some(at_ms) = written_until {
+                if let Err(err) = files.write_watermark(at_ms + 1) {
+                    tracing::warn!(error = %format!("{err:#}"), "cannot note how far the files are written");
+                }
+            }
+        }
+    })?;
+    Ok((jobs, thread))
+}
+
+/// At start-up: writes the files of whatever finished after the writer last
+/// noted its progress (jobs a crash lost), from the database.
+///
+/// # Errors
+/// Store errors.
+pub fn catch_up(store: &Store, files: &DataDir) -> anyhow::Result<()> {
+    let Some(since) = files.read_watermark() else {
+        // A new data dir (or one from before the writer): nothing queued
+        // was lost; start counting from now.
+        return files.write_watermark(crate::store::now_ms());
+    };
+    let (tasks, releases) = store.finished_since(since)?;
+    if tasks.is_empty() && releases.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(tasks = tasks.len(), releases = releases.len(), "writing files a crash left unwritten");
+    for task in &tasks {
+        files.write_result(task)?;
+    }
+    for release in &releases {
+        files.write_release(release)?;
+    }
+    files.write_watermark(crate::store::now_ms())
 }
 
 /// A directory name for a repository: its location with every character

@@ -64,11 +64,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         }
         None => None,
     };
+    files::catch_up(&store, &files).context("writing files a crash left unwritten")?;
+    let (file_writer, file_thread) = files::start_writer(files.clone())?;
     let (scheduler, thread) = scheduler::start(
         store,
         files.clone(),
         config.settings.clone(),
         Arc::clone(&outbox),
+        file_writer,
         shutdown.clone(),
     )?;
     let readers = readers::Readers::new(files.database());
@@ -118,6 +121,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         Ok(Ok(Err(_))) => anyhow::bail!("the scheduler thread panicked"),
         Ok(Err(err)) => return Err(err.into()),
         Err(_) => tracing::warn!("scheduler did not stop in time"),
+    }
+    // The writer ends once the scheduler (its only sender) is gone.
+    let written = tokio::task::spawn_blocking(move || file_thread.join());
+    if tokio::time::timeout(GRACE, written).await.is_err() {
+        tracing::warn!("result files were still being written at exit; the next start writes them");
     }
     if shutdown.is_cancelled() && scheduler::failed() {
         anyhow::bail!("stopped because the store failed (see the error above)");

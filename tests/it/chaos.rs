@@ -92,8 +92,7 @@ fn nothing_is_lost_while_every_daemon_is_killed_and_restarted() {
         *seen.entry(commit.clone()).or_default() += 1;
         let want = expected.get(&commit).unwrap_or_else(|| panic!("task for an unknown commit: {task:#}"));
         assert_eq!(task["state"].as_str(), Some(*want), "{task:#}");
-        let report = dispatcher.data_dir.join("test_results").join(&commit);
-        assert!(report.exists(), "no result file for {commit}");
+        support::result_file(&dispatcher.data_dir, &commit);
     }
     assert_eq!(seen.len(), COMMITS, "every commit has a task");
     assert!(seen.values().all(|count| *count == 1), "one task per commit: {seen:?}");

@@ -83,7 +83,7 @@ fn a_result_made_while_the_dispatcher_was_down_is_delivered_once() {
     let task = wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["attempts"], 1, "{task:#}");
-    let report = std::fs::read_to_string(dispatcher.data_dir.join("test_results").join(&commit)).unwrap();
+    let report = String::from_utf8_lossy(&support::result_file(&dispatcher.data_dir, &commit)).to_string();
     assert!(report.contains("finished attempt 1"), "{report}");
 }
 
@@ -138,7 +138,7 @@ fn a_frozen_runner_loses_its_task_and_its_late_result_is_refused() {
     });
     let task = show(&dispatcher.addr, &id).unwrap();
     assert_eq!((task["attempts"].as_i64(), task["runner"].as_str()), (Some(2), Some("r2")), "{task:#}");
-    let report = std::fs::read_to_string(dispatcher.data_dir.join("test_results").join(&commit)).unwrap();
+    let report = String::from_utf8_lossy(&support::result_file(&dispatcher.data_dir, &commit)).to_string();
     assert!(report.contains("attempts: 2") && !report.contains("finished attempt 1"), "{report}");
 }
 

@@ -37,10 +37,9 @@ fn commits_pass_and_fail_through_the_observer() {
     assert_eq!(task["exit_code"], 1);
     assert_eq!(task["summary"]["failed"], 1, "{task:#}");
 
-    let results = dispatcher.data_dir.join("test_results");
-    let good_report = std::fs::read_to_string(results.join(&good)).unwrap();
+    let good_report = String::from_utf8(support::result_file(&dispatcher.data_dir, &good)).unwrap();
     assert!(good_report.contains("state: passed") && good_report.contains("OK"), "{good_report}");
-    let bad_report = std::fs::read_to_string(results.join(&bad)).unwrap();
+    let bad_report = String::from_utf8(support::result_file(&dispatcher.data_dir, &bad)).unwrap();
     assert!(bad_report.contains("state: failed") && bad_report.contains("FAILED"), "{bad_report}");
 
     let tasks = baton_json(&dispatcher.addr, &["tasks"]);

@@ -211,5 +211,9 @@ fn labels_from_a_commit_s_baton_toml_route_its_task() {
 
     let _gpu = support::runner(tmp.path(), &dispatcher.addr, "gpu-1", &["--labels", "gpu"]);
     let task = support::wait_final(&dispatcher.addr, &commit);
-    assert_eq!((task["state"].as_str(), task["runner"].as_str()), (Some("passed"), Some("gpu-1")), "{task:#}");
+    assert_eq!(
+        (task["state"].as_str(), task["runner"].as_str()),
+        (Some("passed"), Some("gpu-1")),
+        "{task:#}"
+    );
 }

@@ -61,11 +61,14 @@ fn passing_commits_on_release_branches_become_numbered_releases() {
     assert_eq!(listed[1]["tag"], "v1.0");
     assert_eq!(listed[0]["previous"], "r1");
     assert_eq!(listed[0]["state"], "recorded");
-    let dir =
-        std::fs::read_dir(dispatcher.data_dir.join("releases")).unwrap().next().unwrap().unwrap().path();
+    let dir = wait_for("the releases folder", || {
+        std::fs::read_dir(dispatcher.data_dir.join("releases")).ok()?.next()?.ok()
+    })
+    .path();
     for release in &listed {
         let file = dir.join(format!("{}.json", release["version"].as_str().unwrap()));
-        let mut on_disk: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let text = wait_for("the release file", || std::fs::read_to_string(&file).ok());
+        let mut on_disk: Value = serde_json::from_str(&text).unwrap();
         on_disk["state"] = release["state"].clone();
         assert_eq!(&on_disk, release, "{} matches the database", file.display());
     }

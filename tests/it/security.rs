@@ -650,9 +650,9 @@ fn a_crafted_frame_with_hostile_strings_is_not_decoded() {
     ];
     for (repo, branch, commit) in &hostile {
         let strings = [bincode_str(repo), bincode_str(branch), bincode_str(commit)].concat();
-        // ObserverToDispatcher::Submit is variant 0.
+        // ObserverToDispatcher::Submit is variant 0, with an empty label list.
         let mut observer = Raw::admitted(&dispatcher.addr, Role::Observer, None);
-        observer.send_payload(&[&[0u8][..], &strings].concat());
+        observer.send_payload(&[&[0u8][..], &strings, &[0u8][..]].concat());
         assert!(observer.wait_closed_silently(), "observer: ({repo:?}, {branch:?}, {commit:?}) was answered");
         // ClientToDispatcher::Submit is variant 4, with an empty label list.
         let mut client = Raw::admitted(&dispatcher.addr, Role::Client, None);
@@ -666,7 +666,7 @@ fn a_crafted_frame_with_hostile_strings_is_not_decoded() {
     // so the refusals above were the strings' doing, not the encoding's.
     let mut observer = Raw::admitted(&dispatcher.addr, Role::Observer, None);
     let strings = [bincode_str(repo), bincode_str(branch), bincode_str(&commit)].concat();
-    observer.send_payload(&[&[0u8][..], &strings].concat());
+    observer.send_payload(&[&[0u8][..], &strings, &[0u8][..]].concat());
     let answer: protocol::message::DispatcherToObserver = observer.recv();
     assert!(matches!(answer, protocol::message::DispatcherToObserver::Accepted(_)), "{answer:?}");
     assert_still_serving(&dispatcher.addr, &[], &witness);
@@ -801,7 +801,7 @@ fn test_output_with_any_bytes_is_stored_byte_for_byte() {
     let printed = baton(&dispatcher.addr, &["log", &id]);
     assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
     assert_bytes_eq(&printed.stdout, &payload, "baton log");
-    let report = std::fs::read(dispatcher.data_dir.join("test_results").join(&commit)).unwrap();
+    let report = support::result_file(&dispatcher.data_dir, &commit);
     assert!(report.ends_with(&payload), "test_results/{commit} does not end with the output");
     assert_still_serving(&dispatcher.addr, &[], &id);
     assert_still_serving(&dispatcher.addr, &[], &witness);

@@ -338,3 +338,10 @@ pub fn unittest(pass: bool) -> String {
     let assertion = if pass { "self.assertEqual(1 + 1, 2)" } else { "self.assertEqual(1 + 1, 3)" };
     format!("import unittest\n\nclass T(unittest.TestCase):\n    def test_sum(self):\n        {assertion}\n")
 }
+
+/// Waits for `DIR/test_results/<commit>` (written just after the task's end
+/// is committed) and returns its bytes.
+pub fn result_file(data_dir: &Path, commit: &str) -> Vec<u8> {
+    let path = data_dir.join("test_results").join(commit);
+    wait_for(&format!("{}", path.display()), || std::fs::read(&path).ok())
+}

@@ -54,7 +54,8 @@ pub struct Scenario {
 pub const ALL: &[Scenario] = &[
     Scenario {
         name: "throughput",
-        about: "tasks/s with 50 simulated runners and durable SQLite (20,000 tasks per sample; default 3)",
+        about:
+            "tasks/s, 50 simulated runners, durable SQLite, feature branch and main (20,000 tasks; default 3)",
         run: |ctx| Box::pin(throughput::run(ctx)),
     },
     Scenario {

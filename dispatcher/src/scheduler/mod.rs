@@ -23,12 +23,13 @@ use protocol::message::{
     StatusReport, TaskInfo,
 };
 use protocol::{Label, Name, RepoUrl, TaskId, TaskState};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::files::DataDir;
+use crate::files::{DataDir, FileJob};
 use crate::store::{LiveTask, NewTask, Store};
 
 /// Events queued for the scheduler. Large enough for a burst of submissions
@@ -196,9 +197,10 @@ pub fn start(
     files: DataDir,
     settings: Settings,
     outbox: Arc<Notify>,
+    file_writer: SyncSender<FileJob>,
     fatal: CancellationToken,
 ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
-    let state = State::recover(&store, files, settings, outbox)?;
+    let state = State::recover(&store, files, settings, outbox, file_writer)?;
     let (events, receiver) = mpsc::channel(EVENT_QUEUE);
     let thread = std::thread::Builder::new()
         .name("scheduler".into())
@@ -310,6 +312,10 @@ pub(crate) struct State {
     /// after the commit.
     outbox_changed: bool,
     outbox: Arc<Notify>,
+    /// Result and release files of this batch, handed to the file writer
+    /// after the commit.
+    file_jobs: Vec<FileJob>,
+    file_writer: SyncSender<FileJob>,
 }
 
 impl State {
@@ -318,6 +324,7 @@ impl State {
         files: DataDir,
         settings: Settings,
         outbox: Arc<Notify>,
+        file_writer: SyncSender<FileJob>,
     ) -> anyhow::Result<State> {
         let now = Instant::now();
         let mut state = State {
@@ -335,6 +342,8 @@ impl State {
             last_ping: now,
             outbox_changed: false,
             outbox,
+            file_jobs: Vec::new(),
+            file_writer,
         };
         for task in store.live_tasks()? {
             match task.state {
@@ -366,6 +375,11 @@ impl State {
         tx.commit()?;
         if std::mem::take(&mut self.outbox_changed) {
             self.outbox.notify_one();
+        }
+        for job in self.file_jobs.drain(..) {
+            // Blocks only when the writer is far behind: then the disk sets
+            // the pace. A writer that is gone has logged why.
+            let _ = self.file_writer.send(job);
         }
         for (task_id, progress) in std::mem::take(&mut self.progress_after_commit) {
             if let Some(sender) = self.follows.get(&task_id) {

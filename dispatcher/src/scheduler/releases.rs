@@ -7,7 +7,7 @@ use protocol::message::{Deploy, Job, ReleaseInfo};
 use protocol::{Label, RepoUrl, TaskState};
 
 use super::{now_ms, State};
-use crate::files::{release_json, task_event_json};
+use crate::files::{release_json, task_event_json, FileJob};
 use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Trigger, Tx};
 
 /// States of a release that was good once, and so may be returned to.
@@ -180,9 +180,7 @@ impl State {
         }
         tracing::info!(repo = %record.info.repo, release = record.info.version, commit = %record.info.commit,
             kind = %record.info.kind, trigger = %record.info.trigger, "release recorded");
-        if let Err(err) = self.files.write_release(&record.info) {
-            tracing::error!(error = %format!("{err:#}"), "cannot write the release file");
-        }
+        self.file_jobs.push(FileJob::Release(Box::new(record.info.clone())));
         let event = if record.info.kind == "rollback" { "rollback" } else { "release_recorded" };
         self.notify(tx, event, serde_json::json!({ "release": release_json(&record.info) }))?;
         Ok(record)

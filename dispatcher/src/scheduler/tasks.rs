@@ -8,6 +8,7 @@ use protocol::{Name, TaskId, TaskState};
 use tokio::sync::watch;
 
 use super::{now_ms, ConnId, Effects, LogProgress, Running, State};
+use crate::files::FileJob;
 use crate::store::{Finish, LiveTask, NewTask, TaskKind, Trigger, Tx};
 
 /// How many queued tasks one scheduling pass looks at, so that a queue of
@@ -264,8 +265,8 @@ impl State {
         self.move_count(Some(from), finish.state);
         tracing::info!(task_id = %task_id, commit = %task.commit, state = %finish.state, exit_code = ?finish.exit_code,
             reason = ?finish.reason, attempts = task.attempts, "task finished");
-        if let Err(err) = self.files.write_result(&task, finish) {
-            tracing::error!(task_id = %task_id, error = %format!("{err:#}"), "cannot write the result file");
+        if let Some(info) = tx.task(task_id)? {
+            self.file_jobs.push(FileJob::Result(Box::new(info)));
         }
         if let Some(sender) = self.follows.get(&task_id) {
             let progress = LogProgress { ended: true, ..*sender.borrow() };

@@ -151,6 +151,29 @@ impl Tx<'_> {
     }
 }
 
+impl super::Store {
+    /// Tasks that ended and releases made at or after `at_ms`, in that
+    /// order: what the file writer may not have written before a crash.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn finished_since(
+        &self,
+        at_ms: i64,
+    ) -> anyhow::Result<(Vec<protocol::message::TaskInfo>, Vec<ReleaseInfo>)> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM tasks WHERE finished_at >= ?1 ORDER BY finished_at, id",
+            super::TASK_COLUMNS
+        ))?;
+        let tasks = stmt.query_map([at_ms], super::task_info)?.collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE created_at >= ?1 ORDER BY created_at, id"
+        ))?;
+        let releases = stmt.query_map([at_ms], release_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok((tasks, releases.into_iter().map(|release| release.info).collect()))
+    }
+}
+
 impl Reader {
     /// Release records, newest first.
     ///

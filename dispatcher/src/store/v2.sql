@@ -38,3 +38,4 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_notifier ON outbox (notifier, id);
 CREATE INDEX tasks_repo_branch ON tasks (repo, branch, id);
+CREATE INDEX tasks_finished ON tasks (finished_at);
