@@ -159,3 +159,24 @@ pub fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+#[test]
+fn show_finds_task_ids_past_a_million() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        // Seed the store as a dispatcher that has run for a long time would
+        // have it: the next task gets an id past 999,999.
+        let mut store =
+            dispatcher::store::Store::open(&data.join("baton.db"), dispatcher::store::Sync::Normal).unwrap();
+        let tx = store.begin().unwrap();
+        tx.bump_task_ids(1_234_566).unwrap();
+        tx.commit().unwrap();
+    }
+    let dispatcher = Dispatcher::start(&data, &[]);
+    let accepted = baton_json(&dispatcher.addr, &["submit", "/srv/git/app.git", &"e".repeat(40)]);
+    assert_eq!(accepted["id"], 1_234_567);
+    let task = show(&dispatcher.addr, "1234567").expect("the task by its seven-digit id");
+    assert_eq!(task["commit"], "e".repeat(40));
+}

@@ -108,7 +108,17 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -
                 .readers
                 .query(move |reader| match &selector {
                     Selector::Id(id) => reader.task(*id),
-                    Selector::Commit(prefix) => reader.newest_for_commit(prefix),
+                    Selector::Commit(prefix) => match reader.newest_for_commit(prefix)? {
+                        Some(task) => Ok(Some(task)),
+                        // `baton show 1000000`: the client reads long digit
+                        // strings as commit prefixes; with no such commit,
+                        // it is a task id past a million.
+                        None => match prefix.as_str().parse::<i64>().ok().and_then(|id| TaskId::new(id).ok())
+                        {
+                            Some(id) => reader.task(id),
+                            None => Ok(None),
+                        },
+                    },
                 })
                 .await;
             match found {

@@ -396,6 +396,20 @@ impl Tx<'_> {
         stmt.query_row([id.get()], task_info).optional().context("reading a task")
     }
 
+    /// Makes task ids continue after `last` (when moving tasks in from
+    /// another database, say; tests use it to reach large ids quickly).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn bump_task_ids(&self, last: i64) -> anyhow::Result<()> {
+        let updated =
+            self.tx.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?1) WHERE name = 'tasks'", [last])?;
+        if updated == 0 {
+            self.tx.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('tasks', ?1)", [last])?;
+        }
+        Ok(())
+    }
+
     /// Commits; only after this may anything be acknowledged.
     ///
     /// # Errors

@@ -74,7 +74,8 @@ pub enum Command {
     ///
     /// An argument of 1 to 6 decimal digits is a task id. Anything else is a
     /// commit id or an abbreviation of one: 4 to 64 lowercase hex digits. To
-    /// look up a commit whose abbreviation is all digits, give at least 7.
+    /// look up a commit whose abbreviation is all digits, give at least 7; a
+    /// longer digit string that matches no commit is taken as a task id.
     Show(ShowArgs),
     /// A task's console output, byte for byte.
     Log(LogArgs),
