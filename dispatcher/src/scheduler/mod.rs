@@ -500,3 +500,29 @@ impl State {
 }
 
 pub(crate) use crate::store::now_ms;
+
+/// Text a runner sent that people will read (host facts, reasons): control
+/// characters become U+FFFD, so no terminal escape reaches `baton`'s tables,
+/// and at most `max_bytes` are kept.
+pub(crate) fn printable(text: &str, max_bytes: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_bytes));
+    for c in text.chars().map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }) {
+        if out.len() + c.len_utf8() > max_bytes {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn runner_text_is_made_printable_and_bounded() {
+        assert_eq!(printable("linux", 64), "linux");
+        assert_eq!(printable("a\u{1b}[2Jb\n", 64), "a\u{fffd}[2Jb\u{fffd}");
+        assert_eq!(printable("ééé", 5), "éé");
+    }
+}

@@ -9,7 +9,7 @@ use protocol::message::{
 };
 use protocol::{Name, TaskId};
 
-use super::{ConnId, Effects, Runner, State};
+use super::{printable, ConnId, Effects, Runner, State};
 use crate::store::Tx;
 
 /// Host facts are shown, never interpreted: keep them short.
@@ -74,8 +74,8 @@ impl State {
             }
         }
         let host = protocol::message::HostFacts {
-            os: truncate(register.host.os),
-            arch: truncate(register.host.arch),
+            os: printable(&register.host.os, MAX_FACT_LEN),
+            arch: printable(&register.host.arch, MAX_FACT_LEN),
             cpus: register.host.cpus,
         };
         tracing::info!(runner = %name, address = %address, labels = ?register.labels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
@@ -218,15 +218,4 @@ impl State {
             })
             .collect()
     }
-}
-
-fn truncate(mut text: String) -> String {
-    if text.len() > MAX_FACT_LEN {
-        let mut end = MAX_FACT_LEN;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }

@@ -7,7 +7,10 @@ use protocol::message::{
 use protocol::{Name, TaskId, TaskState};
 use tokio::sync::watch;
 
-use super::{now_ms, ConnId, Effects, LogProgress, Running, State};
+use super::{now_ms, printable, ConnId, Effects, LogProgress, Running, State};
+
+/// Bytes of a runner's reason kept.
+const MAX_REASON: usize = 4096;
 use crate::files::FileJob;
 use crate::store::{Finish, LiveTask, NewTask, TaskKind, Trigger, Tx};
 
@@ -239,10 +242,10 @@ impl State {
             exit_code: result.exit_code,
             duration_ms: Some(result.duration_ms),
             summary: result.summary,
-            reason: result.reason,
+            reason: result.reason.map(|reason| printable(&reason, MAX_REASON)),
             at_ms: now_ms(),
             tag: result.tag,
-            failed_step: result.failed_step,
+            failed_step: result.failed_step.map(|step| printable(&step, 64)),
         };
         self.finish(tx, task_id, &finish)?;
         effects.send_runner(conn, ack(true, None));
