@@ -134,6 +134,9 @@ pub enum Outcome {
     Error,
     /// The dispatcher aborted the attempt.
     Aborted,
+    /// The runner did not start the attempt (it is stopping, or has no free
+    /// slot): the dispatcher gives the task to another runner.
+    Refused,
 }
 
 /// Counts of tests recognised in the output.

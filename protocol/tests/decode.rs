@@ -319,8 +319,13 @@ fn runner_to_dispatcher() -> BoxedStrategy<RunnerToDispatcher> {
         .prop_map(|(labels, slots, host, held)| Register { labels, slots, host, held });
     let output = (task_id(), any::<u32>(), any::<u64>(), bytes())
         .prop_map(|(task_id, attempt, offset, data)| Output { task_id, attempt, offset, data });
-    let outcome =
-        prop::sample::select(vec![Outcome::Passed, Outcome::Failed, Outcome::Error, Outcome::Aborted]);
+    let outcome = prop::sample::select(vec![
+        Outcome::Passed,
+        Outcome::Failed,
+        Outcome::Error,
+        Outcome::Aborted,
+        Outcome::Refused,
+    ]);
     let result = (
         task_id(),
         any::<u32>(),

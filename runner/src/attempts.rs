@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::FutureExt;
 
-use protocol::message::{Assign, Held};
+use protocol::message::{Assign, Held, Outcome};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -189,7 +189,8 @@ impl Shared {
                     }
                     Err(reason) => {
                         tracing::warn!(reason, "assignment refused");
-                        shared.record(key, Finished::error(reason, 0, 0), &progress_tx).await;
+                        let refused = Finished { outcome: Outcome::Refused, ..Finished::error(reason, 0, 0) };
+                        shared.record(key, refused, &progress_tx).await;
                         shared.hold(key, control).await;
                     }
                 }

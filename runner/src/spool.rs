@@ -204,6 +204,7 @@ impl Spool {
                 Outcome::Failed => OutcomeFile::Failed,
                 Outcome::Error => OutcomeFile::Error,
                 Outcome::Aborted => OutcomeFile::Aborted,
+                Outcome::Refused => OutcomeFile::Refused,
             },
             exit_code: finished.exit_code,
             duration_ms: finished.duration_ms,
@@ -364,6 +365,7 @@ enum OutcomeFile {
     Failed,
     Error,
     Aborted,
+    Refused,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -396,6 +398,7 @@ fn read_result(path: &Path) -> Option<Finished> {
             OutcomeFile::Failed => Outcome::Failed,
             OutcomeFile::Error => Outcome::Error,
             OutcomeFile::Aborted => Outcome::Aborted,
+            OutcomeFile::Refused => Outcome::Refused,
         },
         exit_code: record.exit_code,
         duration_ms: record.duration_ms,

@@ -278,6 +278,7 @@ async fn recovery_abort_and_an_abandoning_drain() {
     connection.send(&assign(9, &repo, &commit)).await.unwrap();
     let (_, result) = until_result(&mut connection, 0).await;
     assert_eq!((result.task_id.get(), result.reason.as_deref()), (9, Some("runner stopping")));
+    assert_eq!(result.outcome, Outcome::Refused);
     let closed = loop {
         match tokio::time::timeout(WAIT, connection.recv()).await.unwrap() {
             Ok(Some(RunnerToDispatcher::Result(result))) => panic!("result after abandoning: {result:?}"),

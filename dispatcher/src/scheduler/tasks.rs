@@ -236,6 +236,14 @@ impl State {
             Outcome::Failed => TaskState::Failed,
             Outcome::Error => TaskState::Error,
             Outcome::Aborted => TaskState::Aborted,
+            Outcome::Refused => {
+                // The runner never started it (it is stopping, or was sent
+                // more than its slots): give the task to another runner.
+                let reason = printable(result.reason.as_deref().unwrap_or("refused"), MAX_REASON);
+                self.requeue_or_fail(tx, task_id, &format!("runner {runner} refused it: {reason}"))?;
+                effects.send_runner(conn, ack(true, None));
+                return Ok(());
+            }
         };
         let finish = Finish {
             state,
