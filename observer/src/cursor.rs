@@ -202,6 +202,31 @@ struct FileCursor {
     also: Vec<String>,
 }
 
+/// Takes an exclusive lock on `<state file>.lock`, held while the returned
+/// file is open.
+///
+/// # Errors
+/// When another observer holds it, or the lock file cannot be opened.
+pub fn lock(state_file: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = state_file.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns; no memory is shared.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    anyhow::ensure!(
+        locked,
+        "another baton-observer is using the state file {} (lock {} is held)",
+        state_file.display(),
+        path.display()
+    );
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +301,16 @@ mod tests {
             let err = Cursors::load(&path).unwrap_err();
             assert!(format!("{err:#}").contains("is corrupt"), "{err:#}");
         }
+    }
+
+    #[test]
+    fn a_second_observer_on_one_state_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let first = lock(&state).unwrap();
+        let err = lock(&state).unwrap_err();
+        assert!(format!("{err:#}").contains("another baton-observer"), "{err:#}");
+        drop(first);
+        assert!(lock(&state).is_ok());
     }
 }

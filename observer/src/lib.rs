@@ -57,6 +57,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if let Some(dir) = config.state_file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating state folder {}", dir.display()))?;
     }
+    // Two observers on one state file would each advance the cursors the
+    // other relies on: the second one refuses to start. The lock lives as
+    // long as this function, and the kernel drops it with the process.
+    let _lock = cursor::lock(&config.state_file)?;
     let cursors = cursor::Cursors::load(&config.state_file)?;
     tracing::info!(
         dispatcher = %config.dispatcher,
