@@ -1,0 +1,143 @@
+//! Store tests: in-memory and temp-dir SQLite.
+
+use super::*;
+
+fn new_task(commit: char, trigger: Trigger) -> NewTask {
+    NewTask {
+        repo: RepoUrl::new("/srv/app.git").unwrap(),
+        branch: Branch::new("main").unwrap(),
+        commit: CommitId::new(commit.to_string().repeat(40)).unwrap(),
+        labels: vec![Label::new("linux").unwrap()],
+        trigger,
+        kind: TaskKind::Test,
+        release_id: None,
+    }
+}
+
+/// A file-backed store (readers need a file) in a temp dir.
+fn file_store() -> (tempfile::TempDir, Store, Reader) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let store = Store::open(&path, Sync::Normal).unwrap();
+    let reader = Reader::open(&path).unwrap();
+    (dir, store, reader)
+}
+
+#[test]
+fn observer_duplicates_are_not_inserted_but_manual_ones_are() {
+    let mut store = Store::open_in_memory().unwrap();
+    let tx = store.begin().unwrap();
+    let (first, inserted) = tx.insert_task(&new_task('a', Trigger::Observer), 1).unwrap();
+    assert!(inserted);
+    let (again, inserted) = tx.insert_task(&new_task('a', Trigger::Observer), 2).unwrap();
+    assert_eq!((again, inserted), (first, false));
+    let (manual, inserted) = tx.insert_task(&new_task('a', Trigger::Manual), 3).unwrap();
+    assert!(inserted && manual > first);
+    tx.commit().unwrap();
+    assert_eq!(store.live_tasks().unwrap().len(), 2);
+}
+
+#[test]
+fn a_task_s_life_is_recorded() {
+    let (_dir, mut store, reader) = file_store();
+    let runner = Name::new("r1").unwrap();
+    let tx = store.begin().unwrap();
+    let (id, _) = tx.insert_task(&new_task('b', Trigger::Observer), 10).unwrap();
+    tx.start_attempt(id, 1, &runner, 11).unwrap();
+    tx.requeue(id, "runner lost").unwrap();
+    tx.start_attempt(id, 2, &runner, 12).unwrap();
+    let summary = Summary { passed: 3, failed: 1, skipped: 0 };
+    let finish = Finish {
+        state: TaskState::Failed,
+        exit_code: Some(1),
+        duration_ms: Some(40),
+        summary: Some(summary),
+        reason: None,
+        at_ms: 13,
+        tag: None,
+        failed_step: None,
+    };
+    tx.finish(id, &finish).unwrap();
+    tx.commit().unwrap();
+    let task = reader.task(id).unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Failed);
+    assert_eq!(task.attempts, 2);
+    assert_eq!(task.runner, Some(runner));
+    assert_eq!(task.exit_code, Some(1));
+    assert_eq!(task.summary, Some(summary));
+    assert_eq!((task.created_at_ms, task.started_at_ms, task.finished_at_ms), (10, Some(12), Some(13)));
+    assert_eq!(task.labels, vec![Label::new("linux").unwrap()]);
+    assert_eq!(task.trigger, "observer");
+    assert!(store.live_tasks().unwrap().is_empty());
+    let counts = store.count_by_state().unwrap();
+    assert!(counts.contains(&(TaskState::Failed, 1)) && counts.contains(&(TaskState::Pending, 0)));
+    assert!(store.integrity_ok().unwrap());
+}
+
+#[test]
+fn queries_filter_and_order_newest_first() {
+    let (_dir, mut store, reader) = file_store();
+    let tx = store.begin().unwrap();
+    let ids: Vec<TaskId> = ['a', 'b', 'c']
+        .iter()
+        .map(|c| tx.insert_task(&new_task(*c, Trigger::Observer), 1).unwrap().0)
+        .collect();
+    tx.finish(ids[1], &Finish { exit_code: Some(0), ..Finish::ended(TaskState::Passed) }).unwrap();
+    tx.commit().unwrap();
+    let all: Vec<TaskId> = reader.tasks(None, None, 50).unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(all, vec![ids[2], ids[1], ids[0]]);
+    let pending = reader.tasks(None, Some(TaskState::Pending), 1).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, ids[2]);
+    let other_repo = RepoUrl::new("/srv/other.git").unwrap();
+    assert!(reader.tasks(Some(&other_repo), None, 50).unwrap().is_empty());
+    let by_prefix = reader.newest_for_commit(&CommitPrefix::new("bbbb").unwrap()).unwrap().unwrap();
+    assert_eq!(by_prefix.id, ids[1]);
+    assert!(reader.newest_for_commit(&CommitPrefix::new("dddd").unwrap()).unwrap().is_none());
+}
+
+#[test]
+fn reopening_keeps_the_schema_and_refuses_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    drop(Store::open(&path, Sync::Full).unwrap());
+    drop(Store::open(&path, Sync::Full).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(&path, Sync::Full).err().unwrap();
+    assert!(format!("{err:#}").contains("newer than this dispatcher"), "{err:#}");
+}
+
+fn release(kind: &'static str) -> NewRelease {
+    NewRelease {
+        repo: RepoUrl::new("/srv/app.git").unwrap(),
+        tag: None,
+        branch: Branch::new("main").unwrap(),
+        commit: CommitId::new("c".repeat(40)).unwrap(),
+        task_id: None,
+        kind,
+        rollback_to: None,
+        state: "recorded",
+        trigger: "test".into(),
+    }
+}
+
+#[test]
+fn versions_increase_per_repository_and_link_the_previous_one() {
+    let mut store = Store::open_in_memory().unwrap();
+    let tx = store.begin().unwrap();
+    let first = tx.insert_release(&release("release"), 1).unwrap();
+    let second = tx.insert_release(&release("rollback"), 2).unwrap();
+    let mut elsewhere = release("release");
+    elsewhere.repo = RepoUrl::new("/srv/other.git").unwrap();
+    let other = tx.insert_release(&elsewhere, 3).unwrap();
+    assert_eq!((first.info.version, first.info.previous), (1, None));
+    assert_eq!((second.info.version, second.info.previous), (2, Some(1)));
+    assert_eq!((other.info.version, other.info.previous), (1, None));
+    tx.set_release_state(first.id, "deployed").unwrap();
+    let listed = tx.releases_of(&first.info.repo).unwrap();
+    assert_eq!(listed.iter().map(|r| r.info.version).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(listed[1].info.state, "deployed");
+    tx.commit().unwrap();
+}
