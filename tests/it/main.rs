@@ -11,3 +11,4 @@ mod operator;
 mod releases;
 mod security;
 mod support;
+mod tls;
