@@ -166,3 +166,26 @@ fn an_observer_restart_neither_loses_nor_repeats_commits() {
         tasks.as_array().unwrap().iter().map(|t| t["commit"].as_str().unwrap()).collect();
     assert_eq!(commits, [fourth.as_str(), third.as_str(), second.as_str(), first.as_str()]);
 }
+
+#[test]
+fn sigterm_stops_the_dispatcher_and_the_observer_cleanly_and_nothing_is_requeued() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, commit, gate) = gated_repo(tmp.path(), true);
+    let mut dispatcher = Dispatcher::start(&tmp.path().join("data"), FAST);
+    let _runner = support::runner(tmp.path(), &dispatcher.addr, "r1", &[]);
+    let mut observer = support::observer(tmp.path(), &dispatcher.addr, &repo.path, &["--poll", "50ms"]);
+    wait_started(&gate, 1);
+
+    let status = observer.terminate();
+    assert!(status.success(), "observer exited {status}:\n{}", observer.log());
+    let status = dispatcher.daemon.terminate();
+    assert!(status.success(), "dispatcher exited {status}:\n{}", dispatcher.daemon.log());
+
+    // A graceful stop does not declare the runner lost: after the restart
+    // it re-adopts its attempt, which finishes as attempt 1.
+    let addr = dispatcher.addr.clone();
+    dispatcher = Dispatcher::start_on(&dispatcher.data_dir.clone(), &addr, FAST);
+    std::fs::write(gate.join("go"), "").unwrap();
+    let task = wait_final(&dispatcher.addr, &commit);
+    assert_eq!((task["state"].as_str(), task["attempts"].as_i64()), (Some("passed"), Some(1)), "{task:#}");
+}
