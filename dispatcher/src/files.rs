@@ -218,7 +218,7 @@ pub fn catch_up(store: &Store, files: &DataDir) -> anyhow::Result<()> {
     let Some(since) = files.read_watermark() else {
         // A new data dir (or one from before the writer): nothing queued
         // was lost; start counting from now.
-        return files.write_watermark(crate::store::now_ms());
+        return files.write_watermark(crate::time::now_ms());
     };
     let (tasks, releases) = store.finished_since(since)?;
     if tasks.is_empty() && releases.is_empty() {
@@ -231,7 +231,7 @@ pub fn catch_up(store: &Store, files: &DataDir) -> anyhow::Result<()> {
     for release in &releases {
         files.write_release(release)?;
     }
-    files.write_watermark(crate::store::now_ms())
+    files.write_watermark(crate::time::now_ms())
 }
 
 /// A directory name for a repository: its location with every character
@@ -254,8 +254,7 @@ pub fn repo_dir_name(repo: &RepoUrl) -> String {
 }
 
 fn rfc3339(ms: i64) -> serde_json::Value {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(time).to_string().into()
+    crate::time::rfc3339(ms).into()
 }
 
 /// A release as JSON: the shape of `baton releases --json`, of the files

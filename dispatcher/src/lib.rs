@@ -15,6 +15,7 @@ pub mod readers;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod time;
 
 use std::sync::Arc;
 use std::time::Duration;

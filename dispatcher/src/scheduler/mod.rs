@@ -499,7 +499,7 @@ impl State {
     }
 }
 
-pub(crate) use crate::store::now_ms;
+pub(crate) use crate::time::now_ms;
 
 /// Text a runner sent that people will read (host facts, reasons): control
 /// characters become U+FFFD, so no terminal escape reaches `baton`'s tables,

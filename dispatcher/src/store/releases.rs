@@ -209,16 +209,6 @@ impl Reader {
         })?;
         rows.collect::<Result<_, _>>().context("reading the outbox")
     }
-
-    /// When the next undelivered event is due, if any.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn next_notification_at(&self) -> anyhow::Result<Option<i64>> {
-        let next =
-            self.conn.prepare_cached("SELECT MIN(next_at) FROM outbox")?.query_row([], |row| row.get(0))?;
-        Ok(next)
-    }
 }
 
 fn release_row(row: &Row<'_>) -> rusqlite::Result<Release> {
