@@ -63,18 +63,23 @@ impl DataDir {
         }
     }
 
-    /// Appends output bytes to a task's log, as they are.
+    /// Appends output bytes to a task's log, as they are, through `log`:
+    /// the log's open handle, opened on first use and kept by the caller so
+    /// that a stream of output chunks costs one write each, not an open.
     ///
     /// # Errors
     /// I/O errors (disk full).
-    pub fn append_log(&self, task_id: TaskId, data: &[u8]) -> anyhow::Result<()> {
+    pub fn append_log(&self, log: &mut Option<File>, task_id: TaskId, data: &[u8]) -> anyhow::Result<()> {
         let path = self.log_path(task_id);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        file.write_all(data).with_context(|| format!("writing {}", path.display()))
+        let file = match log.take() {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        };
+        log.insert(file).write_all(data).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Writes `test_results/<commit>`: a short header, then the console

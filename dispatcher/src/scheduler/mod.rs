@@ -277,6 +277,8 @@ struct Runner {
 /// come back).
 struct Running {
     task: LiveTask,
+    /// The open `logs/<id>.log` of this attempt, once it has output.
+    log: Option<std::fs::File>,
     /// Bytes of this attempt's output stored in `logs/<id>.log`.
     log_len: u64,
     /// Set when the output cap was reached and the marker written.
@@ -353,7 +355,14 @@ impl State {
                         attempt = task.attempts, "waiting for the runner of a running task to come back");
                     state.running.insert(
                         task.id,
-                        Running { task, log_len, truncated: false, orphaned_at: Some(now), aborting: false },
+                        Running {
+                            task,
+                            log: None,
+                            log_len,
+                            truncated: false,
+                            orphaned_at: Some(now),
+                            aborting: false,
+                        },
                     );
                 }
                 _ => {

@@ -138,7 +138,7 @@ impl State {
         self.move_count(Some(TaskState::Pending), TaskState::Running);
         self.running.insert(
             task_id,
-            Running { task, log_len: 0, truncated: false, orphaned_at: None, aborting: false },
+            Running { task, log: None, log_len: 0, truncated: false, orphaned_at: None, aborting: false },
         );
         Ok(())
     }
@@ -168,13 +168,13 @@ impl State {
         let data = &output.data[skip..];
         let room = self.settings.output_cap.saturating_sub(running.log_len) as usize;
         let result = if data.len() <= room {
-            self.files.append_log(output.task_id, data).map(|()| data.len())
+            self.files.append_log(&mut running.log, output.task_id, data).map(|()| data.len())
         } else if !running.truncated {
             running.truncated = true;
             let marker = format!("\n[baton: output truncated at {} bytes]\n", self.settings.output_cap);
             let mut kept = data[..room].to_vec();
             kept.extend_from_slice(marker.as_bytes());
-            self.files.append_log(output.task_id, &kept).map(|()| data.len())
+            self.files.append_log(&mut running.log, output.task_id, &kept).map(|()| data.len())
         } else {
             Ok(data.len())
         };
