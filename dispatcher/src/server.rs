@@ -41,6 +41,8 @@ pub struct Shared {
     pub max_frame: usize,
     /// The daemon's stop signal (connection tokens are its children).
     pub shutdown: CancellationToken,
+    /// Pools reported by connected runner managers.
+    pub pools: handler::manager::Pools,
     next_conn: AtomicU64,
 }
 
@@ -62,6 +64,7 @@ impl Shared {
             tls,
             max_frame: protocol::MAX_FRAME,
             shutdown,
+            pools: handler::manager::Pools::default(),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -152,6 +155,9 @@ async fn connection(
             Role::Observer => handler::observer::serve(conn.retype(), &shared, token).await,
             Role::Runner => handler::runner::serve(conn.retype(), &shared, name, token).await,
             Role::Client => handler::client::serve(conn, &shared, admitted.authenticated, token).await,
+            Role::Manager => {
+                handler::manager::serve(conn.retype(), &shared, admitted.authenticated, token).await
+            }
         }
     };
     tracing::Instrument::instrument(work, span).await;

@@ -32,6 +32,8 @@ pub enum Role {
     Observer,
     Runner,
     Client,
+    /// `baton-runner-manager`: watches the load, starts and stops runners.
+    Manager,
 }
 
 impl Role {
@@ -40,6 +42,7 @@ impl Role {
             Role::Observer => 1,
             Role::Runner => 2,
             Role::Client => 3,
+            Role::Manager => 4,
         }
     }
 
@@ -49,6 +52,7 @@ impl Role {
             Role::Observer => "observer",
             Role::Runner => "runner",
             Role::Client => "client",
+            Role::Manager => "manager",
         }
     }
 }

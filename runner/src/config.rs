@@ -161,7 +161,7 @@ impl Config {
     }
 }
 
-fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     let duration =
         humantime::parse_duration(text).with_context(|| format!("{flag}: invalid duration {text:?}"))?;
     if duration.is_zero() {
@@ -170,7 +170,7 @@ fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     Ok(duration)
 }
 
-fn check_address(address: &str) -> anyhow::Result<()> {
+pub(crate) fn check_address(address: &str) -> anyhow::Result<()> {
     let valid = address
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0));

@@ -20,6 +20,7 @@ pub mod config;
 mod exec;
 mod git;
 mod link;
+pub mod manager;
 mod spool;
 mod summary;
 mod task;

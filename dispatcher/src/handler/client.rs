@@ -150,6 +150,10 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -
             }
         }
         ClientToDispatcher::Log(_) => Err("log is streamed, not answered".into()),
+        ClientToDispatcher::Pools => {
+            let load = shared.scheduler.subscribe_load().borrow().clone();
+            Ok(DispatcherToClient::Pools(shared.pools.infos(&load)))
+        }
         ClientToDispatcher::Releases(query) => shared
             .readers
             .query(move |reader| reader.releases(query.repo.as_ref()))
@@ -180,7 +184,12 @@ async fn explain_wait(shared: &Shared, mut task: TaskInfo) -> TaskInfo {
     });
     if !servable {
         let labels: Vec<&str> = task.labels.iter().map(|label| label.as_str()).collect();
-        task.reason = Some(format!("waiting for a runner with labels: {}", labels.join(", ")));
+        let mut reason = format!("waiting for a runner with labels: {}", labels.join(", "));
+        // Runner managers start runners for work their pools can take.
+        if shared.pools.any() && !shared.pools.serves(&task.labels) {
+            reason.push_str(" (no runner manager's pool serves these labels)");
+        }
+        task.reason = Some(reason);
     }
     task
 }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod limit;
+pub mod manager;
 pub mod observer;
 pub mod runner;
 

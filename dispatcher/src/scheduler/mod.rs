@@ -11,6 +11,7 @@
 //! Deliberately not here: sockets and framing (`handler`), SQL (`store`), file
 //! layout (`files`).
 
+mod manager;
 mod releases;
 mod runners;
 mod tasks;
@@ -117,6 +118,11 @@ pub enum Event {
         retry_at_ms: i64,
         reply: oneshot::Sender<()>,
     },
+    /// A runner manager asks to drain an idle runner (`scheduler/manager.rs`).
+    Drain {
+        runner: Name,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// How far a task's log has grown, for followers.
@@ -157,6 +163,7 @@ impl Settings {
 #[derive(Clone)]
 pub struct Handle {
     events: mpsc::Sender<Event>,
+    load: Arc<watch::Sender<Arc<protocol::message::Load>>>,
 }
 
 impl Handle {
@@ -170,6 +177,12 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         self.send(make(reply)).await?;
         answer.await.map_err(|_| Stopped)
+    }
+
+    /// The load runner managers see, updated after each batch that changes
+    /// it while anyone subscribes.
+    pub fn subscribe_load(&self) -> watch::Receiver<Arc<protocol::message::Load>> {
+        self.load.subscribe()
     }
 }
 
@@ -200,12 +213,14 @@ pub fn start(
     file_writer: SyncSender<FileJob>,
     fatal: CancellationToken,
 ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
-    let state = State::recover(&store, files, settings, outbox, file_writer)?;
+    let mut state = State::recover(&store, files, settings, outbox, file_writer)?;
+    let load = Arc::new(watch::Sender::new(Arc::default()));
+    state.load = Arc::clone(&load);
     let (events, receiver) = mpsc::channel(EVENT_QUEUE);
     let thread = std::thread::Builder::new()
         .name("scheduler".into())
         .spawn(move || run(store, state, receiver, fatal))?;
-    Ok((Handle { events }, thread))
+    Ok((Handle { events, load }, thread))
 }
 
 fn run(mut store: Store, mut state: State, mut receiver: mpsc::Receiver<Event>, fatal: CancellationToken) {
@@ -318,6 +333,8 @@ pub(crate) struct State {
     /// after the commit.
     file_jobs: Vec<FileJob>,
     file_writer: SyncSender<FileJob>,
+    /// What runner managers see (`scheduler/manager.rs`).
+    load: Arc<watch::Sender<Arc<protocol::message::Load>>>,
 }
 
 impl State {
@@ -346,6 +363,7 @@ impl State {
             outbox,
             file_jobs: Vec::new(),
             file_writer,
+            load: Arc::new(watch::Sender::new(Arc::default())),
         };
         for task in store.live_tasks()? {
             match task.state {
@@ -399,6 +417,7 @@ impl State {
             }
         }
         self.apply(effects);
+        self.publish_load();
         Ok(())
     }
 
@@ -450,6 +469,10 @@ impl State {
                     Err(error) => tx.retry_notification(id, &error, retry_at_ms)?,
                 }
                 effects.reply(reply, ());
+            }
+            Event::Drain { runner, reply } => {
+                let result = self.drain(&runner);
+                effects.reply(reply, result);
             }
         }
         Ok(())

@@ -294,6 +294,8 @@ pub enum ClientToDispatcher {
     Releases(ReleaseQuery),
     /// Redeploy an earlier release.
     Rollback(RollbackRequest),
+    /// The runner managers' pools (answered with `Pools`).
+    Pools,
 }
 
 /// Filters for `baton releases`.
@@ -362,6 +364,25 @@ pub enum DispatcherToClient {
     Releases(Vec<ReleaseInfo>),
     /// Answer to `Rollback`: the rollback record.
     Release(Box<ReleaseInfo>),
+    /// Answer to `Pools`: every pool of every connected runner manager.
+    Pools(Vec<PoolInfo>),
+}
+
+/// A runner manager's pool as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub name: Name,
+    pub labels: Vec<Label>,
+    pub min: u32,
+    pub max: u32,
+    /// Runners the manager keeps in the pool now (starting ones included).
+    pub size: u32,
+    /// Those of them the dispatcher sees running a task.
+    pub busy: u32,
+    /// Pending tasks whose labels the pool satisfies.
+    pub pending: u32,
+    /// The pool's runners, by name.
+    pub runners: Vec<Name>,
 }
 
 /// A release record.
@@ -456,6 +477,82 @@ pub struct TaskInfo {
     pub trigger: String,
     /// `test`, or `deploy` for a release's deploy steps.
     pub kind: String,
+}
+
+// ----------------------------------------------------------------- manager
+
+/// Runner manager to dispatcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManagerToDispatcher {
+    /// The manager's pools and their runners; sent after connecting and on
+    /// every change. The dispatcher answers with a [`Load`] at once and then
+    /// whenever the load changes.
+    Pools(Vec<PoolReport>),
+    /// Take this runner out of scheduling if it is idle; answered with
+    /// [`Drained`]. Once drained the runner gets no work until it registers
+    /// again, so stopping it cannot cut a task short.
+    Drain(Name),
+}
+
+/// One pool of a runner manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolReport {
+    pub name: Name,
+    pub labels: Vec<Label>,
+    pub min: u32,
+    pub max: u32,
+    /// The runners the manager started for the pool and still has.
+    pub runners: Vec<Name>,
+}
+
+/// Dispatcher to runner manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DispatcherToManager {
+    /// What is waiting and who is working, pushed on change (coalesced: a
+    /// manager that reads slowly gets the newest load, not every one).
+    Load(Load),
+    /// The answer to a [`ManagerToDispatcher::Drain`].
+    Drained(Drained),
+}
+
+/// The pending tasks, grouped by the labels they need, and the connected
+/// runners.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    pub pending: Vec<PendingGroup>,
+    pub runners: Vec<RunnerLoad>,
+}
+
+/// `count` pending tasks that need (at least) `labels`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingGroup {
+    pub labels: Vec<Label>,
+    pub count: u32,
+}
+
+/// A connected runner as a manager sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerLoad {
+    pub name: Name,
+    pub labels: Vec<Label>,
+    pub state: LoadState,
+}
+
+/// Whether a connected runner can take work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadState {
+    Idle,
+    Busy,
+    /// Stopping: it finishes what it has and takes nothing new.
+    Draining,
+}
+
+/// Whether a runner was drained; `reason` says why not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drained {
+    pub runner: Name,
+    pub drained: bool,
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]

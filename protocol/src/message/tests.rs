@@ -256,6 +256,47 @@ fn client_messages_golden() {
     assert_eq!(round_trip(&DispatcherToClient::Error("e".into())), "080165");
 }
 
+#[test]
+fn manager_messages_golden() {
+    let pools = ManagerToDispatcher::Pools(vec![PoolReport {
+        name: Name::new("p").unwrap(),
+        labels: vec![Label::new("a").unwrap()],
+        min: 0,
+        max: 10,
+        runners: vec![Name::new("p-1").unwrap()],
+    }]);
+    assert_eq!(round_trip(&pools), "00 01 0170 01 0161 00 0a 01 03702d31".replace(' ', ""));
+    let drain = ManagerToDispatcher::Drain(Name::new("p-1").unwrap());
+    assert_eq!(round_trip(&drain), "01 03702d31".replace(' ', ""));
+    let load = DispatcherToManager::Load(Load {
+        pending: vec![PendingGroup { labels: vec![], count: 3 }],
+        runners: vec![RunnerLoad {
+            name: Name::new("p-1").unwrap(),
+            labels: vec![Label::new("a").unwrap()],
+            state: LoadState::Draining,
+        }],
+    });
+    assert_eq!(round_trip(&load), "00 01 00 03 01 03702d31 01 0161 02".replace(' ', ""));
+    let drained = DispatcherToManager::Drained(Drained {
+        runner: Name::new("p-1").unwrap(),
+        drained: false,
+        reason: Some("b".into()),
+    });
+    assert_eq!(round_trip(&drained), "01 03702d31 00 01 0162".replace(' ', ""));
+    assert_eq!(round_trip(&ClientToDispatcher::Pools), "0a");
+    let info = DispatcherToClient::Pools(vec![PoolInfo {
+        name: Name::new("p").unwrap(),
+        labels: vec![],
+        min: 1,
+        max: 2,
+        size: 2,
+        busy: 1,
+        pending: 0,
+        runners: vec![],
+    }]);
+    assert_eq!(round_trip(&info), "0b 01 0170 00 01 02 02 01 00 00".replace(' ', ""));
+}
+
 fn hex(text: &str) -> String {
     let mut out = format!("{:02x}", text.len());
     for byte in text.bytes() {

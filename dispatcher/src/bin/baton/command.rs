@@ -9,7 +9,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use protocol::message::{Accepted, ClientToDispatcher, DispatcherToClient, Selector};
+use protocol::message::{Accepted, ClientToDispatcher, DispatcherToClient, PoolInfo, Selector};
 
 use crate::render::Style;
 use crate::request::Invocation;
@@ -51,15 +51,31 @@ pub async fn run(invocation: &Invocation, console: &mut Console<'_>) -> anyhow::
         return log::stream(&mut session, request, console).await;
     }
     let answer = session.answer(Some(ANSWER_TIMEOUT)).await?;
-    let text = present(&invocation.request, answer, invocation.json, console)?;
+    let pools = match &invocation.request {
+        ClientToDispatcher::Status | ClientToDispatcher::Runners => pools(&mut session).await?,
+        _ => Vec::new(),
+    };
+    let text = present(&invocation.request, answer, &pools, invocation.json, console)?;
     console.out.write_all(text.as_bytes()).and_then(|()| console.out.flush()).context("writing to stdout")?;
     Ok(Outcome::Success)
+}
+
+/// The runner managers' pools, shown by `status` and `runners`; none from a
+/// dispatcher that does not know them.
+async fn pools(session: &mut Session) -> anyhow::Result<Vec<PoolInfo>> {
+    session.send(&ClientToDispatcher::Pools).await?;
+    match session.answer(Some(ANSWER_TIMEOUT)).await? {
+        DispatcherToClient::Pools(pools) => Ok(pools),
+        DispatcherToClient::Error(_) => Ok(Vec::new()),
+        other => Err(unexpected(&other)),
+    }
 }
 
 /// The text for stdout, for every request but `Log`.
 fn present(
     request: &ClientToDispatcher,
     answer: DispatcherToClient,
+    pools: &[PoolInfo],
     as_json: bool,
     console: &mut Console<'_>,
 ) -> anyhow::Result<String> {
@@ -69,16 +85,24 @@ fn present(
         (_, DispatcherToClient::Error(reason)) => anyhow::bail!(reason),
         (ClientToDispatcher::Status, DispatcherToClient::Status(report)) => {
             if as_json {
-                json_text(json::status(&report))
+                let mut value = json::status(&report);
+                value["pools"] = pools.iter().map(json::pool).collect();
+                json_text(value)
             } else {
-                render::status(&report, style)
+                render::status(&report, pools, style)
             }
         }
         (ClientToDispatcher::Runners, DispatcherToClient::Runners(runners)) => {
+            let pool_of = json::pool_of_runners(pools);
             if as_json {
-                json_text(runners.iter().map(json::runner).collect())
+                let with_pool = |runner| {
+                    let mut value = json::runner(runner);
+                    value["pool"] = pool_of.get(&runner.name).map(|pool| pool.as_str()).into();
+                    value
+                };
+                json_text(runners.iter().map(with_pool).collect())
             } else {
-                render::runners(&runners, now_ms(), style)
+                render::runners(&runners, &pool_of, now_ms(), style)
             }
         }
         (ClientToDispatcher::Tasks(_), DispatcherToClient::Tasks(tasks)) => {
@@ -166,6 +190,7 @@ pub fn unexpected(answer: &DispatcherToClient) -> anyhow::Error {
         DispatcherToClient::Error(_) => "Error",
         DispatcherToClient::Releases(_) => "Releases",
         DispatcherToClient::Release(_) => "Release",
+        DispatcherToClient::Pools(_) => "Pools",
     };
     anyhow::anyhow!("unexpected answer from the dispatcher: {kind}")
 }

@@ -6,7 +6,7 @@
 //! rename a JSON key. serde_json's default map sorts keys, so the output is
 //! stable. Times are RFC 3339 in UTC with milliseconds, or `null`.
 
-use protocol::message::{Accepted, RunnerInfo, StatusReport, Summary, TaskInfo};
+use protocol::message::{Accepted, PoolInfo, RunnerInfo, StatusReport, Summary, TaskInfo};
 use protocol::TaskState;
 use serde_json::{json, Value};
 
@@ -54,6 +54,28 @@ pub fn runner(runner: &RunnerInfo) -> Value {
         "slots": runner.slots,
         "host": { "os": runner.host.os, "arch": runner.host.arch, "cpus": runner.host.cpus },
     })
+}
+
+/// One runner manager's pool: an element of `status --json`'s `pools`.
+pub fn pool(pool: &PoolInfo) -> Value {
+    json!({
+        "name": pool.name.as_str(),
+        "labels": pool.labels.iter().map(|label| label.as_str()).collect::<Vec<_>>(),
+        "size": pool.size,
+        "busy": pool.busy,
+        "pending": pool.pending,
+        "min": pool.min,
+        "max": pool.max,
+        "runners": pool.runners.iter().map(|name| name.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+/// The pool of each managed runner.
+pub fn pool_of_runners(pools: &[PoolInfo]) -> std::collections::HashMap<protocol::Name, protocol::Name> {
+    pools
+        .iter()
+        .flat_map(|pool| pool.runners.iter().map(|runner| (runner.clone(), pool.name.clone())))
+        .collect()
 }
 
 /// `status --json`. Every state appears under `tasks`, with 0 when the

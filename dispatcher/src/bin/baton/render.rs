@@ -10,7 +10,7 @@
 use std::io::IsTerminal;
 
 use comfy_table::{presets, Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
-use protocol::message::{ReleaseInfo, RunnerInfo, RunnerState, StatusReport, Summary, TaskInfo};
+use protocol::message::{PoolInfo, ReleaseInfo, RunnerInfo, RunnerState, StatusReport, Summary, TaskInfo};
 use protocol::TaskState;
 
 use crate::json::count;
@@ -97,25 +97,42 @@ pub fn releases(releases: &[ReleaseInfo], now_ms: i64, style: Style) -> String {
     finish(&table)
 }
 
-/// `baton runners`: one line per runner.
-pub fn runners(runners: &[RunnerInfo], now_ms: i64, style: Style) -> String {
+/// `baton runners`: one line per runner; a POOL column when a runner
+/// manager runs some of them.
+pub fn runners(
+    runners: &[RunnerInfo],
+    pool_of: &std::collections::HashMap<protocol::Name, protocol::Name>,
+    now_ms: i64,
+    style: Style,
+) -> String {
     if runners.is_empty() {
         return "no runners\n".into();
     }
-    let mut table =
-        table(style, &["NAME", "STATE", "ADDRESS", "LABELS", "TASKS", "SLOTS", "LAST SEEN", "HOST"]);
+    let mut headers = vec!["NAME", "STATE", "ADDRESS", "LABELS", "TASKS", "SLOTS", "LAST SEEN", "HOST"];
+    let with_pools = !pool_of.is_empty();
+    if with_pools {
+        headers.push("POOL");
+    }
+    let mut table = table(style, &headers);
     for runner in runners {
         let tasks: Vec<String> = runner.tasks.iter().map(ToString::to_string).collect();
-        table.add_row(vec![
-            Cell::new(&runner.name),
-            runner_state_cell(runner.state, style),
-            Cell::new(&runner.address),
-            Cell::new(or_none(join(&runner.labels))),
-            Cell::new(or_none(tasks.join(","))),
-            Cell::new(format!("{}/{}", runner.tasks.len(), runner.slots)),
-            Cell::new(relative(now_ms, runner.last_seen_ms)),
-            Cell::new(host(runner)),
-        ]);
+        let pool =
+            with_pools.then(|| Cell::new(pool_of.get(&runner.name).map_or(NONE, |pool| pool.as_str())));
+        table.add_row(
+            vec![
+                Cell::new(&runner.name),
+                runner_state_cell(runner.state, style),
+                Cell::new(&runner.address),
+                Cell::new(or_none(join(&runner.labels))),
+                Cell::new(or_none(tasks.join(","))),
+                Cell::new(format!("{}/{}", runner.tasks.len(), runner.slots)),
+                Cell::new(relative(now_ms, runner.last_seen_ms)),
+                Cell::new(host(runner)),
+            ]
+            .into_iter()
+            .chain(pool)
+            .collect::<Vec<_>>(),
+        );
     }
     align_right(&mut table, &[5]);
     finish(&table)
@@ -147,10 +164,20 @@ pub fn task(task: &TaskInfo, now_ms: i64, style: Style) -> String {
     block(rows, style)
 }
 
-/// `baton status`.
-pub fn status(report: &StatusReport, style: Style) -> String {
+/// `baton status`; a `pools` line when runner managers report pools.
+pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String {
     let tasks: Vec<String> =
         TaskState::ALL.into_iter().map(|state| format!("{} {state}", count(report, state))).collect();
+    let pools: Vec<String> = pools
+        .iter()
+        .map(|pool| {
+            format!(
+                "{} {} of {}..{} ({} busy, {} pending)",
+                pool.name, pool.size, pool.min, pool.max, pool.busy, pool.pending
+            )
+        })
+        .collect();
+    let pools = (!pools.is_empty()).then(|| ("pools", Cell::new(pools.join("; "))));
     block(
         vec![
             ("version", Cell::new(&report.version)),
@@ -163,7 +190,10 @@ pub fn status(report: &StatusReport, style: Style) -> String {
                 )),
             ),
             ("tasks", Cell::new(tasks.join(", "))),
-        ],
+        ]
+        .into_iter()
+        .chain(pools)
+        .collect(),
         style,
     )
 }
@@ -373,7 +403,8 @@ ID  STATE    REPO          BRANCH  COMMIT      RUNNER     ATTEMPTS  CREATED  DUR
         };
         let dead = RunnerInfo { host: HostFacts::default(), ..idle.clone() };
         let dead = RunnerInfo { name: Name::new("r3").unwrap(), state: RunnerState::Dead, ..dead };
-        let text = runners(&[fixtures::runner_info(), idle, dead], NOON_MS, Style::PLAIN);
+        let text =
+            runners(&[fixtures::runner_info(), idle, dead], &Default::default(), NOON_MS, Style::PLAIN);
         let expected = "\
 NAME  STATE  ADDRESS         LABELS     TASKS  SLOTS  LAST SEEN  HOST
 r1    busy   10.0.0.5:41234  linux,x86  7,9      2/2  0s ago     linux/x86_64, 8 cpus
@@ -417,7 +448,7 @@ reason:    timeout after 10m
 
     #[test]
     fn status_block() {
-        let text = status(&fixtures::status_report(), Style::PLAIN);
+        let text = status(&fixtures::status_report(), &[], Style::PLAIN);
         let expected = "\
 version: 0.1.0
 uptime:  1h 2m 3s
