@@ -28,9 +28,11 @@ units=()
 for unit in scripts/systemd/*.service; do
   name="$(basename "$unit")"
   binary="${name%.service}"
+  # A template (baton-runner@.service) is checked as one of its instances.
+  case "$binary" in *@) binary="${binary%@}"; name="${binary}@verify.service" ;; esac
   target="$bin_dir/$binary"
   [ -x "$target" ] || target="$(command -v true)"
-  sed "s#/usr/local/bin/$binary#$target#" "$unit" >"$tmp/$name"
+  sed "s#/usr/local/bin/$binary #$target #" "$unit" >"$tmp/$name"
   units+=("$tmp/$name")
 done
 

@@ -6,6 +6,7 @@
 mod chaos;
 mod durability;
 mod foundation;
+mod manager;
 mod observer;
 mod operator;
 mod releases;

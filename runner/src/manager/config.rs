@@ -294,6 +294,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/config/runner-manager.toml");
+        let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(config.work_root, PathBuf::from("/var/lib/baton-runner-manager"));
+        assert_eq!(config.pools.len(), 2);
+        assert_eq!(config.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[test]
     fn hostile_and_invalid_pools_are_refused() {
         for pool in [
             "../x:a:0:1",

@@ -13,7 +13,11 @@
 //! - a runner the dispatcher has shown idle for the idle timeout is drained
 //!   (the dispatcher refuses if it became busy) and only then stopped, never
 //!   below MIN;
-//! - without a load (dispatcher away) nothing is drained or stopped.
+//! - without a load (dispatcher away) nothing is drained or stopped;
+//! - with the command driver, whose runners the manager cannot watch, a
+//!   runner the connected dispatcher has not listed for [`ABSENT_GRACE`]
+//!   (or, when starting, [`START_GRACE`]) is stopped and forgotten, so that
+//!   a replacement can start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -26,6 +30,15 @@ use super::config::PoolConfig;
 /// How long a drain request may go unanswered (a lost connection) before the
 /// runner counts as up again.
 const DRAIN_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a runner that was up may be missing from the loads of a
+/// connected dispatcher before it counts as dead (command driver): longer
+/// than a runner's reconnect back-off after a dispatcher restart.
+pub const ABSENT_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a started runner may take to register (command driver): a cloud
+/// machine may take minutes to boot.
+pub const START_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// Where a managed runner is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +60,9 @@ pub struct Managed {
     pub phase: Phase,
     /// Since when the dispatcher shows it idle, without a break.
     pub idle_since: Option<Instant>,
+    /// Since when a connected dispatcher has not listed it (or since it was
+    /// started, while starting).
+    pub absent_since: Option<Instant>,
 }
 
 /// What to do.
@@ -66,12 +82,15 @@ pub struct Fleet {
     load: Option<Load>,
     /// Label sets of pending tasks no pool serves, already logged.
     unservable: BTreeSet<Vec<Label>>,
+    /// Whether runners missing from the loads are presumed dead (the command
+    /// driver; local processes are watched directly).
+    watch_absence: bool,
 }
 
 impl Fleet {
     /// A fleet with no runners yet.
-    pub fn new(pools: Vec<PoolConfig>) -> Fleet {
-        Fleet { pools, runners: BTreeMap::new(), load: None, unservable: BTreeSet::new() }
+    pub fn new(pools: Vec<PoolConfig>, watch_absence: bool) -> Fleet {
+        Fleet { pools, runners: BTreeMap::new(), load: None, unservable: BTreeSet::new(), watch_absence }
     }
 
     /// The pool index of a runner name `POOL-N`, if `POOL` is configured.
@@ -85,7 +104,7 @@ impl Fleet {
 
     /// Takes over a runner found running (after a manager restart).
     pub fn adopt(&mut self, name: Name, pool: usize) {
-        self.runners.insert(name, Managed { pool, phase: Phase::Up, idle_since: None });
+        self.runners.insert(name, Managed { pool, phase: Phase::Up, idle_since: None, absent_since: None });
     }
 
     /// The runner is gone (its process exited, or it was stopped).
@@ -114,6 +133,9 @@ impl Fleet {
                 runner.phase = Phase::Up;
             }
             runner.idle_since = None;
+            if runner.phase != Phase::Starting {
+                runner.absent_since = None;
+            }
         }
     }
 
@@ -122,6 +144,7 @@ impl Fleet {
         for (name, runner) in self.runners.iter_mut() {
             match load.runners.iter().find(|listed| &listed.name == name) {
                 Some(listed) => {
+                    runner.absent_since = None;
                     if runner.phase == Phase::Starting {
                         runner.phase = Phase::Up;
                     }
@@ -132,7 +155,10 @@ impl Fleet {
                         LoadState::Busy => runner.idle_since = None,
                     }
                 }
-                None => runner.idle_since = None,
+                None => {
+                    runner.idle_since = None;
+                    runner.absent_since.get_or_insert(now);
+                }
             }
         }
         self.load = Some(load);
@@ -239,11 +265,25 @@ impl Fleet {
         for (pool_idx, count) in starts.iter().enumerate() {
             for _ in 0..*count {
                 let name = self.free_name(pool_idx);
-                self.runners.insert(
-                    name.clone(),
-                    Managed { pool: pool_idx, phase: Phase::Starting, idle_since: None },
-                );
+                let runner = Managed {
+                    pool: pool_idx,
+                    phase: Phase::Starting,
+                    idle_since: None,
+                    absent_since: Some(now),
+                };
+                self.runners.insert(name.clone(), runner);
                 actions.push(Action::Start { pool: pool_idx, name, reason: reasons[pool_idx].clone() });
+            }
+        }
+        if self.watch_absence && self.load.is_some() {
+            for (name, runner) in self.runners.iter_mut() {
+                let grace = if runner.phase == Phase::Starting { START_GRACE } else { ABSENT_GRACE };
+                let missing = runner.absent_since.is_some_and(|since| now.duration_since(since) > grace);
+                if missing && matches!(runner.phase, Phase::Starting | Phase::Up) {
+                    runner.phase = Phase::Stopping;
+                    let reason = format!("not seen by the dispatcher for {}s", grace.as_secs());
+                    actions.push(Action::Stop { name: name.clone(), reason });
+                }
             }
         }
         if let Some(load) = &self.load {
@@ -365,7 +405,7 @@ mod tests {
     #[test]
     fn a_burst_starts_one_runner_per_task_up_to_max_and_no_more() {
         let now = Instant::now();
-        let mut fleet = Fleet::new(vec![pool("ci", &["linux"], 0, 3)]);
+        let mut fleet = Fleet::new(vec![pool("ci", &["linux"], 0, 3)], false);
         assert!(fleet.decide(now, IDLE).is_empty(), "nothing without a load");
         fleet.observe(Load { pending: vec![pending(&[], 2), pending(&["linux"], 5)], runners: vec![] }, now);
         assert_eq!(starts(&fleet.decide(now, IDLE)), ["ci-1", "ci-2", "ci-3"]);
@@ -378,7 +418,7 @@ mod tests {
     #[test]
     fn starting_runners_absorb_pending_tasks() {
         let now = Instant::now();
-        let mut fleet = Fleet::new(vec![pool("ci", &[], 0, 10)]);
+        let mut fleet = Fleet::new(vec![pool("ci", &[], 0, 10)], false);
         fleet.observe(Load { pending: vec![pending(&[], 1)], runners: vec![] }, now);
         assert_eq!(starts(&fleet.decide(now, IDLE)), ["ci-1"]);
         fleet.observe(Load { pending: vec![pending(&[], 2)], runners: vec![] }, now);
@@ -388,7 +428,7 @@ mod tests {
     #[test]
     fn tasks_no_pool_serves_start_nothing() {
         let now = Instant::now();
-        let mut fleet = Fleet::new(vec![pool("ci", &["linux"], 0, 3)]);
+        let mut fleet = Fleet::new(vec![pool("ci", &["linux"], 0, 3)], false);
         fleet.observe(Load { pending: vec![pending(&["gpu"], 4)], runners: vec![] }, now);
         assert!(fleet.decide(now, IDLE).is_empty());
     }
@@ -396,7 +436,7 @@ mod tests {
     #[test]
     fn min_is_kept_even_without_a_dispatcher() {
         let now = Instant::now();
-        let mut fleet = Fleet::new(vec![pool("ci", &[], 2, 3)]);
+        let mut fleet = Fleet::new(vec![pool("ci", &[], 2, 3)], false);
         assert_eq!(starts(&fleet.decide(now, IDLE)), ["ci-1", "ci-2"]);
         fleet.remove(&name("ci-1"));
         assert_eq!(starts(&fleet.decide(now, IDLE)), ["ci-1"], "a dead runner is replaced under its name");
@@ -405,7 +445,7 @@ mod tests {
     #[test]
     fn idle_runners_are_drained_then_stopped_down_to_min_and_busy_ones_kept() {
         let start = Instant::now();
-        let mut fleet = Fleet::new(vec![pool("ci", &[], 1, 3)]);
+        let mut fleet = Fleet::new(vec![pool("ci", &[], 1, 3)], false);
         for runner in ["ci-1", "ci-2", "ci-3"] {
             fleet.adopt(name(runner), 0);
         }
@@ -439,7 +479,7 @@ mod tests {
     #[test]
     fn without_the_dispatcher_nothing_is_drained() {
         let start = Instant::now();
-        let mut fleet = Fleet::new(vec![pool("ci", &[], 0, 3)]);
+        let mut fleet = Fleet::new(vec![pool("ci", &[], 0, 3)], false);
         fleet.adopt(name("ci-1"), 0);
         fleet.observe(Load { pending: vec![], runners: vec![listed("ci-1", LoadState::Idle)] }, start);
         fleet.disconnected();
@@ -447,8 +487,27 @@ mod tests {
     }
 
     #[test]
+    fn command_runners_missing_from_the_load_are_stopped_only_after_the_grace() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(vec![pool("ci", &[], 0, 3)], true);
+        fleet.adopt(name("ci-1"), 0);
+        fleet.adopt(name("ci-2"), 0);
+        let load = Load { pending: vec![], runners: vec![listed("ci-2", LoadState::Busy)] };
+        fleet.observe(load.clone(), start);
+        assert!(fleet.decide(start + ABSENT_GRACE / 2, IDLE).is_empty());
+        // A dispatcher restart in between resets the clock.
+        fleet.disconnected();
+        let later = start + ABSENT_GRACE;
+        fleet.observe(load.clone(), later);
+        assert!(fleet.decide(later + ABSENT_GRACE / 2, IDLE).is_empty());
+        let actions = fleet.decide(later + ABSENT_GRACE * 2, IDLE);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert!(matches!(&actions[0], Action::Stop { name: stopped, .. } if stopped.as_str() == "ci-1"));
+    }
+
+    #[test]
     fn runner_names_map_back_to_pools() {
-        let fleet = Fleet::new(vec![pool("ci", &[], 0, 3), pool("gpu-big", &[], 0, 1)]);
+        let fleet = Fleet::new(vec![pool("ci", &[], 0, 3), pool("gpu-big", &[], 0, 1)], false);
         assert_eq!(fleet.pool_of_name("ci-12"), Some(0));
         assert_eq!(fleet.pool_of_name("gpu-big-1"), Some(1));
         assert_eq!(fleet.pool_of_name("ci-"), None);

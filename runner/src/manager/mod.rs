@@ -66,7 +66,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _lock = lock(&config.work_root)?;
     let (driver_events, mut from_driver) = mpsc::channel(EVENT_QUEUE);
     let mut driver = Driver::new(&config, driver_events);
-    let mut fleet = Fleet::new(config.pools.clone());
+    let watch_absence = matches!(config.driver, config::DriverConfig::Command { .. });
+    let mut fleet = Fleet::new(config.pools.clone(), watch_absence);
     for (name, pool) in driver.adopt(|name| fleet.pool_of_name(name)) {
         fleet.adopt(name, pool);
     }
