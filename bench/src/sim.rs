@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use harness::peer::{self, FakeRunner, RunnerConnection};
-use protocol::handshake::Role;
 use protocol::message::{
     DispatcherToObserver, DispatcherToRunner, ObserverToDispatcher, Pong, RunnerToDispatcher, Submit,
 };
@@ -162,16 +161,7 @@ pub async fn submit_all(
     branch: &Branch,
     commits: &[CommitId],
 ) -> anyhow::Result<Submitted> {
-    let name = Name::new(name).map_err(anyhow::Error::msg)?;
-    let (conn, _welcome) = protocol::peer::dial::<DispatcherToObserver, ObserverToDispatcher>(
-        addr,
-        Role::Observer,
-        &name,
-        None,
-        protocol::MAX_FRAME,
-    )
-    .await
-    .with_context(|| format!("simulated observer {name} dialling {addr}"))?;
+    let conn = peer::dial_observer(addr, name).await?;
     let (mut receiver, mut sender) = conn.split();
     let writer = async {
         for (idx, commit) in commits.iter().enumerate() {

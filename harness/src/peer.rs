@@ -1,20 +1,38 @@
-//! A runner that speaks the real protocol through `protocol::peer::dial`,
-//! for what the real `baton-runner` will not do: claim someone else's task
-//! (the security tests' impostor), or pass every task at once by the
-//! thousand (the benchmark's simulated fleet). Frames no real peer would
-//! send are the security tests' own hand-written `Raw` peer.
+//! Peers that speak the real protocol through `protocol::peer::dial`, for
+//! what the real daemons will not do: an observer connection for hand-made
+//! submissions, and a runner that claims someone else's task (the security
+//! tests' impostor) or passes every task at once by the thousand (the
+//! benchmark's simulated fleet). Frames no real peer would send are the
+//! security tests' own hand-written `Raw` peer.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use protocol::handshake::Role;
 use protocol::message::{
-    DispatcherToRunner, Held, HostFacts, Outcome, Pong, Register, RunnerToDispatcher, TaskResult,
+    DispatcherToObserver, DispatcherToRunner, Held, HostFacts, ObserverToDispatcher, Outcome, Pong, Register,
+    RunnerToDispatcher, TaskResult,
 };
 use protocol::{Connection, Label, Name, TaskId};
 
 /// A runner's side of a connection.
 pub type RunnerConnection = Connection<DispatcherToRunner, RunnerToDispatcher>;
+
+/// An observer's side of a connection.
+pub type ObserverConnection = Connection<DispatcherToObserver, ObserverToDispatcher>;
+
+/// Dials `addr` as observer `name` without a secret; the connection is
+/// ready for `Submit`s.
+///
+/// # Errors
+/// When the name is invalid or the dial or handshake fails.
+pub async fn dial_observer(addr: &str, name: &str) -> anyhow::Result<ObserverConnection> {
+    let name = Name::new(name).map_err(anyhow::Error::msg)?;
+    let (conn, _welcome) = protocol::peer::dial(addr, Role::Observer, &name, None, protocol::MAX_FRAME)
+        .await
+        .with_context(|| format!("fake observer {name} dialling {addr}"))?;
+    Ok(conn)
+}
 
 /// What a fake runner registers with: one slot, `labels`, and the attempts
 /// it claims to hold.
