@@ -51,23 +51,26 @@ pub async fn run(invocation: &Invocation, console: &mut Console<'_>) -> anyhow::
         return log::stream(&mut session, request, console).await;
     }
     let answer = session.answer(Some(ANSWER_TIMEOUT)).await?;
-    let pools = match &invocation.request {
-        ClientToDispatcher::Status | ClientToDispatcher::Runners => pools(&mut session).await?,
-        _ => Vec::new(),
-    };
+    let shows_pools = matches!(
+        (&invocation.request, &answer),
+        (ClientToDispatcher::Status, DispatcherToClient::Status(_))
+            | (ClientToDispatcher::Runners, DispatcherToClient::Runners(_))
+    );
+    let pools = if shows_pools { pools(&mut session).await } else { Vec::new() };
     let text = present(&invocation.request, answer, &pools, invocation.json, console)?;
     console.out.write_all(text.as_bytes()).and_then(|()| console.out.flush()).context("writing to stdout")?;
     Ok(Outcome::Success)
 }
 
-/// The runner managers' pools, shown by `status` and `runners`; none from a
-/// dispatcher that does not know them.
-async fn pools(session: &mut Session) -> anyhow::Result<Vec<PoolInfo>> {
-    session.send(&ClientToDispatcher::Pools).await?;
-    match session.answer(Some(ANSWER_TIMEOUT)).await? {
-        DispatcherToClient::Pools(pools) => Ok(pools),
-        DispatcherToClient::Error(_) => Ok(Vec::new()),
-        other => Err(unexpected(&other)),
+/// The runner managers' pools, shown by `status` and `runners`; none when
+/// the dispatcher does not answer the question (the main answer stands).
+async fn pools(session: &mut Session) -> Vec<PoolInfo> {
+    if session.send(&ClientToDispatcher::Pools).await.is_err() {
+        return Vec::new();
+    }
+    match session.answer(Some(ANSWER_TIMEOUT)).await {
+        Ok(DispatcherToClient::Pools(pools)) => pools,
+        _ => Vec::new(),
     }
 }
 
