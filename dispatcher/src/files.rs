@@ -275,9 +275,9 @@ pub fn release_json(release: &ReleaseInfo) -> serde_json::Value {
         "deploy_task": release.deploy_task_id.map(|id| id.get()),
         "created_at": rfc3339(release.created_at_ms),
         "previous": release.previous.map(|version| format!("r{version}")),
-        "kind": release.kind,
+        "kind": release.kind.as_str(),
         "rollback_to": release.rollback_to.map(|version| format!("r{version}")),
-        "state": release.state,
+        "state": release.state.as_str(),
         "trigger": release.trigger,
     })
 }
