@@ -9,8 +9,9 @@
 use std::io::Write;
 
 use anyhow::Context;
-use protocol::message::{Accepted, ClientToDispatcher, DispatcherToClient, Selector};
+use protocol::message::{Accepted, ClientToDispatcher, CommitQuery, DispatcherToClient, Selector};
 use protocol::view::{self, now_ms};
+use protocol::CommitId;
 
 use crate::render::Style;
 use crate::request::Invocation;
@@ -46,14 +47,49 @@ pub enum Outcome {
 /// request, or a failed write to stdout.
 pub async fn run(invocation: &Invocation, console: &mut Console<'_>) -> anyhow::Result<Outcome> {
     let mut session = Session::open(&invocation.address, &invocation.credentials).await?;
-    session.send(&invocation.request).await?;
-    if let ClientToDispatcher::Log(request) = &invocation.request {
+    let request = match (&invocation.request, &invocation.then_submit) {
+        (ClientToDispatcher::Commits(query), Some(rest)) => {
+            ClientToDispatcher::Submit(rest.with(resolve_commit(&mut session, query).await?))
+        }
+        (request, _) => request.clone(),
+    };
+    session.send(&request).await?;
+    if let ClientToDispatcher::Log(request) = &request {
         return log::stream(&mut session, request, console).await;
     }
     let answer = session.answer(Some(ANSWER_TIMEOUT)).await?;
-    let text = present(&invocation.request, answer, invocation.json, console)?;
+    let text = present(&request, answer, invocation.json, console)?;
     console.out.write_all(text.as_bytes()).and_then(|()| console.out.flush()).context("writing to stdout")?;
     Ok(Outcome::Success)
+}
+
+/// The one commit of the query's repository that the dispatcher knows by the
+/// query's prefix.
+///
+/// # Errors
+/// None or several such commits, the dispatcher's `Error`, or a broken
+/// connection.
+async fn resolve_commit(session: &mut Session, query: &CommitQuery) -> anyhow::Result<CommitId> {
+    session.send(&ClientToDispatcher::Commits(query.clone())).await?;
+    let (prefix, repo) = (&query.prefix, &query.repo);
+    match session.answer(Some(ANSWER_TIMEOUT)).await? {
+        DispatcherToClient::Commits(mut commits) => match commits.len() {
+            0 => anyhow::bail!(
+                "no task of {repo} has a commit starting with {prefix}, and the repository is not readable \
+                 here: give the full commit id"
+            ),
+            1 => Ok(commits.remove(0)),
+            _ => {
+                let listed: Vec<&str> = commits.iter().map(CommitId::as_str).collect();
+                anyhow::bail!(
+                    "commit {prefix} is ambiguous in {repo}: {}; give more digits",
+                    listed.join(", ")
+                )
+            }
+        },
+        DispatcherToClient::Error(reason) => anyhow::bail!("{reason}"),
+        other => Err(unexpected(&other)),
+    }
 }
 
 /// The text for stdout, for every request but `Log`.
@@ -175,6 +211,7 @@ pub fn unexpected(answer: &DispatcherToClient) -> anyhow::Error {
         DispatcherToClient::Error(_) => "Error",
         DispatcherToClient::Releases(_) => "Releases",
         DispatcherToClient::Release(_) => "Release",
+        DispatcherToClient::Commits(_) => "Commits",
     };
     anyhow::anyhow!("unexpected answer from the dispatcher: {kind}")
 }
@@ -185,7 +222,7 @@ mod tests {
     use protocol::handshake::Role;
     use protocol::message::{ManualSubmit, TaskInfo};
     use protocol::view::fixtures;
-    use protocol::{Branch, CommitId, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
+    use protocol::{Branch, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 
