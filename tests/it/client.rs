@@ -1,12 +1,14 @@
-//! What the `baton` client does beyond one request and one answer: short
-//! commit ids in `submit` (issue 13, item 4), resolved by git in a
-//! repository the client can read and among the dispatcher's tasks
-//! otherwise, with a clear refusal when a prefix is ambiguous or unknown.
+//! What the `baton` client does beyond one request and one answer (issue 13):
+//! short commit ids in `submit` (item 4), resolved by git in a repository the
+//! client can read and among the dispatcher's tasks otherwise, with a clear
+//! refusal when a prefix is ambiguous or unknown; and saying what happened
+//! (item 7): `abort` waits for a running task's end, `log` of a task that
+//! ended in error says why.
 
 use std::collections::HashMap;
 use std::process::Output;
 
-use crate::support::{baton, baton_json, show, Dispatcher, Repo};
+use crate::support::{self, baton, baton_json, show, wait_final, wait_for, Dispatcher, Repo};
 
 /// A repository with `n` commits made in one `git fast-import`, with fixed
 /// dates, so their ids (and which of them share a prefix) are the same on
@@ -109,4 +111,55 @@ fn submit_resolves_a_prefix_among_the_dispatcher_s_tasks_when_the_repository_is_
     assert!(stderr(&unknown).contains("no task of /srv/git/elsewhere.git has a commit starting with abcd2"));
     // Three submissions of full ids and one of a prefix: nothing else queued.
     assert_eq!(baton_json(&dispatcher.addr, &["tasks"]).as_array().map(Vec::len), Some(4));
+}
+
+#[test]
+fn abort_of_a_running_task_waits_for_its_end_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("started");
+    let config = format!("[test]\ncommand = \"touch {}; exec sleep 600\"\n", marker.display());
+    let repo = Repo::init(&tmp.path().join("repo"));
+    let commit = repo.commit(&[(".baton.toml", &config)], "a test that never ends");
+    let dispatcher = Dispatcher::start(&tmp.path().join("data"), &[]);
+    let _runner = support::runner(tmp.path(), &dispatcher.addr, "r1", &[]);
+    let id = baton_json(&dispatcher.addr, &["submit", &repo.path.display().to_string(), &commit])["id"]
+        .to_string();
+    wait_for("the test to start", || marker.exists().then_some(()));
+
+    let output = baton(&dispatcher.addr, &["abort", &id]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
+    assert!(output.status.success(), "{stderr}");
+    // The runner kills the test at once, so the answer is the end; on a
+    // machine too slow for that, the client says the abort is under way.
+    if stderr.contains("aborting:") {
+        assert!(stdout.contains("running"), "{stdout}");
+    } else {
+        assert_eq!(stderr.trim(), format!("task {id} aborted"), "{stdout}");
+        assert!(stdout.contains("aborted") && !stdout.contains("running"), "{stdout}");
+    }
+    assert_eq!(wait_final(&dispatcher.addr, &id)["state"], "aborted");
+}
+
+#[test]
+fn log_of_a_task_that_ended_in_error_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&tmp.path().join("repo"));
+    repo.commit(&[("README", "hello\n")], "first");
+    let dispatcher = Dispatcher::start(&tmp.path().join("data"), &[]);
+    let _runner = support::runner(tmp.path(), &dispatcher.addr, "r1", &[]);
+    // A commit the repository does not have: the runner cannot check it out.
+    let missing = "0".repeat(40);
+    let id = baton_json(&dispatcher.addr, &["submit", &repo.path.display().to_string(), &missing])["id"]
+        .to_string();
+    let task = wait_final(&dispatcher.addr, &id);
+    assert_eq!(task["state"], "error", "{task:#}");
+    let reason = task["reason"].as_str().expect("an error task has a reason");
+
+    for args in [vec!["log", id.as_str()], vec!["log", id.as_str(), "--follow"]] {
+        let output = baton(&dispatcher.addr, &args);
+        let stderr = stderr(&output);
+        assert!(stderr.contains(&format!("task {id} ended: error: {reason}")), "{args:?}: {stderr}");
+        // Stdout stays the log's bytes: the reason is not mixed into them.
+        assert!(!String::from_utf8_lossy(&output.stdout).contains(reason), "{args:?}");
+    }
 }
