@@ -6,6 +6,7 @@
 mod chaos;
 mod client;
 mod durability;
+mod follow;
 mod foundation;
 mod observer;
 mod operator;
