@@ -6,6 +6,8 @@
 mod chaos;
 mod durability;
 mod foundation;
+mod full_disk;
+mod liveness;
 mod observer;
 mod operator;
 mod releases;
