@@ -173,6 +173,10 @@ async fn submit(
                 ledger.answered(pending.seq);
                 tracing::info!(repo = %submit.repo, branch = %submit.branch, commit = %submit.commit, task_id = %accepted.task_id, duplicate = accepted.duplicate, "submission accepted");
             }
+            Some(DispatcherToObserver::Refused(refused)) if refused.reason.starts_with("data dir full") => {
+                // Acceptable later: reconnect with back-off and submit again.
+                return Err(anyhow!("the dispatcher cannot take submissions now: {}", refused.reason));
+            }
             Some(DispatcherToObserver::Refused(refused)) => {
                 // Refused means never acceptable as it is: move on, or the
                 // commit would be resubmitted forever.

@@ -85,6 +85,9 @@ pub struct Shared {
     /// Number of attempts whose files exist, for the drain to wait on: one
     /// more than the table while an attempt is being deleted.
     held: watch::Sender<usize>,
+    /// Counts attempts discarded (a forgotten attempt's test is gone), so
+    /// the link can tell the dispatcher that it may assign again.
+    slot_freed: watch::Sender<u64>,
     draining: watch::Sender<bool>,
     tracker: TaskTracker,
 }
@@ -100,6 +103,7 @@ impl Shared {
             slots,
             table: Mutex::new(BTreeMap::new()),
             held: watch::Sender::new(0),
+            slot_freed: watch::Sender::new(0),
             draining: watch::Sender::new(false),
             tracker,
         })
@@ -182,8 +186,10 @@ impl Shared {
                                 shared.hold(key, control).await;
                             }
                             Ending::Discarded => {
-                                shared.discard(key).await;
+                                // The test is gone: its slot is free before
+                                // `discard` says so to the dispatcher.
                                 drop(permit);
+                                shared.discard(key).await;
                             }
                         }
                     }
@@ -220,6 +226,16 @@ impl Shared {
     /// A held attempt's progress.
     pub fn progress(&self, key: AttemptKey) -> Option<watch::Receiver<Progress>> {
         self.lock().get(&key).map(|handle| handle.progress.clone())
+    }
+
+    /// Changes each time a slot is freed without a result.
+    pub fn slot_freed(&self) -> watch::Receiver<u64> {
+        self.slot_freed.subscribe()
+    }
+
+    /// Slots free right now.
+    pub fn free_slots(&self) -> u32 {
+        self.slots.available_permits() as u32
     }
 
     /// From now on every assignment is refused.
@@ -332,6 +348,7 @@ impl Shared {
             tracing::warn!(error = %format!("{err:#}"), "cannot delete the attempt's files");
         }
         self.held.send_modify(|n_held| *n_held -= 1);
+        self.slot_freed.send_modify(|n_freed| *n_freed += 1);
     }
 }
 

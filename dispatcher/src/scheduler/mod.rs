@@ -11,9 +11,13 @@
 //! Deliberately not here: sockets and framing (`handler`), SQL (`store`), file
 //! layout (`files`).
 
+mod disk;
+mod liveness;
 mod releases;
 mod runners;
 mod tasks;
+
+pub use liveness::LastHeard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
@@ -71,6 +75,8 @@ pub enum Event {
         register: Register,
         outbox: mpsc::Sender<DispatcherToRunner>,
         kill: CancellationToken,
+        /// Noted by the connection's reader on every frame.
+        heard: Arc<LastHeard>,
     },
     /// A message from a registered runner.
     FromRunner {
@@ -223,6 +229,19 @@ fn run(mut store: Store, mut state: State, mut receiver: mpsc::Receiver<Event>, 
             }
         }
         if let Err(err) = state.process(&mut store, batch.drain(..)) {
+            if disk::is_disk_full(&err) {
+                // The batch was rolled back and nothing in it acknowledged,
+                // but memory may be ahead of the database: rebuild it from
+                // what was committed, degraded (issue 12, item 2).
+                tracing::error!(error = %format!("{err:#}"), "data dir full: batch rolled back; rebuilding the live state from the database");
+                match state.rebuild(&store) {
+                    Ok(rebuilt) => {
+                        state = rebuilt;
+                        continue;
+                    }
+                    Err(err) => tracing::error!(error = %format!("{err:#}"), "cannot rebuild the live state"),
+                }
+            }
             tracing::error!(error = %format!("{err:#}"), "storage failed; stopping the dispatcher");
             FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
             fatal.cancel();
@@ -269,8 +288,14 @@ struct Runner {
     host: HostFacts,
     tasks: Vec<TaskId>,
     last_seen: SystemTime,
-    last_heard: Instant,
+    /// When its connection's reader last received a frame.
+    heard: Arc<LastHeard>,
+    heartbeat: liveness::Heartbeat,
     draining: bool,
+    /// It refused an assignment, or was told to forget an attempt whose
+    /// test may still hold a slot: ask it nothing until it reports a free
+    /// slot (`SlotFreed`, or a result).
+    awaiting_slot: bool,
 }
 
 /// A task handed to a runner (or, after a restart, waiting for its runner to
@@ -289,6 +314,12 @@ struct Running {
     /// A client asked to abort it; if its runner is lost before it reports,
     /// the task ends `aborted` instead of running again.
     aborting: bool,
+    /// Output was sent that is not stored (a failed write, a hole): the
+    /// runner must send it again from `log_len` before the result counts.
+    needs_resend: bool,
+    /// A `Resend` is on its way; chunks past `log_len` are from the old
+    /// stream and are dropped without asking again.
+    resend_pending: bool,
 }
 
 /// The scheduler's in-memory state, rebuilt from the store at start-up.
@@ -310,6 +341,14 @@ pub(crate) struct State {
     progress_after_commit: Vec<(TaskId, LogProgress)>,
     next_ping: u64,
     last_ping: Instant,
+    /// When the last heartbeat tick was handled; a batch that starts much
+    /// later means the dispatcher was not running (see `liveness`).
+    last_tick: Instant,
+    /// Until then (one window after a stall), a closed runner connection
+    /// is treated like a dispatcher restart: its tasks wait for it.
+    closes_wait_until: Option<Instant>,
+    /// Whether the data dir is full (see `disk`).
+    disk: disk::Disk,
     /// Set when the batch queued notifications; wakes the notifier worker
     /// after the commit.
     outbox_changed: bool,
@@ -329,6 +368,7 @@ impl State {
         file_writer: SyncSender<FileJob>,
     ) -> anyhow::Result<State> {
         let now = Instant::now();
+        let disk = disk::Disk::new(files.root());
         let mut state = State {
             settings,
             files,
@@ -342,6 +382,9 @@ impl State {
             progress_after_commit: Vec::new(),
             next_ping: 1,
             last_ping: now,
+            last_tick: now,
+            closes_wait_until: None,
+            disk,
             outbox_changed: false,
             outbox,
             file_jobs: Vec::new(),
@@ -362,6 +405,8 @@ impl State {
                             truncated: false,
                             orphaned_at: Some(now),
                             aborting: false,
+                            needs_resend: false,
+                            resend_pending: false,
                         },
                     );
                 }
@@ -374,8 +419,29 @@ impl State {
         Ok(state)
     }
 
+    /// After a rolled-back batch: the live state as committed, in the
+    /// full-disk mode. Runner connections are closed so that runners
+    /// register again and re-adopt their attempts from the rebuilt state
+    /// (they keep their spools, so nothing is lost).
+    fn rebuild(&mut self, store: &Store) -> anyhow::Result<State> {
+        let mut rebuilt = State::recover(
+            store,
+            self.files.clone(),
+            self.settings.clone(),
+            Arc::clone(&self.outbox),
+            self.file_writer.clone(),
+        )?;
+        rebuilt.started = self.started;
+        rebuilt.disk.write_failed(&anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        for conn in self.conns.values() {
+            conn.kill.cancel();
+        }
+        Ok(rebuilt)
+    }
+
     fn process(&mut self, store: &mut Store, events: impl Iterator<Item = Event>) -> anyhow::Result<()> {
         let mut effects = Effects::default();
+        self.notice_stall(&mut effects);
         let tx = store.begin()?;
         for event in events {
             self.handle(&tx, &mut effects, event)?;
@@ -409,13 +475,16 @@ impl State {
         event: Event,
     ) -> anyhow::Result<()> {
         match event {
-            Event::Submit { task, reply } => {
-                let accepted = self.submit(tx, task)?;
-                effects.reply(reply, Ok(accepted));
-            }
-            Event::RunnerUp { conn, name, address, register, outbox, kill } => {
+            Event::Submit { task, reply } => match self.disk.refusal() {
+                Some(refusal) => effects.reply(reply, Err(refusal)),
+                None => {
+                    let accepted = self.submit(tx, task)?;
+                    effects.reply(reply, Ok(accepted));
+                }
+            },
+            Event::RunnerUp { conn, name, address, register, outbox, kill, heard } => {
                 self.conns.insert(conn, Conn { runner: name.clone(), outbox, kill });
-                self.register(tx, effects, conn, name, address, register)?;
+                self.register(tx, effects, conn, name, address, register, heard)?;
             }
             Event::FromRunner { conn, message } => self.runner_message(tx, effects, conn, message)?,
             Event::RunnerDown { conn, reason } => self.connection_lost(tx, conn, &reason)?,
@@ -433,7 +502,10 @@ impl State {
                 effects.reply(reply, result);
             }
             Event::Rerun { task_id, reply } => {
-                let result = self.rerun(tx, task_id)?;
+                let result = match self.disk.refusal() {
+                    Some(refusal) => Err(refusal),
+                    None => self.rerun(tx, task_id)?,
+                };
                 effects.reply(reply, result);
             }
             Event::Follow { task_id, reply } => {
@@ -492,6 +564,7 @@ impl State {
             runners_busy: busy,
             runners_dead: dead,
             tasks: TaskState::ALL.iter().map(|state| (*state, self.count(*state))).collect(),
+            data_dir_full: self.disk.full(),
         }
     }
 

@@ -55,7 +55,7 @@ impl State {
         let mut free: Vec<(Name, usize)> = self
             .runners
             .values()
-            .filter(|runner| runner.conn.is_some() && !runner.draining)
+            .filter(|runner| runner.conn.is_some() && !runner.draining && !runner.awaiting_slot)
             .filter_map(|runner| {
                 let free_slots = (runner.slots as usize).saturating_sub(runner.tasks.len());
                 (free_slots > 0).then(|| (runner.name.clone(), free_slots))
@@ -138,7 +138,16 @@ impl State {
         self.move_count(Some(TaskState::Pending), TaskState::Running);
         self.running.insert(
             task_id,
-            Running { task, log: None, log_len: 0, truncated: false, orphaned_at: None, aborting: false },
+            Running {
+                task,
+                log: None,
+                log_len: 0,
+                truncated: false,
+                orphaned_at: None,
+                aborting: false,
+                needs_resend: false,
+                resend_pending: false,
+            },
         );
         Ok(())
     }
@@ -161,8 +170,20 @@ impl State {
         if end <= running.log_len {
             return;
         }
+        // The stored log is always a prefix of the runner's output: a chunk
+        // past its end (one sent while an earlier chunk could not be
+        // stored) is dropped, and the runner is asked for the rest again.
         if output.offset > running.log_len {
-            tracing::warn!(task_id = %output.task_id, expected = running.log_len, got = output.offset, "gap in task output");
+            if !running.resend_pending && !running.needs_resend {
+                tracing::warn!(task_id = %output.task_id, expected = running.log_len, got = output.offset, "gap in task output; asking for it again");
+                running.needs_resend = true;
+            }
+            return;
+        }
+        if self.disk.full().is_some() {
+            running.needs_resend = true;
+            running.resend_pending = false;
+            return;
         }
         let skip = running.log_len.saturating_sub(output.offset) as usize;
         let data = &output.data[skip..];
@@ -183,7 +204,17 @@ impl State {
             // stay right even after truncation.
             Ok(accepted) => running.log_len += accepted as u64,
             Err(err) => {
-                tracing::error!(task_id = %output.task_id, error = %format!("{err:#}"), "cannot write task output");
+                tracing::error!(task_id = %output.task_id, error = %format!("{err:#}"), "cannot write task output; it will be asked for again");
+                // Cut what part of the chunk was written, so the log stays
+                // a prefix, and reopen the file on the next write.
+                if let Some(file) = running.log.take() {
+                    if let Err(err) = file.set_len(running.log_len) {
+                        tracing::error!(task_id = %output.task_id, error = %err, "cannot cut a partly written chunk from the log");
+                    }
+                }
+                running.needs_resend = true;
+                running.resend_pending = false;
+                self.disk.write_failed(&err);
             }
         }
         if let Some(progress) = self.follows.get(&output.task_id) {
@@ -225,10 +256,20 @@ impl State {
             }
             return Ok(());
         }
-        if let Some(running) = self.running.get(&task_id) {
-            if result.output_len > running.log_len {
-                tracing::warn!(task_id = %task_id, have = running.log_len, runner_has = result.output_len,
-                    "result arrived before all output");
+        if let Some(runner) = self.runners.get_mut(runner) {
+            // Its test ended, so a slot is free.
+            runner.awaiting_slot = false;
+        }
+        if let Some(running) = self.running.get_mut(&task_id) {
+            // Output is part of the result: it is acknowledged (and the
+            // runner's spool freed) only once the output is stored.
+            if result.output_len > running.log_len || running.needs_resend {
+                tracing::warn!(task_id = %task_id, attempt, have = running.log_len, runner_has = result.output_len,
+                    "result held until its output is stored");
+                if !running.resend_pending {
+                    running.needs_resend = true;
+                }
+                return Ok(());
             }
         }
         let state = match result.outcome {
@@ -237,10 +278,14 @@ impl State {
             Outcome::Error => TaskState::Error,
             Outcome::Aborted => TaskState::Aborted,
             Outcome::Refused => {
-                // The runner never started it (it is stopping, or was sent
-                // more than its slots): give the task to another runner.
+                // The runner never started it (it is stopping, or its old
+                // test still holds the slot): no attempt was spent, and the
+                // runner is asked nothing until it reports a free slot.
                 let reason = printable(result.reason.as_deref().unwrap_or("refused"), MAX_REASON);
-                self.requeue_or_fail(tx, task_id, &format!("runner {runner} refused it: {reason}"))?;
+                self.requeue_refused(tx, task_id, &format!("runner {runner} refused it: {reason}"))?;
+                if let Some(runner) = self.runners.get_mut(runner) {
+                    runner.awaiting_slot = true;
+                }
                 effects.send_runner(conn, ack(true, None));
                 return Ok(());
             }
@@ -318,6 +363,31 @@ impl State {
         }
         tx.requeue(task_id, reason)?;
         tracing::warn!(task_id = %task_id, attempts, reason, "task requeued");
+        running.task.state = TaskState::Pending;
+        running.task.runner = None;
+        self.move_count(Some(TaskState::Running), TaskState::Pending);
+        self.pending.insert(task_id, running.task);
+        Ok(())
+    }
+
+    /// A refused assignment goes back to the queue without spending an
+    /// attempt (an abort asked meanwhile ends it `aborted`).
+    fn requeue_refused(&mut self, tx: &Tx<'_>, task_id: TaskId, reason: &str) -> anyhow::Result<()> {
+        let Some(running) = self.running.get(&task_id) else { return Ok(()) };
+        if running.aborting {
+            let finish = Finish {
+                reason: Some(format!("aborted by a client before it started: {reason}")),
+                ..Finish::ended(TaskState::Aborted)
+            };
+            return self.finish(tx, task_id, &finish);
+        }
+        let Some(mut running) = self.running.remove(&task_id) else { return Ok(()) };
+        if let Some(runner) = running.task.runner.as_ref().and_then(|name| self.runners.get_mut(name)) {
+            runner.tasks.retain(|id| *id != task_id);
+        }
+        running.task.attempts = running.task.attempts.saturating_sub(1);
+        tx.requeue_refused(task_id, running.task.attempts, reason)?;
+        tracing::info!(task_id = %task_id, attempts = running.task.attempts, reason, "assignment refused; requeued without spending an attempt");
         running.task.state = TaskState::Pending;
         running.task.runner = None;
         self.move_count(Some(TaskState::Running), TaskState::Pending);

@@ -151,19 +151,24 @@ pub fn task(task: &TaskInfo, now_ms: i64, style: Style) -> String {
 pub fn status(report: &StatusReport, style: Style) -> String {
     let tasks: Vec<String> =
         TaskState::ALL.into_iter().map(|state| format!("{} {state}", count(report, state))).collect();
+    let full = report.data_dir_full.map(|free| {
+        ("storage", Cell::new(format!("data dir full: {free} bytes free (reads only, submissions refused)")))
+    });
     block(
-        vec![
-            ("version", Cell::new(&report.version)),
-            ("uptime", Cell::new(duration(report.uptime_ms))),
-            (
-                "runners",
-                Cell::new(format!(
-                    "{} idle, {} busy, {} dead",
-                    report.runners_idle, report.runners_busy, report.runners_dead
-                )),
-            ),
-            ("tasks", Cell::new(tasks.join(", "))),
-        ],
+        full.into_iter()
+            .chain([
+                ("version", Cell::new(&report.version)),
+                ("uptime", Cell::new(duration(report.uptime_ms))),
+                (
+                    "runners",
+                    Cell::new(format!(
+                        "{} idle, {} busy, {} dead",
+                        report.runners_idle, report.runners_busy, report.runners_dead
+                    )),
+                ),
+                ("tasks", Cell::new(tasks.join(", "))),
+            ])
+            .collect(),
         style,
     )
 }
