@@ -5,15 +5,13 @@
 //! restart on the still-full disk.
 //!
 //! The data dir is a small tmpfs, which needs root. CI runs as root, so a
-//! failed mount fails the test; `BATON_TESTS_NO_MOUNT=1` is the documented
-//! opt-out for a developer's unprivileged run (the test then passes without
-//! checking anything and says so).
+//! failed mount fails the test; a developer without root opts out with
+//! `harness::system::OPT_OUT_VAR`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use crate::support::{self, baton, baton_json, show, wait_for, Dispatcher, Repo};
+use crate::support::{self, baton, baton_json, show, unless_opted_out, wait_for, Dispatcher, Repo, Tmpfs};
 
 /// Lines the test prints before it waits for the gate, and after.
 const LINES_BEFORE: usize = 2_000;
@@ -49,7 +47,8 @@ fn generator(gate: &Path) -> String {
 fn a_full_data_dir_loses_no_output_serves_reads_and_resumes_when_space_returns() {
     let tmp = tempfile::tempdir().unwrap();
     let mount_point = tmp.path().join("small");
-    let Some(_mount) = Tmpfs::mount(&mount_point, "16m") else { return };
+    let mounted = unless_opted_out(Tmpfs::mount(&mount_point, "16m"), "the full-disk test");
+    let Some(_mount) = support::ok(mounted) else { return };
     let data_dir = mount_point.join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
     let data_arg = data_dir.display().to_string();
@@ -162,40 +161,6 @@ fn assert_serves_reads(addr: &str, id: &str) {
     }
     let log = baton(addr, &["log", id]);
     assert!(log.status.success(), "baton log failed: {}", String::from_utf8_lossy(&log.stderr));
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts it, or fails the test (CI runs as root), unless the
-    /// developer opted out with `BATON_TESTS_NO_MOUNT=1`.
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).unwrap();
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("running mount(8)");
-        if output.status.success() {
-            return Some(Tmpfs { path: path.to_path_buf() });
-        }
-        let why = String::from_utf8_lossy(&output.stderr);
-        if std::env::var_os("BATON_TESTS_NO_MOUNT").is_some_and(|value| value == "1") {
-            eprintln!("NOT CHECKED (BATON_TESTS_NO_MOUNT=1): cannot mount a tmpfs: {why}");
-            return None;
-        }
-        panic!("cannot mount a {size} tmpfs for the full-disk test ({why}); run as root, or set BATON_TESTS_NO_MOUNT=1 to opt out");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy, so a process still holding a file cannot keep it mounted.
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
 }
 
 /// Writes zeros to `path` until the filesystem is full.
