@@ -267,6 +267,14 @@ mod tests {
         assert_eq!(Cursors::load(&state_file).unwrap().get(&repo, &main).unwrap().commit, commit('1'));
         connection.send(&accepted(2)).await.unwrap();
         assert_eq!(next_submit(&mut connection).await.commit, commit('3'));
+
+        // A full data dir refuses for now only (issue 12): the link
+        // reconnects and submits the commit again, the cursor stays.
+        let full = Refused { reason: "data dir full: 0 bytes free; try again later".into() };
+        connection.send(&DispatcherToObserver::Refused(full)).await.unwrap();
+        let mut connection = accept(&listener).await;
+        assert_eq!(next_submit(&mut connection).await.commit, commit('3'));
+        assert_eq!(cursor(&ledger), Some(commit('2')));
         let refused = DispatcherToObserver::Refused(Refused { reason: "not today".into() });
         connection.send(&refused).await.unwrap();
 

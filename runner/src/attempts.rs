@@ -186,10 +186,10 @@ impl Shared {
                                 shared.hold(key, control).await;
                             }
                             Ending::Discarded => {
-                                // The test is gone: its slot is free before
-                                // `discard` says so to the dispatcher.
-                                drop(permit);
                                 shared.discard(key).await;
+                                drop(permit);
+                                // The test is gone and its slot free: say so.
+                                shared.slot_freed.send_modify(|n_freed| *n_freed += 1);
                             }
                         }
                     }
@@ -337,6 +337,9 @@ impl Shared {
             }
         }
         self.discard(key).await;
+        // A finished attempt held no slot; a forgotten one's slot is free
+        // for the dispatcher to use again.
+        self.slot_freed.send_modify(|n_freed| *n_freed += 1);
     }
 
     /// Removes an attempt from the table (so no new registration names it),
@@ -348,7 +351,6 @@ impl Shared {
             tracing::warn!(error = %format!("{err:#}"), "cannot delete the attempt's files");
         }
         self.held.send_modify(|n_held| *n_held -= 1);
-        self.slot_freed.send_modify(|n_freed| *n_freed += 1);
     }
 }
 

@@ -128,8 +128,14 @@ fn an_assigned_runner_cannot_crash_the_dispatcher_with_absurd_numbers() {
         };
         mallory.send(RunnerToDispatcher::Result(result)).await.unwrap();
         let answer = mallory.next(PATIENCE).await.unwrap();
+        // Output is part of the result (issue 12): a result claiming more
+        // output than is stored is held, and the output asked for again.
         assert!(
-            matches!(answer, DispatcherToRunner::ResultAck(ResultAck { accepted: true, .. })),
+            matches!(
+                answer,
+                DispatcherToRunner::ResultAck(ResultAck { accepted: true, .. })
+                    | DispatcherToRunner::Resend(_)
+            ),
             "{answer:?}"
         );
     });
