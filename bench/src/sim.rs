@@ -133,7 +133,7 @@ async fn serve(mut conn: RunnerConnection, counters: &Counters) -> anyhow::Resul
                     counters.target_reached.notify_one();
                 }
             }
-            DispatcherToRunner::Abort(_) | DispatcherToRunner::Forget(_) => {}
+            DispatcherToRunner::Abort(_) | DispatcherToRunner::Forget(_) | DispatcherToRunner::Resend(_) => {}
         }
     }
     Ok(())

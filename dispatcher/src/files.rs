@@ -40,6 +40,11 @@ impl DataDir {
         Ok(DataDir { root: root.to_path_buf() })
     }
 
+    /// The data directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The SQLite database file.
     pub fn database(&self) -> PathBuf {
         self.root.join("baton.db")

@@ -65,7 +65,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         }
         None => None,
     };
-    files::catch_up(&store, &files).context("writing files a crash left unwritten")?;
+    // A full disk must not keep the dispatcher from serving reads: the
+    // files are written again at the next start with room.
+    if let Err(err) = files::catch_up(&store, &files) {
+        tracing::error!(error = %format!("{err:#}"), "cannot write the files a crash left unwritten; starting anyway");
+    }
     let (file_writer, file_thread) = files::start_writer(files.clone())?;
     let (scheduler, thread) = scheduler::start(
         store,

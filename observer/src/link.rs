@@ -173,6 +173,10 @@ async fn submit(
                 ledger.answered(pending.seq);
                 tracing::info!(repo = %submit.repo, branch = %submit.branch, commit = %submit.commit, task_id = %accepted.task_id, duplicate = accepted.duplicate, "submission accepted");
             }
+            Some(DispatcherToObserver::Refused(refused)) if refused.reason.starts_with("data dir full") => {
+                // Acceptable later: reconnect with back-off and submit again.
+                return Err(anyhow!("the dispatcher cannot take submissions now: {}", refused.reason));
+            }
             Some(DispatcherToObserver::Refused(refused)) => {
                 // Refused means never acceptable as it is: move on, or the
                 // commit would be resubmitted forever.
@@ -263,6 +267,14 @@ mod tests {
         assert_eq!(Cursors::load(&state_file).unwrap().get(&repo, &main).unwrap().commit, commit('1'));
         connection.send(&accepted(2)).await.unwrap();
         assert_eq!(next_submit(&mut connection).await.commit, commit('3'));
+
+        // A full data dir refuses for now only (issue 12): the link
+        // reconnects and submits the commit again, the cursor stays.
+        let full = Refused { reason: "data dir full: 0 bytes free; try again later".into() };
+        connection.send(&DispatcherToObserver::Refused(full)).await.unwrap();
+        let mut connection = accept(&listener).await;
+        assert_eq!(next_submit(&mut connection).await.commit, commit('3'));
+        assert_eq!(cursor(&ledger), Some(commit('2')));
         let refused = DispatcherToObserver::Refused(Refused { reason: "not today".into() });
         connection.send(&refused).await.unwrap();
 

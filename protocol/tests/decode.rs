@@ -456,6 +456,7 @@ fn dispatcher_to_client() -> BoxedStrategy<DispatcherToClient> {
                 runners_busy,
                 runners_dead,
                 tasks,
+                data_dir_full: None,
             })
         },
     );

@@ -85,6 +85,9 @@ pub struct Shared {
     /// Number of attempts whose files exist, for the drain to wait on: one
     /// more than the table while an attempt is being deleted.
     held: watch::Sender<usize>,
+    /// Counts attempts discarded (a forgotten attempt's test is gone), so
+    /// the link can tell the dispatcher that it may assign again.
+    slot_freed: watch::Sender<u64>,
     draining: watch::Sender<bool>,
     tracker: TaskTracker,
 }
@@ -100,6 +103,7 @@ impl Shared {
             slots,
             table: Mutex::new(BTreeMap::new()),
             held: watch::Sender::new(0),
+            slot_freed: watch::Sender::new(0),
             draining: watch::Sender::new(false),
             tracker,
         })
@@ -184,6 +188,8 @@ impl Shared {
                             Ending::Discarded => {
                                 shared.discard(key).await;
                                 drop(permit);
+                                // The test is gone and its slot free: say so.
+                                shared.slot_freed.send_modify(|n_freed| *n_freed += 1);
                             }
                         }
                     }
@@ -220,6 +226,16 @@ impl Shared {
     /// A held attempt's progress.
     pub fn progress(&self, key: AttemptKey) -> Option<watch::Receiver<Progress>> {
         self.lock().get(&key).map(|handle| handle.progress.clone())
+    }
+
+    /// Changes each time a slot is freed without a result.
+    pub fn slot_freed(&self) -> watch::Receiver<u64> {
+        self.slot_freed.subscribe()
+    }
+
+    /// Slots free right now.
+    pub fn free_slots(&self) -> u32 {
+        self.slots.available_permits() as u32
     }
 
     /// From now on every assignment is refused.
@@ -321,6 +337,9 @@ impl Shared {
             }
         }
         self.discard(key).await;
+        // A finished attempt held no slot; a forgotten one's slot is free
+        // for the dispatcher to use again.
+        self.slot_freed.send_modify(|n_freed| *n_freed += 1);
     }
 
     /// Removes an attempt from the table (so no new registration names it),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use protocol::handshake::Role;
 use protocol::message::{
-    DispatcherToRunner, HostFacts, Output, Pong, Register, Registered, RunnerToDispatcher,
+    DispatcherToRunner, HostFacts, Output, Pong, Register, Registered, RunnerToDispatcher, SlotFreed,
 };
 use protocol::peer::Backoff;
 use protocol::peer::Credentials;
@@ -121,6 +121,8 @@ async fn session(
         if *draining.borrow_and_update() {
             link.send_urgent(RunnerToDispatcher::Draining).await?;
         }
+        let mut slot_freed = shared.slot_freed();
+        slot_freed.borrow_and_update();
         loop {
             // Biased, so that a drain that starts just before the stop is
             // still announced.
@@ -139,6 +141,11 @@ async fn session(
                         tracing::info!("telling the dispatcher the runner is draining");
                         link.send_urgent(RunnerToDispatcher::Draining).await?;
                     }
+                }
+                Ok(()) = slot_freed.changed() => {
+                    slot_freed.borrow_and_update();
+                    let free_slots = shared.free_slots();
+                    link.send_urgent(RunnerToDispatcher::SlotFreed(SlotFreed { free_slots })).await?;
                 }
                 _ = stop.cancelled() => return Ok(()),
                 received = tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()) => {
@@ -232,6 +239,16 @@ impl Link {
             DispatcherToRunner::Forget(forget) => {
                 let key = AttemptKey { task_id: forget.task_id, attempt: forget.attempt };
                 self.control(key, Control::Forget { reason: forget.reason }).await;
+            }
+            DispatcherToRunner::Resend(resend) => {
+                let key = AttemptKey { task_id: resend.task_id, attempt: resend.attempt };
+                tracing::info!(task_id = %key.task_id, attempt = key.attempt, offset = resend.output_offset, "dispatcher asks for output again");
+                match self.shared.progress(key) {
+                    Some(progress) => self.ship(key, progress, resend.output_offset),
+                    None => {
+                        tracing::warn!(task_id = %key.task_id, attempt = key.attempt, "resend of an unknown attempt")
+                    }
+                }
             }
         }
         Ok(())

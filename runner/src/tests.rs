@@ -51,7 +51,7 @@ async fn recv(connection: &mut DispatcherSide) -> RunnerToDispatcher {
     loop {
         let message = tokio::time::timeout(WAIT, connection.recv()).await.expect("timed out").unwrap();
         match message.expect("connection closed") {
-            RunnerToDispatcher::Pong(_) => continue,
+            RunnerToDispatcher::Pong(_) | RunnerToDispatcher::SlotFreed(_) => continue,
             message => return message,
         }
     }

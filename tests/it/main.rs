@@ -8,6 +8,8 @@ mod client;
 mod durability;
 mod follow;
 mod foundation;
+mod full_disk;
+mod liveness;
 mod manager;
 mod observer;
 mod operator;

@@ -1,14 +1,18 @@
 //! Runner connections: the first message must be `Register`; then every
 //! message goes to the scheduler, and a writer task sends what the scheduler
 //! queues for this runner. The connection closing is how a dead runner is
-//! noticed at once.
+//! noticed at once; every frame read is noted in the connection's
+//! [`LastHeard`] before it joins the scheduler's queue, so a runner busy
+//! sending output is never taken for a silent one.
+
+use std::sync::Arc;
 
 use protocol::message::{DispatcherToRunner, RunnerToDispatcher};
 use protocol::{Connection, Name};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::{Event, RUNNER_OUTBOX};
+use crate::scheduler::{Event, LastHeard, RUNNER_OUTBOX};
 use crate::server::Shared;
 
 /// Labels a runner may advertise.
@@ -48,7 +52,16 @@ pub async fn serve(
     let conn_id = shared.next_conn_id();
     let (outbox, mut queued) = mpsc::channel(RUNNER_OUTBOX);
     let kill = token.child_token();
-    let event = Event::RunnerUp { conn: conn_id, name, address, register, outbox, kill: kill.clone() };
+    let heard = Arc::new(LastHeard::new());
+    let event = Event::RunnerUp {
+        conn: conn_id,
+        name,
+        address,
+        register,
+        outbox,
+        kill: kill.clone(),
+        heard: Arc::clone(&heard),
+    };
     if shared.scheduler.send(event).await.is_err() {
         return;
     }
@@ -79,6 +92,9 @@ pub async fn serve(
                 _ = kill.cancelled() => break "dropped by the dispatcher".to_string(),
                 message = receiver.recv() => message,
             };
+            if let Ok(Some(_)) = &message {
+                heard.note();
+            }
             match message {
                 Ok(Some(_)) if !limiter.allow() => break "flooding: too many messages per second".into(),
                 Ok(Some(message)) => {

@@ -5,6 +5,8 @@
 
 use std::time::Instant;
 
+use super::disk::Disk;
+
 use protocol::message::StatusReport;
 use protocol::{Name, TaskState};
 
@@ -26,6 +28,14 @@ pub(crate) struct Core {
     pub(super) runners: Runners,
     pub(super) follows: Follows,
     pub(super) releases: Releases,
+    /// Whether the data dir is full (see `disk`).
+    pub(super) disk: Disk,
+    /// When the last heartbeat tick was handled; a batch that starts much
+    /// later means the dispatcher was not running (see `liveness`).
+    pub(super) last_tick: Instant,
+    /// Until then (one window after a stall), a closed runner connection
+    /// is treated like a dispatcher restart: its tasks wait for it.
+    pub(super) closes_wait_until: Option<Instant>,
 }
 
 impl Core {
@@ -51,6 +61,7 @@ impl Core {
         }
         tracing::info!(pending = tasks.n_pending(), running = tasks.n_running(), "recovered live tasks");
         let releases = Releases::new(settings.releases.clone(), std::sync::Arc::clone(&settings.notifiers));
+        let disk = Disk::new(files.root());
         Ok(Core {
             settings,
             files,
@@ -59,7 +70,25 @@ impl Core {
             runners: Runners::new(now),
             follows: Follows::default(),
             releases,
+            disk,
+            last_tick: now,
+            closes_wait_until: None,
         })
+    }
+
+    /// After a rolled-back batch: the live state as committed, in the
+    /// full-disk mode. Runner connections are closed so that runners
+    /// register again and re-adopt their attempts from the rebuilt state
+    /// (they keep their spools, so nothing is lost).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub(crate) fn rebuild(&mut self, store: &Store) -> anyhow::Result<Core> {
+        let mut rebuilt = Core::recover(store, self.files.clone(), self.settings.clone())?;
+        rebuilt.started = self.started;
+        rebuilt.disk.write_failed(&anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        self.runners.kill_all();
+        Ok(rebuilt)
     }
 
     /// Runner and task counts for `baton status`.
@@ -72,6 +101,7 @@ impl Core {
             runners_busy: busy,
             runners_dead: dead,
             tasks: TaskState::ALL.iter().map(|state| (*state, self.tasks.count(*state))).collect(),
+            data_dir_full: self.disk.full(),
         }
     }
 

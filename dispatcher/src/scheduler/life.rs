@@ -151,8 +151,20 @@ pub(super) fn output(core: &mut Core, effects: &mut Effects, runner: &Name, outp
     if end <= running.log_len {
         return;
     }
+    // The stored log is always a prefix of the runner's output: a chunk
+    // past its end (one sent while an earlier chunk could not be stored) is
+    // dropped, and the runner is asked for the rest again (issue 12).
     if output.offset > running.log_len {
-        tracing::warn!(task_id = %output.task_id, expected = running.log_len, got = output.offset, "gap in task output");
+        if !running.resend_pending && !running.needs_resend {
+            tracing::warn!(task_id = %output.task_id, expected = running.log_len, got = output.offset, "gap in task output; asking for it again");
+            running.needs_resend = true;
+        }
+        return;
+    }
+    if core.disk.full().is_some() {
+        running.needs_resend = true;
+        running.resend_pending = false;
+        return;
     }
     let skip = running.log_len.saturating_sub(output.offset) as usize;
     let data = &output.data[skip..];
@@ -176,7 +188,21 @@ pub(super) fn output(core: &mut Core, effects: &mut Effects, runner: &Name, outp
             running.stored_len += stored as u64;
         }
         Err(err) => {
-            tracing::error!(task_id = %output.task_id, error = %format!("{err:#}"), "cannot write task output");
+            tracing::error!(task_id = %output.task_id, error = %format!("{err:#}"), "cannot write task output; it will be asked for again");
+            // Cut what part of the chunk was written, so the log stays a
+            // prefix, and reopen the file on the next write.
+            if let Some(file) = running.log.take() {
+                if let Err(err) = file.set_len(running.stored_len) {
+                    tracing::error!(task_id = %output.task_id, error = %err, "cannot cut a partly written chunk from the log");
+                }
+            }
+            if running.truncated && running.stored_len <= output_cap {
+                // The marker was in the failed write: write it again.
+                running.truncated = false;
+            }
+            running.needs_resend = true;
+            running.resend_pending = false;
+            core.disk.write_failed(&err);
         }
     }
     if core.follows.is_followed(output.task_id) {
@@ -202,7 +228,7 @@ pub(super) fn result(
         .tasks
         .running(task_id)
         .filter(|running| running.task.attempts == attempt && running.task.runner.as_ref() == Some(runner));
-    let Some(running) = current else {
+    let Some(_) = current else {
         // Either a resend of a result we recorded before a reconnect
         // (acknowledge it again, record nothing), or a late result from a
         // runner the task was taken from (refuse it).
@@ -220,9 +246,21 @@ pub(super) fn result(
         }
         return Ok(());
     };
-    if result.output_len > running.log_len {
-        tracing::warn!(task_id = %task_id, have = running.log_len, runner_has = result.output_len,
-            "result arrived before all output");
+    if let Some(runner) = core.runners.get_mut(runner) {
+        // Its test ended, so a slot is free.
+        runner.awaiting_slot = false;
+    }
+    // Output is part of the result: it is acknowledged (and the runner's
+    // spool freed) only once the output is stored (issue 12).
+    if let Some(running) = core.tasks.running_mut(task_id) {
+        if result.output_len > running.log_len || running.needs_resend {
+            tracing::warn!(task_id = %task_id, attempt, have = running.log_len, runner_has = result.output_len,
+                "result held until its output is stored");
+            if !running.resend_pending {
+                running.needs_resend = true;
+            }
+            return Ok(());
+        }
     }
     let state = match result.outcome {
         Outcome::Passed => TaskState::Passed,
@@ -230,10 +268,14 @@ pub(super) fn result(
         Outcome::Error => TaskState::Error,
         Outcome::Aborted => TaskState::Aborted,
         Outcome::Refused => {
-            // The runner never started it (it is stopping, or was sent
-            // more than its slots): give the task to another runner.
+            // The runner never started it (it is stopping, or its old test
+            // still holds the slot): no attempt was spent, and the runner is
+            // asked nothing until it reports a free slot.
             let reason = printable(result.reason.as_deref().unwrap_or("refused"), MAX_REASON);
-            requeue_or_fail(core, tx, effects, task_id, &format!("runner {runner} refused it: {reason}"))?;
+            requeue_refused(core, tx, effects, task_id, &format!("runner {runner} refused it: {reason}"))?;
+            if let Some(runner) = core.runners.get_mut(runner) {
+                runner.awaiting_slot = true;
+            }
             effects.send_runner(conn, ack(true, None));
             return Ok(());
         }
@@ -287,6 +329,39 @@ pub(super) fn finish(
     for deploy in deploys {
         queue(core, effects, deploy);
     }
+    Ok(())
+}
+
+/// A refused assignment goes back to the queue without spending an attempt
+/// (an abort asked meanwhile ends it `aborted`).
+fn requeue_refused(
+    core: &mut Core,
+    tx: &Tx<'_>,
+    effects: &mut Effects,
+    task_id: TaskId,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let Some(running) = core.tasks.running(task_id) else { return Ok(()) };
+    if running.aborting {
+        let finish = Finish {
+            reason: Some(format!("aborted by a client before it started: {reason}")),
+            ..Finish::ended(TaskState::Aborted)
+        };
+        return self::finish(core, tx, effects, task_id, &finish);
+    }
+    if let Some(runner) = running.task.runner.clone() {
+        core.runners.remove_task(&runner, task_id);
+    }
+    let Some(task) = core.tasks.unstart(task_id) else { return Ok(()) };
+    let attempts = task.attempts;
+    tx.requeue_refused(task_id, attempts, reason)?;
+    tracing::info!(task_id = %task_id, attempts, reason, "assignment refused; requeued without spending an attempt");
+    effects.state_changed(StateChange {
+        task_id,
+        state: TaskState::Pending,
+        attempt: attempts,
+        runner: None,
+    });
     Ok(())
 }
 

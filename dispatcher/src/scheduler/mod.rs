@@ -19,9 +19,11 @@
 //! layout (`files`).
 
 mod core;
+mod disk;
 mod effects;
 mod follows;
 mod life;
+mod liveness;
 mod manager;
 mod reactor;
 mod releases;
@@ -44,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::core::Core;
 pub(crate) use self::effects::{Effects, Sinks};
+pub use self::liveness::LastHeard;
 use crate::files::{DataDir, FileJob};
 use crate::store::{NewTask, Store};
 
@@ -78,6 +81,8 @@ pub enum Event {
         register: Register,
         outbox: mpsc::Sender<DispatcherToRunner>,
         kill: CancellationToken,
+        /// Noted by the connection's reader on every frame.
+        heard: Arc<LastHeard>,
     },
     /// A message from a registered runner.
     FromRunner {
@@ -287,6 +292,20 @@ fn run(
                 effects.perform(&mut core, &sinks);
                 manager::publish_load(&core, &load);
             }
+            Err(err) if disk::is_disk_full(&err) => {
+                // The batch was rolled back and nothing in it acknowledged,
+                // but memory may be ahead of the database: rebuild it from
+                // what was committed, degraded (issue 12, item 2).
+                tracing::error!(error = %format!("{err:#}"), "data dir full: batch rolled back; rebuilding the live state from the database");
+                match core.rebuild(&store) {
+                    Ok(rebuilt) => core = rebuilt,
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "cannot rebuild the live state; stopping the dispatcher");
+                        fatal.cancel();
+                        return Err(err);
+                    }
+                }
+            }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "storage failed; stopping the dispatcher");
                 fatal.cancel();
@@ -310,6 +329,7 @@ pub(crate) fn step(
     events: impl Iterator<Item = Event>,
 ) -> anyhow::Result<Effects> {
     let mut effects = Effects::default();
+    reactor::notice_stall(core, &mut effects, std::time::Instant::now());
     let tx = store.begin()?;
     for event in events {
         reactor::handle(core, &tx, &mut effects, event)?;

@@ -3,12 +3,15 @@
 //! registration and re-adoption of held attempts, messages, heartbeats, and
 //! what happens to the tasks of a lost runner.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::message::{
-    DispatcherToRunner, Forget, HostFacts, Ping, Register, Registered, Resume, RunnerToDispatcher,
+    DispatcherToRunner, Forget, HostFacts, Ping, Register, Registered, Resend, Resume, RunnerToDispatcher,
 };
 use protocol::{Name, TaskId};
+
+use super::liveness::{self, LastHeard};
 
 use super::runners::{Conn, Registration};
 use super::{life, printable, ConnId, Core, Effects, Event};
@@ -28,18 +31,26 @@ pub(super) fn handle(
     event: Event,
 ) -> anyhow::Result<()> {
     match event {
-        Event::Submit { task, reply } => {
-            let accepted = life::submit(core, tx, effects, task)?;
-            effects.reply(reply, Ok(accepted));
-        }
-        Event::RunnerUp { conn, name, address, register, outbox, kill } => {
+        Event::Submit { task, reply } => match core.disk.refusal() {
+            Some(refusal) => effects.reply(reply, Err(refusal)),
+            None => {
+                let accepted = life::submit(core, tx, effects, task)?;
+                effects.reply(reply, Ok(accepted));
+            }
+        },
+        Event::RunnerUp { conn, name, address, register, outbox, kill, heard } => {
             core.runners.connect(conn, Conn { runner: name.clone(), outbox, kill });
-            on_register(core, tx, effects, conn, name, address, register)?;
+            on_register(core, tx, effects, conn, name, address, register, heard)?;
         }
         Event::FromRunner { conn, message } => on_runner_message(core, tx, effects, conn, message)?,
         Event::RunnerDown { conn, reason } => {
             if let Some(name) = core.runners.disconnected(conn) {
-                lose_runner(core, tx, effects, &name, &reason)?;
+                let now = Instant::now();
+                if core.closes_wait_until.is_some_and(|until| now < until) {
+                    orphan_runner(core, &name, now, &reason);
+                } else {
+                    lose_runner(core, tx, effects, &name, &reason)?;
+                }
             }
         }
         Event::Tick => on_tick(core, tx, effects, Instant::now())?,
@@ -56,7 +67,10 @@ pub(super) fn handle(
             effects.reply(reply, result);
         }
         Event::Rerun { task_id, reply } => {
-            let result = life::rerun(core, tx, effects, task_id)?;
+            let result = match core.disk.refusal() {
+                Some(refusal) => Err(refusal),
+                None => life::rerun(core, tx, effects, task_id)?,
+            };
             effects.reply(reply, result);
         }
         Event::Follow { task_id, reply } => {
@@ -85,6 +99,7 @@ pub(super) fn handle(
 /// A runner registered: it re-adopts the attempts it holds that are still
 /// its own, is told to forget the others, and loses the tasks it no longer
 /// holds.
+#[allow(clippy::too_many_arguments)]
 fn on_register(
     core: &mut Core,
     tx: &Tx<'_>,
@@ -93,6 +108,7 @@ fn on_register(
     name: Name,
     address: String,
     register: Register,
+    heard: Arc<LastHeard>,
 ) -> anyhow::Result<()> {
     let held: Vec<(TaskId, u32)> = register.held.iter().map(|held| (held.task_id, held.attempt)).collect();
     core.runners.replace_connection(&name, conn);
@@ -113,6 +129,9 @@ fn on_register(
                 if running.task.attempts == attempt && running.task.runner.as_ref() == Some(&name) =>
             {
                 running.orphaned_at = None;
+                // The runner sends everything from `log_len` again.
+                running.needs_resend = false;
+                running.resend_pending = false;
                 resume.push(Resume { task_id, attempt, output_offset: running.log_len });
                 tasks.push(task_id);
                 tracing::info!(runner = %name, task_id = %task_id, attempt, "runner re-adopted its task");
@@ -134,9 +153,20 @@ fn on_register(
     };
     tracing::info!(runner = %name, address = %address, labels = ?register.labels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
         slots = register.slots, resumed = resume.len(), "runner registered");
-    let registration =
-        Registration { name, conn, address, labels: register.labels, slots: register.slots, host };
-    core.runners.register(registration, tasks, Instant::now());
+    // A forgotten attempt's test may still hold a slot: the runner gets no
+    // work until it says the slot is free.
+    let forgets = !forget.is_empty();
+    let registration = Registration {
+        name,
+        conn,
+        address,
+        labels: register.labels,
+        slots: register.slots,
+        host,
+        heard,
+        forgets,
+    };
+    core.runners.register(registration, tasks);
     effects.send_runner(conn, DispatcherToRunner::Registered(Registered { resume, forget }));
     Ok(())
 }
@@ -153,12 +183,18 @@ fn on_runner_message(
         return Ok(());
     };
     if let Some(runner) = core.runners.get_mut(&name) {
-        runner.liveness.heard(Instant::now());
+        runner.liveness.heard();
     }
     match message {
         RunnerToDispatcher::Pong(_) => {}
         RunnerToDispatcher::Output(output) => life::output(core, effects, &name, output),
         RunnerToDispatcher::Result(result) => life::result(core, tx, effects, conn, &name, result)?,
+        RunnerToDispatcher::SlotFreed(freed) => {
+            if let Some(runner) = core.runners.get_mut(&name) {
+                tracing::debug!(runner = %name, free_slots = freed.free_slots, "runner has a free slot");
+                runner.awaiting_slot = false;
+            }
+        }
         RunnerToDispatcher::Draining => {
             tracing::info!(runner = %name, "runner is draining; assigning it nothing more");
             if let Some(runner) = core.runners.get_mut(&name) {
@@ -197,10 +233,15 @@ pub(super) fn on_tick(
     effects: &mut Effects,
     now: Instant,
 ) -> anyhow::Result<()> {
+    core.last_tick = now;
     let dead_after = core.settings.dead_after();
     for name in core.runners.silent(now, dead_after) {
-        let reason = format!("missed {} heartbeats", core.settings.heartbeat_misses);
+        let reason =
+            format!("no answer to pings for {dead_after:?} ({} heartbeats)", core.settings.heartbeat_misses);
         lose_runner(core, tx, effects, &name, &reason)?;
+    }
+    if core.disk.check() || core.disk.full().is_none() {
+        ask_for_missing_output(core, effects);
     }
     if let Some(deadline) = now.checked_sub(dead_after) {
         for task_id in core.tasks.orphaned_before(deadline) {
@@ -219,4 +260,55 @@ pub(super) fn on_tick(
         }
     }
     Ok(())
+}
+
+/// A runner whose connection closed just after a stall of the dispatcher:
+/// it may have closed a link it thought dead and be reconnecting, so its
+/// tasks wait a window for it, as after a restart.
+fn orphan_runner(core: &mut Core, name: &Name, now: Instant, reason: &str) {
+    let tasks = core.runners.orphan(name);
+    tracing::warn!(runner = %name, reason, tasks = tasks.len(),
+        "runner disconnected just after a stall of the dispatcher; its tasks wait a window for it");
+    for task_id in tasks {
+        if let Some(running) = core.tasks.running_mut(task_id) {
+            running.orphaned_at = Some(now);
+        }
+    }
+}
+
+/// At the start of each batch: if the last heartbeat tick is long ago, the
+/// dispatcher was not running (SIGSTOP, a VM pause, a stalled disk).
+/// Evidence gathered across that gap is void: forget unanswered pings, ping
+/// everyone now, and give runners (and tasks waiting for theirs) a full
+/// window from now (see `liveness`).
+pub(super) fn notice_stall(core: &mut Core, effects: &mut Effects, now: Instant) {
+    if !liveness::stalled(core.last_tick, now, core.settings.heartbeat_interval) {
+        return;
+    }
+    let gap = now.saturating_duration_since(core.last_tick);
+    tracing::warn!(gap = ?gap, "the dispatcher was not running for a while; judging no runner for it");
+    core.last_tick = now;
+    core.closes_wait_until = Some(now + core.settings.dead_after());
+    core.tasks.restart_orphan_clocks(now);
+    core.runners.forget_heartbeats();
+    let (seq, conns) = core.runners.ping_now(now);
+    for conn in conns {
+        effects.send_runner(conn, DispatcherToRunner::Ping(Ping { seq }));
+    }
+}
+
+/// Asks runners to send again the output the dispatcher could not store,
+/// from what it has.
+fn ask_for_missing_output(core: &mut Core, effects: &mut Effects) {
+    for task_id in core.tasks.needing_resend() {
+        let Some(running) = core.tasks.running_mut(task_id) else { continue };
+        let conn = running.task.runner.as_ref().and_then(|name| core.runners.conn_of(name));
+        let Some(conn) = conn.filter(|_| running.orphaned_at.is_none()) else { continue };
+        tracing::info!(task_id = %task_id, attempt = running.task.attempts, offset = running.log_len,
+            "asking the runner for the output not stored");
+        running.needs_resend = false;
+        running.resend_pending = true;
+        let resend = Resend { task_id, attempt: running.task.attempts, output_offset: running.log_len };
+        effects.send_runner(conn, DispatcherToRunner::Resend(resend));
+    }
 }

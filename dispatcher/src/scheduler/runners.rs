@@ -4,6 +4,7 @@
 //! its tasks, is decided in `reactor`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use protocol::message::{DispatcherToRunner, HostFacts, RunnerInfo, RunnerState};
@@ -11,6 +12,7 @@ use protocol::{Label, Name, TaskId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::liveness::{Heartbeat, LastHeard};
 use super::ConnId;
 
 /// The runners and their connections.
@@ -46,31 +48,31 @@ pub(crate) struct Runner {
     pub(crate) liveness: Liveness,
     /// It said it is stopping: it keeps its tasks and gets no new ones.
     pub(crate) draining: bool,
+    /// It refused an assignment, or was told to forget an attempt whose
+    /// test may still hold a slot: ask it nothing until it reports a free
+    /// slot (`SlotFreed`, or a result).
+    pub(crate) awaiting_slot: bool,
 }
 
 /// What the dispatcher has heard from a runner, to tell a live runner from a
-/// dead one.
+/// dead one (the model is in `liveness`).
 pub(crate) struct Liveness {
-    /// Wall-clock time of the last frame, for people (`baton runners`).
+    /// Wall-clock time of the last frame handled, for people (`baton runners`).
     pub(crate) last_seen: SystemTime,
-    /// Monotonic time of the last frame, for judging silence.
-    pub(crate) last_heard: Instant,
+    /// Monotonic time of the last frame, noted by the connection's reader.
+    pub(crate) heard: Arc<LastHeard>,
+    /// Pings sent and not answered yet.
+    pub(crate) heartbeat: Heartbeat,
 }
 
 impl Liveness {
-    fn new(now: Instant) -> Liveness {
-        Liveness { last_seen: SystemTime::now(), last_heard: now }
+    fn new(heard: Arc<LastHeard>) -> Liveness {
+        Liveness { last_seen: SystemTime::now(), heard, heartbeat: Heartbeat::default() }
     }
 
-    /// Any frame from the runner is a sign of life.
-    pub(crate) fn heard(&mut self, now: Instant) {
+    /// Any frame from the runner is a sign of life (its reader noted it).
+    pub(crate) fn heard(&mut self) {
         self.last_seen = SystemTime::now();
-        self.last_heard = now;
-    }
-
-    /// How long the runner has been silent.
-    pub(crate) fn silent_for(&self, now: Instant) -> std::time::Duration {
-        now.saturating_duration_since(self.last_heard)
     }
 }
 
@@ -82,6 +84,10 @@ pub(crate) struct Registration {
     pub(crate) labels: Vec<Label>,
     pub(crate) slots: u32,
     pub(crate) host: HostFacts,
+    /// Noted by the connection's reader on every frame.
+    pub(crate) heard: Arc<LastHeard>,
+    /// It was told to forget attempts whose tests may still hold slots.
+    pub(crate) forgets: bool,
 }
 
 impl Runners {
@@ -109,8 +115,8 @@ impl Runners {
 
     /// Records a registered runner (replacing what was known of it) with the
     /// tasks it re-adopted.
-    pub(crate) fn register(&mut self, registration: Registration, tasks: Vec<TaskId>, now: Instant) {
-        let Registration { name, conn, address, labels, slots, host } = registration;
+    pub(crate) fn register(&mut self, registration: Registration, tasks: Vec<TaskId>) {
+        let Registration { name, conn, address, labels, slots, host, heard, forgets } = registration;
         let runner = Runner {
             name: name.clone(),
             conn: Some(conn),
@@ -119,8 +125,9 @@ impl Runners {
             slots: slots.max(1),
             host,
             tasks,
-            liveness: Liveness::new(now),
+            liveness: Liveness::new(heard),
             draining: false,
+            awaiting_slot: forgets,
         };
         self.by_name.insert(name, runner);
     }
@@ -187,6 +194,29 @@ impl Runners {
         std::mem::take(&mut runner.tasks)
     }
 
+    /// A runner whose connection closed but who may come back (just after a
+    /// stall of the dispatcher): marked disconnected, its tasks handed back
+    /// so they can wait for it.
+    pub(crate) fn orphan(&mut self, name: &Name) -> Vec<TaskId> {
+        let Some(runner) = self.by_name.get_mut(name) else { return Vec::new() };
+        runner.conn = None;
+        std::mem::take(&mut runner.tasks)
+    }
+
+    /// Closes every connection (runners register again).
+    pub(crate) fn kill_all(&self) {
+        for conn in self.conns.values() {
+            conn.kill.cancel();
+        }
+    }
+
+    /// Evidence gathered across a stall of the dispatcher is void.
+    pub(crate) fn forget_heartbeats(&mut self) {
+        for runner in self.by_name.values_mut() {
+            runner.liveness.heartbeat.forget();
+        }
+    }
+
     /// Adds a task to a connected runner's list.
     pub(crate) fn add_task(&mut self, name: &Name, task_id: TaskId) {
         if let Some(runner) = self.by_name.get_mut(name) {
@@ -206,7 +236,7 @@ impl Runners {
         let mut free: Vec<(Name, usize)> = self
             .by_name
             .values()
-            .filter(|runner| runner.conn.is_some() && !runner.draining)
+            .filter(|runner| runner.conn.is_some() && !runner.draining && !runner.awaiting_slot)
             .filter_map(|runner| {
                 let free_slots = (runner.slots as usize).saturating_sub(runner.tasks.len());
                 (free_slots > 0).then(|| (runner.name.clone(), free_slots))
@@ -217,12 +247,16 @@ impl Runners {
         free
     }
 
-    /// Connected runners silent for longer than `window`.
-    pub(crate) fn silent(&self, now: Instant, window: std::time::Duration) -> Vec<Name> {
+    /// Connected runners that left pings unanswered for longer than
+    /// `window` (see `liveness`).
+    pub(crate) fn silent(&mut self, now: Instant, window: std::time::Duration) -> Vec<Name> {
         self.by_name
-            .values()
-            .filter(|runner| runner.conn.is_some() && runner.liveness.silent_for(now) > window)
-            .map(|runner| runner.name.clone())
+            .values_mut()
+            .filter(|runner| runner.conn.is_some())
+            .filter_map(|runner| {
+                let liveness = &mut runner.liveness;
+                liveness.heartbeat.silent_for(&liveness.heard, now, window).then(|| runner.name.clone())
+            })
             .collect()
     }
 
@@ -236,10 +270,23 @@ impl Runners {
         if now.saturating_duration_since(self.last_ping) < interval {
             return None;
         }
+        Some(self.ping_now(now))
+    }
+
+    /// A ping round now, due or not: its sequence number and the
+    /// connections to send it to. Each pinged runner owes an answer from now.
+    pub(crate) fn ping_now(&mut self, now: Instant) -> (u64, Vec<ConnId>) {
         self.last_ping = now;
         let seq = self.next_ping;
         self.next_ping += 1;
-        Some((seq, self.by_name.values().filter_map(|runner| runner.conn).collect()))
+        let mut conns = Vec::new();
+        for runner in self.by_name.values_mut() {
+            if let Some(conn) = runner.conn {
+                runner.liveness.heartbeat.pinged(now);
+                conns.push(conn);
+            }
+        }
+        (seq, conns)
     }
 
     /// Idle, busy and dead runners.

@@ -42,6 +42,12 @@ pub(crate) struct Running {
     /// A client asked to abort it; if its runner is lost before it reports,
     /// the task ends `aborted` instead of running again.
     pub(crate) aborting: bool,
+    /// Output was sent that is not stored (a failed write, a hole): the
+    /// runner must send it again from `log_len` before the result counts.
+    pub(crate) needs_resend: bool,
+    /// A `Resend` is on its way; chunks past `log_len` are from the old
+    /// stream and are dropped without asking again.
+    pub(crate) resend_pending: bool,
 }
 
 impl Running {
@@ -56,6 +62,8 @@ impl Running {
             truncated: false,
             orphaned_at: Some(since),
             aborting: false,
+            needs_resend: false,
+            resend_pending: false,
         }
     }
 }
@@ -196,6 +204,8 @@ impl Tasks {
             truncated: false,
             orphaned_at: None,
             aborting: false,
+            needs_resend: false,
+            resend_pending: false,
         };
         Some(&*self.running.entry(task_id).or_insert(running))
     }
@@ -205,6 +215,32 @@ impl Tasks {
         let mut running = self.running.remove(&task_id)?;
         running.task.state = TaskState::Pending;
         running.task.runner = None;
+        self.move_count(Some(TaskState::Running), TaskState::Pending);
+        Some(&*self.pending.entry(task_id).or_insert(running.task))
+    }
+
+    /// Running tasks whose output must be asked for again.
+    pub(crate) fn needing_resend(&self) -> Vec<TaskId> {
+        self.running.values().filter(|running| running.needs_resend).map(|running| running.task.id).collect()
+    }
+
+    /// After a stall of the dispatcher, tasks waiting for their runner wait
+    /// a full window from now.
+    pub(crate) fn restart_orphan_clocks(&mut self, now: Instant) {
+        for running in self.running.values_mut() {
+            if running.orphaned_at.is_some() {
+                running.orphaned_at = Some(now);
+            }
+        }
+    }
+
+    /// Moves a running task back to the queue as if it had never started:
+    /// its runner refused it, so the attempt is given back.
+    pub(crate) fn unstart(&mut self, task_id: TaskId) -> Option<&LiveTask> {
+        let mut running = self.running.remove(&task_id)?;
+        running.task.state = TaskState::Pending;
+        running.task.runner = None;
+        running.task.attempts = running.task.attempts.saturating_sub(1);
         self.move_count(Some(TaskState::Running), TaskState::Pending);
         Some(&*self.pending.entry(task_id).or_insert(running.task))
     }

@@ -181,6 +181,7 @@ impl Harness {
             register,
             outbox,
             kill: CancellationToken::new(),
+            heard: Arc::new(super::LastHeard::new()),
         };
         (conn, event)
     }
@@ -331,8 +332,13 @@ fn a_lost_runner_requeues_its_task_until_the_attempts_are_spent() {
     assert_eq!(h.task(task).state, TaskState::Pending);
     let r2 = h.connect("r2", 1, &[], &[]);
     assert_eq!(h.assigned(r2), vec![(task, 2, Job::Test)]);
-    // A silent runner is lost after the window, on the scheduler's clock.
-    h.tick_at(Instant::now() + Duration::from_secs(10));
+    // A silent runner is lost once pings actually sent went unanswered for
+    // the window, on the scheduler's clock (issue 12): the first late tick
+    // only pings.
+    let start = Instant::now();
+    h.tick_at(start + Duration::from_secs(10));
+    assert_eq!(h.task(task).state, TaskState::Running, "judged before any ping went unanswered");
+    h.tick_at(start + Duration::from_secs(20));
     let info = h.task(task);
     assert_eq!((info.state, info.attempts), (TaskState::Error, 2));
     assert!(info.reason.unwrap().starts_with("gave up after 2 attempts; last: runner r2 lost"));
@@ -431,11 +437,15 @@ fn a_refused_assignment_goes_back_to_the_queue() {
     let r1 = h.connect("r1", 1, &[], &[]);
     assert_eq!(h.assigned(r1).len(), 1);
     h.result(r1, task, 1, Outcome::Refused);
-    // FIXME(issue 12): a refusal spends an attempt and the same runner is
-    // asked again at once, in the batch that acknowledges the refusal.
+    // A refusal spends no attempt, and the runner is not asked again until
+    // it reports a free slot (issue 12).
     let sent = h.sent(r1);
     assert!(matches!(&sent[0], DispatcherToRunner::ResultAck(ack) if ack.accepted), "{sent:?}");
-    assert!(matches!(&sent[1], DispatcherToRunner::Assign(assign) if assign.attempt == 2), "{sent:?}");
+    assert_eq!(sent.len(), 1, "asked again before it reported a free slot: {sent:?}");
+    let info = h.task(task);
+    assert_eq!((info.state, info.attempts), (TaskState::Pending, 0));
+    h.runner_says(r1, RunnerToDispatcher::SlotFreed(protocol::message::SlotFreed { free_slots: 1 }));
+    assert_eq!(h.assigned(r1), vec![(task, 1, Job::Test)]);
 }
 
 #[test]

@@ -361,6 +361,20 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Puts a task back in the queue after a runner refused it, giving back
+    /// the attempt its assignment counted.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn requeue_refused(&self, id: TaskId, attempts: u32, reason: &str) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached(
+                "UPDATE tasks SET state = 'pending', runner = NULL, attempts = ?3, reason = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id.get(), reason, attempts])?;
+        Ok(())
+    }
+
     /// Records a task's final state.
     ///
     /// # Errors

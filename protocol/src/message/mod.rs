@@ -72,6 +72,15 @@ pub enum RunnerToDispatcher {
     Result(TaskResult),
     /// The runner is stopping: assign it nothing more.
     Draining,
+    /// A slot was freed without a result (an attempt the dispatcher told it
+    /// to forget is gone): the runner may be asked for work again.
+    SlotFreed(SlotFreed),
+}
+
+/// A runner's slot came free; `free_slots` is how many it has now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotFreed {
+    pub free_slots: u32,
 }
 
 /// What a runner offers and which tasks it still holds from before a
@@ -187,6 +196,17 @@ pub enum DispatcherToRunner {
     ResultAck(ResultAck),
     /// This attempt is no longer yours: stop it and discard what it made.
     Forget(Forget),
+    /// Send this attempt's output again from byte `output_offset`, then its
+    /// result: the dispatcher could not store what it was sent (disk full).
+    Resend(Resend),
+}
+
+/// Which attempt's output to send again, and from where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resend {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub output_offset: u64,
 }
 
 /// Which held attempts the dispatcher adopts, and which it refuses.
@@ -435,6 +455,9 @@ pub struct StatusReport {
     pub runners_dead: u32,
     /// Number of tasks in each state, every state listed.
     pub tasks: Vec<(TaskState, u64)>,
+    /// Set while the data dir is full: the bytes free. Reads are served,
+    /// submissions refused, runners kept; it clears by itself.
+    pub data_dir_full: Option<u64>,
 }
 
 /// A runner as the dispatcher sees it.

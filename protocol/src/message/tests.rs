@@ -139,6 +139,7 @@ fn runner_messages_golden() {
             }),
             "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09 00 00",
         ),
+        (RunnerToDispatcher::SlotFreed(SlotFreed { free_slots: 1 }), "05 01"),
     ];
     for (message, expected) in cases {
         assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
@@ -176,6 +177,10 @@ fn runner_messages_golden() {
         (
             DispatcherToRunner::Forget(Forget { task_id: task_id(), attempt: 2, reason: "x".into() }),
             "050e02 0178",
+        ),
+        (
+            DispatcherToRunner::Resend(Resend { task_id: task_id(), attempt: 2, output_offset: 7 }),
+            "06 0e 02 07",
         ),
     ];
     for (message, expected) in to_runner {
@@ -229,8 +234,9 @@ fn client_messages_golden() {
         runners_busy: 0,
         runners_dead: 0,
         tasks: vec![(TaskState::Running, 3)],
+        data_dir_full: Some(4),
     });
-    assert_eq!(round_trip(&status), "00 0131 02 01 00 00 01 01 03".replace(' ', ""));
+    assert_eq!(round_trip(&status), "00 0131 02 01 00 00 01 01 03 0104".replace(' ', ""));
     let runner = RunnerInfo {
         name: Name::new("r").unwrap(),
         address: "a".into(),

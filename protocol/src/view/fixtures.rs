@@ -81,6 +81,7 @@ pub fn status_report() -> StatusReport {
             (TaskState::Passed, 40),
             (TaskState::Failed, 2),
         ],
+        data_dir_full: None,
     }
 }
 

@@ -176,22 +176,25 @@ pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String
         })
         .collect();
     let pools = (!pools.is_empty()).then(|| ("pools", Cell::new(pools.join("; "))));
+    let full = report.data_dir_full.map(|free| {
+        ("storage", Cell::new(format!("data dir full: {free} bytes free (reads only, submissions refused)")))
+    });
     block(
-        vec![
-            ("version", Cell::new(&report.version)),
-            ("uptime", Cell::new(duration(report.uptime_ms))),
-            (
-                "runners",
-                Cell::new(format!(
-                    "{} idle, {} busy, {} dead",
-                    report.runners_idle, report.runners_busy, report.runners_dead
-                )),
-            ),
-            ("tasks", Cell::new(tasks.join(", "))),
-        ]
-        .into_iter()
-        .chain(pools)
-        .collect(),
+        full.into_iter()
+            .chain([
+                ("version", Cell::new(&report.version)),
+                ("uptime", Cell::new(duration(report.uptime_ms))),
+                (
+                    "runners",
+                    Cell::new(format!(
+                        "{} idle, {} busy, {} dead",
+                        report.runners_idle, report.runners_busy, report.runners_dead
+                    )),
+                ),
+                ("tasks", Cell::new(tasks.join(", "))),
+            ])
+            .chain(pools)
+            .collect(),
         style,
     )
 }
