@@ -136,7 +136,9 @@ impl Backoff {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         let jitter = rand::rng().random_range(0.75..1.25);
-        base.mul_f64(jitter)
+        // Whole milliseconds: nothing waits more precisely, and a log line
+        // then reads `retry_in=59ms`, not `retry_in=58.748952ms`.
+        Duration::from_millis(base.mul_f64(jitter).as_millis().max(1) as u64)
     }
 
     /// Back to the initial delay after a success.
@@ -195,6 +197,7 @@ mod tests {
             let bound = Duration::from_millis(bound);
             assert!(*delay >= bound.mul_f64(0.75) && *delay <= bound.mul_f64(1.25), "{delays:?}");
         }
+        assert!(delays.iter().all(|delay| delay.subsec_nanos() % 1_000_000 == 0), "{delays:?}");
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(125));
     }
