@@ -182,9 +182,14 @@ impl Config {
         };
         let releases = releases(file.release_branches, file.repo)?;
         let notifiers = file.notifier.into_iter().map(notifier).collect::<anyhow::Result<Vec<_>>>()?;
+        let listen = cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into());
+        anyhow::ensure!(
+            protocol::peer::host_port(&listen).is_some(),
+            "--listen {listen:?}: host:port is needed, e.g. 127.0.0.1:8888 (port 0 picks a free port)"
+        );
         Ok(Config {
             tls,
-            listen: cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into()),
+            listen,
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),
             token_file: cli.token_file.or(file.token_file),
             settings: Settings {
@@ -313,5 +318,7 @@ mod tests {
         assert!(format!("{err:#}").contains("invalid --heartbeat-interval"), "{err:#}");
         let err = Config::from_cli(cli(&["--sync", "maybe"])).unwrap_err();
         assert!(format!("{err:#}").contains("expected full or normal"), "{err:#}");
+        let err = Config::from_cli(cli(&["--listen", "localhost"])).unwrap_err();
+        assert!(format!("{err:#}").contains("host:port is needed"), "{err:#}");
     }
 }

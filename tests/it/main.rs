@@ -6,6 +6,7 @@
 mod chaos;
 mod durability;
 mod foundation;
+mod newcomer;
 mod observer;
 mod operator;
 mod releases;

@@ -40,8 +40,13 @@ impl State {
         if let Some(event) = event {
             self.notify(tx, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
         }
+        // A rerun of a commit that is already a release records no second one.
         if finish.state == TaskState::Passed
             && self.settings.releases.is_release_branch(&task.repo, &task.branch)
+            && !tx
+                .releases_of(&task.repo)?
+                .iter()
+                .any(|r| r.info.kind == "release" && r.info.commit == task.commit)
         {
             let release = NewRelease {
                 repo: task.repo.clone(),

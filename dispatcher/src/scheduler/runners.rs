@@ -9,7 +9,7 @@ use protocol::message::{
 };
 use protocol::{Name, TaskId};
 
-use super::{printable, ConnId, Effects, Runner, State};
+use super::{printable_line, ConnId, Effects, Runner, State};
 use crate::store::Tx;
 
 /// Host facts are shown, never interpreted: keep them short.
@@ -74,8 +74,8 @@ impl State {
             }
         }
         let host = protocol::message::HostFacts {
-            os: printable(&register.host.os, MAX_FACT_LEN),
-            arch: printable(&register.host.arch, MAX_FACT_LEN),
+            os: printable_line(&register.host.os, MAX_FACT_LEN),
+            arch: printable_line(&register.host.arch, MAX_FACT_LEN),
             cpus: register.host.cpus,
         };
         tracing::info!(runner = %name, address = %address, labels = ?register.labels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@ use protocol::message::{
 use protocol::{Name, TaskId, TaskState};
 use tokio::sync::watch;
 
-use super::{now_ms, printable, ConnId, Effects, LogProgress, Running, State};
+use super::{now_ms, printable, printable_line, ConnId, Effects, LogProgress, Running, State};
 
 /// Bytes of a runner's reason kept.
 const MAX_REASON: usize = 4096;
@@ -253,7 +253,7 @@ impl State {
             reason: result.reason.map(|reason| printable(&reason, MAX_REASON)),
             at_ms: now_ms(),
             tag: result.tag,
-            failed_step: result.failed_step.map(|step| printable(&step, 64)),
+            failed_step: result.failed_step.map(|step| printable_line(&step, 64)),
         };
         self.finish(tx, task_id, &finish)?;
         effects.send_runner(conn, ack(true, None));
