@@ -316,7 +316,12 @@ mod tests {
     fn bad_values_are_clear_errors() {
         let err = Config::from_cli(cli(&["--heartbeat-interval", "soon"])).unwrap_err();
         assert!(format!("{err:#}").contains("invalid --heartbeat-interval"), "{err:#}");
-        let err = Config::from_cli(cli(&["--sync", "maybe"])).unwrap_err();
+        // clap lists the values of the flag; the file's value is checked here.
+        assert!(Cli::try_parse_from(["baton-dispatcher", "--sync", "maybe"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dispatcher.toml");
+        std::fs::write(&path, "sync = \"maybe\"\n").unwrap();
+        let err = Config::from_cli(cli(&["--config", path.to_str().unwrap()])).unwrap_err();
         assert!(format!("{err:#}").contains("expected full or normal"), "{err:#}");
         let err = Config::from_cli(cli(&["--listen", "localhost"])).unwrap_err();
         assert!(format!("{err:#}").contains("host:port is needed"), "{err:#}");

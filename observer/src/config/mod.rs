@@ -61,6 +61,16 @@ pub enum Trigger {
     },
 }
 
+/// How a log line shows it: `poll/5s`, `watch/60s` (the safety poll).
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Poll(interval) => write!(f, "poll/{}", humantime::format_duration(*interval)),
+            Trigger::Watch { safety_poll } => write!(f, "watch/{}", humantime::format_duration(*safety_poll)),
+        }
+    }
+}
+
 /// Which commits of a branch are submitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
