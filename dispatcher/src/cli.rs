@@ -9,7 +9,7 @@ use clap::Parser;
 /// The Baton dispatcher: queues commits, hands them to runners, records
 /// results.
 #[derive(Debug, Parser)]
-#[command(name = "baton-dispatcher", version, about)]
+#[command(name = "baton-dispatcher", version)]
 pub struct Cli {
     /// Address to listen on [default: 127.0.0.1:8888]; port 0 picks a free
     /// port, printed as the first line of standard output.

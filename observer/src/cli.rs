@@ -89,12 +89,14 @@ pub struct Cli {
     pub repos: Vec<String>,
 }
 
-/// `--mode` on the command line.
+/// `--mode` on the command line. Its variants have plain comments, not doc
+/// comments: documented values would switch `--help` to clap's long layout,
+/// unlike the other daemons' help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
-    /// Every new commit, oldest first.
+    // Every new commit, oldest first.
     Every,
-    /// Only the newest commit of each branch.
+    // Only the newest commit of each branch.
     Latest,
 }
 
@@ -102,9 +104,9 @@ pub enum ModeArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable lines.
+    // Human-readable lines.
     Text,
-    /// One JSON object per line.
+    // One JSON object per line.
     Json,
 }
 
