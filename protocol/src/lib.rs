@@ -28,10 +28,13 @@ pub mod view;
 pub use connection::{Connection, IntoTransport, Receiver, Sender, Transport};
 pub use error::Error;
 pub use handshake::{Role, Secret};
-pub use types::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+pub use types::{
+    Branch, CommitId, CommitPrefix, Label, Name, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl,
+    TaskId, TaskState,
+};
 
 /// Version of the wire format; bump it on any change to a message type.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts unless configured lower (8 MiB).
 ///

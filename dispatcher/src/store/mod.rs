@@ -11,17 +11,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use protocol::message::{ReleaseInfo, Summary, TaskInfo};
-use protocol::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+use protocol::{
+    Branch, CommitId, CommitPrefix, Label, Name, ReleaseKind, ReleaseState, RepoUrl, TaskId, TaskState,
+};
 use rusqlite::{params, OptionalExtension, Row};
 
 mod releases;
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");
+const SCHEMA_V3: &str = include_str!("v3.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,9 +154,9 @@ pub struct NewRelease {
     pub branch: Branch,
     pub commit: CommitId,
     pub task_id: Option<TaskId>,
-    pub kind: &'static str,
+    pub kind: ReleaseKind,
     pub rollback_to: Option<u32>,
-    pub state: &'static str,
+    pub state: ReleaseState,
     pub trigger: String,
 }
 
@@ -168,7 +171,9 @@ pub struct Release {
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     pub id: i64,
-    pub notifier: usize,
+    /// The notifier's name (`#N`, a position, for an event queued by a
+    /// version 2 database and not named since).
+    pub notifier: String,
     pub event: String,
     pub attempts: u32,
 }

@@ -11,7 +11,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+use crate::types::{
+    Branch, CommitId, CommitPrefix, Label, Name, ReleaseKind, ReleaseState, RepoUrl, TaskId, TaskState,
+};
 
 // ---------------------------------------------------------------- observer
 
@@ -394,12 +396,10 @@ pub struct ReleaseInfo {
     pub created_at_ms: i64,
     /// The version of the release before this one.
     pub previous: Option<u32>,
-    /// `release` or `rollback`.
-    pub kind: String,
+    pub kind: ReleaseKind,
     /// For a rollback, the version whose commit it redeploys.
     pub rollback_to: Option<u32>,
-    /// `recorded`, `deploying`, `deployed`, `failed` or `rolled_back`.
-    pub state: String,
+    pub state: ReleaseState,
     /// Who or what made it: `task 12`, `baton rollback`, `auto-rollback of r5`.
     pub trigger: String,
 }
