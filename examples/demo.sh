@@ -7,8 +7,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-echo "==> building (debug)"
-cargo build --workspace --bins --quiet
+# cargo's own progress lines show while it builds: the first build takes minutes.
+echo "==> building (debug); KEEP=1 keeps the demo's files and logs afterwards"
+cargo build --workspace --bins
 bin="$root/target/debug"
 work=$(mktemp -d -t baton-demo.XXXXXX)
 pids=()

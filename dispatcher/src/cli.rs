@@ -13,43 +13,66 @@ use clap::Parser;
 pub struct Cli {
     /// Address to listen on [default: 127.0.0.1:8888]; port 0 picks a free
     /// port, printed as the first line of standard output.
-    #[arg(long, env = "BATON_LISTEN")]
+    #[arg(long, env = "BATON_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// Directory for the database, logs, results and release records
     /// [default: ./baton-data].
-    #[arg(long, env = "BATON_DATA_DIR")]
+    #[arg(long, env = "BATON_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// File holding the shared secret peers must prove; without it only
     /// loopback peers are accepted.
-    #[arg(long, env = "BATON_TOKEN_FILE")]
+    #[arg(long, env = "BATON_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// PEM certificate chain to present: with `--tls-key`, every peer must
     /// connect over TLS.
-    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "BATON_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `--tls-cert`.
-    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "BATON_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Time between heartbeats to each runner [default: 1s].
-    #[arg(long, env = "BATON_HEARTBEAT_INTERVAL")]
+    #[arg(long, env = "BATON_HEARTBEAT_INTERVAL", value_name = "DUR")]
     pub heartbeat_interval: Option<String>,
     /// Heartbeats a runner may miss before it is declared dead [default: 3].
-    #[arg(long, env = "BATON_HEARTBEAT_MISSES")]
+    #[arg(long, env = "BATON_HEARTBEAT_MISSES", value_name = "N")]
     pub heartbeat_misses: Option<u32>,
     /// Runs of a task before a lost runner makes it `error` [default: 3].
-    #[arg(long, env = "BATON_MAX_ATTEMPTS")]
+    #[arg(long, env = "BATON_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
     /// Bytes of console output kept per task [default: 64 MiB].
-    #[arg(long, env = "BATON_OUTPUT_CAP")]
+    #[arg(long, env = "BATON_OUTPUT_CAP", value_name = "BYTES")]
     pub output_cap: Option<u64>,
     /// SQLite durability: `full` (fsync each commit) or `normal` (survives a
     /// process crash, not a power cut) [default: full].
-    #[arg(long, env = "BATON_SYNC")]
+    #[arg(long, env = "BATON_SYNC", value_name = "MODE", value_parser = ["full", "normal"])]
     pub sync: Option<String>,
-    /// Log format: `text` or `json` [default: text].
-    #[arg(long, env = "BATON_LOG_FORMAT")]
+    /// Log format on stderr [default: text].
+    #[arg(long, env = "BATON_LOG_FORMAT", value_name = "FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
-    /// TOML file with any of the settings above (snake_case keys).
-    #[arg(long, env = "BATON_CONFIG")]
+    /// TOML file with any of the settings above (snake_case keys), plus
+    /// `release_branches`, `[[repo]]` tables (per-repository release branches
+    /// and deploy steps) and `[[notifier]]` tables (commands or URLs told of
+    /// failures and releases); see scripts/config/dispatcher.toml.
+    #[arg(long, env = "BATON_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent_and_its_placeholders_are_words() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for placeholder in ["<ADDR>", "<DIR>", "<FILE>", "<DUR>", "<BYTES>", "[possible values: text, json]"]
+        {
+            assert!(help.contains(placeholder), "{placeholder} missing from:\n{help}");
+        }
+        for raw in ["<LISTEN>", "<DATA_DIR>"] {
+            assert!(!help.contains(raw), "{raw} in:\n{help}");
+        }
+    }
 }

@@ -186,9 +186,14 @@ impl Config {
         };
         let releases = releases(file.release_branches, file.repo)?;
         let notifiers = notifiers(file.notifier)?;
+        let listen = cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into());
+        anyhow::ensure!(
+            protocol::peer::host_port(&listen).is_some(),
+            "--listen {listen:?}: host:port is needed, e.g. 127.0.0.1:8888 (port 0 picks a free port)"
+        );
         Ok(Config {
             tls,
-            listen: cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into()),
+            listen,
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),
             token_file: cli.token_file.or(file.token_file),
             settings: Settings {
@@ -331,8 +336,15 @@ mod tests {
     fn bad_values_are_clear_errors() {
         let err = Config::from_cli(cli(&["--heartbeat-interval", "soon"])).unwrap_err();
         assert!(format!("{err:#}").contains("invalid --heartbeat-interval"), "{err:#}");
-        let err = Config::from_cli(cli(&["--sync", "maybe"])).unwrap_err();
+        // clap lists the values of the flag; the file's value is checked here.
+        assert!(Cli::try_parse_from(["baton-dispatcher", "--sync", "maybe"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dispatcher.toml");
+        std::fs::write(&path, "sync = \"maybe\"\n").unwrap();
+        let err = Config::from_cli(cli(&["--config", path.to_str().unwrap()])).unwrap_err();
         assert!(format!("{err:#}").contains("expected full or normal"), "{err:#}");
+        let err = Config::from_cli(cli(&["--listen", "localhost"])).unwrap_err();
+        assert!(format!("{err:#}").contains("host:port is needed"), "{err:#}");
     }
 
     /// Notifiers from a config file's text.

@@ -1,5 +1,12 @@
-//! `baton-dispatcher`: parse the flags, set up logging and signals, bind,
-//! print the bound address as the first line of standard output, and run.
+//! `baton-dispatcher`: parse the flags, set up logging and signals, check
+//! that the data directory, the database and the listening address are
+//! usable, print the bound address as the first line of standard output,
+//! and run.
+//!
+//! Whatever can never work (a bad flag, an unusable data directory, a port
+//! taken) ends the process at once with exit code 2 and one line on stderr,
+//! before any address is printed: a script reading that line knows the
+//! dispatcher really started.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,35 +15,64 @@ use anyhow::Context;
 use clap::Parser;
 use dispatcher::cli::Cli;
 use dispatcher::Config;
+use tokio::net::TcpListener;
+
+const PROGRAM: &str = "baton-dispatcher";
 
 fn main() -> ExitCode {
     let config = match Config::from_cli(Cli::parse()) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("baton-dispatcher: {err:#}");
-            return ExitCode::from(2);
-        }
+        Err(err) => return fatal(&err),
     };
     protocol::peer::init_logging(config.log_json);
-    let runtime = tokio::runtime::Runtime::new().expect("building the tokio runtime");
-    match runtime.block_on(start(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %format!("{err:#}"), "dispatcher failed");
-            eprintln!("baton-dispatcher: {err:#}");
-            ExitCode::FAILURE
+    let runtime = match tokio::runtime::Runtime::new().context("starting the async runtime") {
+        Ok(runtime) => runtime,
+        Err(err) => return fatal(&err),
+    };
+    runtime.block_on(async {
+        let listener = match prepare(&config).await {
+            Ok(listener) => listener,
+            Err(err) => return fatal(&err),
+        };
+        let shutdown = match protocol::peer::stop_token().context("installing signal handlers") {
+            Ok(shutdown) => shutdown,
+            Err(err) => return fatal(&err),
+        };
+        // Tests and scripts read the real port from here when listening on
+        // :0; nobody reading it is no reason to stop.
+        if let Ok(addr) = listener.local_addr() {
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "{addr}").and_then(|()| stdout.flush());
         }
-    }
+        match dispatcher::run(config, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "dispatcher failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
-async fn start(config: Config) -> anyhow::Result<()> {
-    let shutdown = protocol::peer::stop_token().context("installing signal handlers")?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    // Tests and scripts read the real port from here when listening on :0.
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "{}", listener.local_addr()?)?;
-    stdout.flush()?;
-    dispatcher::run(config, listener, shutdown).await
+/// Everything `run` needs that can be checked before saying "started": the
+/// data directory and the database open (then close again; `run` reopens
+/// them), the token and TLS files read, and the address bound.
+async fn prepare(config: &Config) -> anyhow::Result<TcpListener> {
+    let files = dispatcher::files::DataDir::create(&config.data_dir)
+        .with_context(|| format!("data directory {}", config.data_dir.display()))?;
+    drop(dispatcher::store::Store::open(&files.database(), config.sync)?);
+    if let Some(path) = &config.token_file {
+        protocol::Secret::from_file(path)
+            .with_context(|| format!("reading token file {}", path.display()))?;
+    }
+    if let Some((cert, key)) = &config.tls {
+        protocol::tls::ServerTls::from_pem_files(cert, key).context("loading the TLS certificate")?;
+    }
+    TcpListener::bind(&config.listen).await.with_context(|| format!("listening on {}", config.listen))
+}
+
+/// One line on stderr and exit code 2: a start-up failure.
+fn fatal(err: &anyhow::Error) -> ExitCode {
+    protocol::peer::print_fatal(PROGRAM, &format!("{err:#}"));
+    ExitCode::from(2)
 }

@@ -31,7 +31,7 @@ pub struct Cli {
     pub safety_poll: Option<String>,
 
     /// Branch to observe; repeatable; may be a glob such as `release/*` [default: the HEAD branch].
-    #[arg(long = "branch", env = "BATON_BRANCH", value_name = "B", value_delimiter = ',')]
+    #[arg(long = "branch", env = "BATON_BRANCH", value_name = "BRANCH", value_delimiter = ',')]
     pub branches: Vec<String>,
 
     /// Submit every new commit, or only the newest one [default: every].
@@ -39,7 +39,7 @@ pub struct Cli {
     pub mode: Option<ModeArg>,
 
     /// Where the cursors are kept [default: ./baton-observer.state.json].
-    #[arg(long, env = "BATON_STATE_FILE", value_name = "F")]
+    #[arg(long, env = "BATON_STATE_FILE", value_name = "FILE")]
     pub state_file: Option<PathBuf>,
 
     /// The repository location sent to the dispatcher, when runners must fetch
@@ -60,7 +60,7 @@ pub struct Cli {
     pub max_new: Option<usize>,
 
     /// File holding the dispatcher's shared secret.
-    #[arg(long, env = "BATON_TOKEN_FILE", value_name = "F")]
+    #[arg(long, env = "BATON_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
     /// PEM file of the CA that signed the dispatcher's TLS certificate; makes
@@ -89,12 +89,14 @@ pub struct Cli {
     pub repos: Vec<String>,
 }
 
-/// `--mode` on the command line.
+/// `--mode` on the command line. Its variants have plain comments, not doc
+/// comments: documented values would switch `--help` to clap's long layout,
+/// unlike the other daemons' help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
-    /// Every new commit, oldest first.
+    // Every new commit, oldest first.
     Every,
-    /// Only the newest commit of each branch.
+    // Only the newest commit of each branch.
     Latest,
 }
 
@@ -102,9 +104,9 @@ pub enum ModeArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable lines.
+    // Human-readable lines.
     Text,
-    /// One JSON object per line.
+    // One JSON object per line.
     Json,
 }
 

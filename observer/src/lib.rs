@@ -64,7 +64,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cursors = cursor::Cursors::load(&config.state_file)?;
     tracing::info!(
         dispatcher = %config.dispatcher,
-        trigger = ?config.trigger,
+        trigger = %config.trigger,
         state_file = %config.state_file.display(),
         "baton-observer starting"
     );

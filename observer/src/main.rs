@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let config = match load(Cli::parse()) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("baton-observer: {err:#}");
+            protocol::peer::print_fatal("baton-observer", &format!("{err:#}"));
             return ExitCode::from(2);
         }
     };
@@ -22,8 +22,8 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            tracing::error!(error = %err, "starting the runtime");
-            return ExitCode::FAILURE;
+            protocol::peer::print_fatal("baton-observer", &format!("starting the runtime: {err}"));
+            return ExitCode::from(2);
         }
     };
     let code = runtime.block_on(serve(config));

@@ -108,6 +108,16 @@ where
     handshake::connect(transport, role, name, credentials.secret.as_ref(), max_frame).await
 }
 
+/// Splits an address into host and port (`ci.example.com:8888`,
+/// `[::1]:8888`), or `None` when either is missing or the port is not a
+/// number: a bare `localhost` or `nonsense` can never be dialled, so daemons
+/// refuse it at start-up instead of retrying it forever.
+pub fn host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}
+
 /// Capped exponential back-off with jitter, for reconnecting to a dispatcher
 /// that is gone.
 #[derive(Debug, Clone)]
@@ -136,7 +146,9 @@ impl Backoff {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         let jitter = rand::rng().random_range(0.75..1.25);
-        base.mul_f64(jitter)
+        // Whole milliseconds: nothing waits more precisely, and a log line
+        // then reads `retry_in=59ms`, not `retry_in=58.748952ms`.
+        Duration::from_millis(base.mul_f64(jitter).as_millis().max(1) as u64)
     }
 
     /// Back to the initial delay after a success.
@@ -147,18 +159,77 @@ impl Backoff {
 
 /// Installs the tracing subscriber: `RUST_LOG` (default `info`) to stderr,
 /// as text or as JSON lines.
+///
+/// Losing the log must never stop a daemon (issue 13): `baton-runner 2>&1 |
+/// head -3` used to panic in the logging of every task that wrote a line
+/// after `head` exited, which dropped the runner's connection and the task
+/// waiting for SIGTERM. So a line that cannot be written is dropped: the
+/// writer swallows write errors (EPIPE of a closed pipe, EAGAIN of a full
+/// one), the subscriber's own error report (an `eprintln!`, which panics on
+/// a closed stderr) is off, and a stderr that is a pipe or a socket is made
+/// non-blocking, so a reader that stops reading (a paused pager, journald
+/// restarting) costs log lines, not progress. Rust already ignores SIGPIPE.
 pub fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
+    make_pipe_nonblocking(libc::STDERR_FILENO);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Prints `program: message` on stderr for an error that stops a daemon
+/// before it started; a closed stderr is ignored rather than a panic.
+pub fn print_fatal(program: &str, message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{program}: {message}");
+}
+
+/// Standard error for the log, dropping what cannot be written.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::io::stderr().write(buf) {
+            // `write_all` retries an interrupted write.
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => Err(err),
+            Err(_) => Ok(buf.len()),
+            Ok(written) => Ok(written),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Sets `O_NONBLOCK` on `fd` when it is a pipe or a socket (never on a
+/// terminal or a file, where a write does not wait on a reader).
+fn make_pipe_nonblocking(fd: libc::c_int) {
+    // SAFETY: fstat and fcntl on a descriptor number, with a stat buffer we
+    // own; an invalid descriptor only makes them fail, which is ignored.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut stat) != 0 {
+            return;
+        }
+        let kind = stat.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
+            return;
+        }
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
     }
 }
 
@@ -187,6 +258,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn addresses_need_a_host_and_a_port() {
+        assert_eq!(host_port("ci.example.com:8888"), Some(("ci.example.com", 8888)));
+        assert_eq!(host_port("[::1]:0"), Some(("[::1]", 0)));
+        for bad in ["localhost", "nonsense", ":8888", "host:", "host:port", "host:70000"] {
+            assert_eq!(host_port(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
         let delays: Vec<Duration> = (0..5).map(|_| backoff.next_delay()).collect();
@@ -195,6 +275,7 @@ mod tests {
             let bound = Duration::from_millis(bound);
             assert!(*delay >= bound.mul_f64(0.75) && *delay <= bound.mul_f64(1.25), "{delays:?}");
         }
+        assert!(delays.iter().all(|delay| delay.subsec_nanos() % 1_000_000 == 0), "{delays:?}");
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(125));
     }

@@ -171,13 +171,9 @@ pub(crate) fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration>
 }
 
 pub(crate) fn check_address(address: &str) -> anyhow::Result<()> {
-    let valid = address
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0));
-    if valid {
-        Ok(())
-    } else {
-        anyhow::bail!("--dispatcher must be host:port, got {address:?}")
+    match protocol::peer::host_port(address) {
+        Some((_, port)) if port != 0 => Ok(()),
+        _ => anyhow::bail!("--dispatcher {address:?}: host:port is needed, e.g. 127.0.0.1:8888"),
     }
 }
 
@@ -266,6 +262,7 @@ mod tests {
             &["--work-dir", "/w", "--timeout", "soon"],
             &["--work-dir", "/w", "--drain-timeout", "0s"],
             &["--work-dir", "/w", "--dispatcher", "nohost"],
+            &["--work-dir", "/w", "--dispatcher", "localhost"],
             &["--work-dir", "/w", "--log-format", "xml"],
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");

@@ -1,23 +1,35 @@
-//! The repository cache and clean checkouts, all through gix.
+//! The repository cache and the task's checkout.
 //!
-//! Each repository is fetched into a bare mirror `DIR/cache/<sha256 of the
-//! url>.git`, with explicit refspecs (a bare mirror has none configured), and
-//! only when the wanted commit is not already there. Fetches of one mirror are
-//! serialised by a per-url async mutex; different repositories fetch in
-//! parallel. A task's tree is then written into a fresh directory from the
-//! commit's tree object, so nothing of an earlier task can leak into it.
+//! Each repository is fetched with gix into a bare mirror `DIR/cache/<sha256
+//! of the url>.git`, with explicit refspecs (a bare mirror has none
+//! configured), and only when the wanted commit is not already there.
+//! Fetches of one mirror are serialised by a per-url async mutex; different
+//! repositories fetch in parallel.
+//!
+//! A task's tree is a fresh `git clone --shared --no-checkout` of the mirror
+//! (the clone borrows the mirror's objects through `objects/info/alternates`,
+//! so it costs the refs and the checked-out files, not a copy of the
+//! history), then a detached checkout of exactly the assigned commit and a
+//! local branch of the task's branch name at that commit. The test therefore
+//! runs in a working tree git recognises: `git rev-parse HEAD`, `git
+//! describe --tags` and tools built on them (setuptools-scm, build scripts)
+//! work, and nothing of an earlier task can leak in because the directory is
+//! made anew. The git CLI is used for the clone because gix 0.90 has no local
+//! `--shared` clone; it is run with argv, never through a shell, and killed
+//! when the attempt stops waiting for it.
 //!
 //! gix is blocking, so every call into it runs in `spawn_blocking`. This
 //! module never runs the test and never decides an outcome; it reports a
 //! missing commit as `None` and everything else as an error.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use protocol::{CommitId, RepoUrl};
+use protocol::{Branch, CommitId, RepoUrl};
 use sha2::{Digest, Sha256};
 
 /// What the mirror fetches: every branch and every tag, forced, so that a
@@ -84,23 +96,95 @@ impl GitCache {
         .await
         .context("fetch task panicked")?
     }
+
+    /// Fetches the tags of `repo` into its mirror, so that a tag pushed after
+    /// its commit (`git push origin main && git tag v1 && git push origin
+    /// v1`) is seen when the result is reported, not only at the next fetch
+    /// of a missing commit.
+    ///
+    /// # Errors
+    /// Opening the mirror or the fetch.
+    pub async fn refresh_tags(&self, repo: &RepoUrl, interrupt: Arc<AtomicBool>) -> anyhow::Result<PathBuf> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            locks.entry(repo.as_str().to_string()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        let mirror = self.mirror_path(repo);
+        let repo = repo.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let _span = span.enter();
+            let opened = open_mirror(&mirror)?;
+            receive(&opened, &repo, &[REFSPECS[1]], &interrupt)?;
+            Ok(mirror)
+        })
+        .await
+        .context("tag fetch task panicked")?
+    }
 }
 
-/// Writes a clean tree of `commit` from `mirror` into `dest`, which is
-/// removed first if it exists.
+/// Makes `dest` a fresh working tree of `commit`, cloned from `mirror`:
+/// HEAD detached at the commit, the mirror's tags and branches as in any
+/// clone, and a local branch `branch` at the commit. `dest` is removed first
+/// if it exists.
+///
+/// Dropping the future kills the git process it is waiting for.
 ///
 /// # Errors
-/// The commit cannot be read from the mirror, or writing the tree failed.
-pub async fn checkout(
-    mirror: PathBuf,
-    commit: &CommitId,
-    dest: PathBuf,
-    interrupt: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    let commit = commit.clone();
-    tokio::task::spawn_blocking(move || checkout_blocking(&mirror, &commit, &dest, &interrupt))
+/// Removing the old tree, starting git, or git failing (its message is in
+/// the error).
+pub async fn checkout(mirror: &Path, commit: &CommitId, branch: &Branch, dest: &Path) -> anyhow::Result<()> {
+    if tokio::fs::try_exists(dest).await.unwrap_or(false) {
+        let old = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&old))
+            .await
+            .context("removing the old tree panicked")?
+            .with_context(|| format!("removing old tree {}", dest.display()))?;
+    }
+    let mut clone =
+        vec![OsString::from("clone"), "--shared".into(), "--no-checkout".into(), "--quiet".into()];
+    clone.extend(["--".into(), mirror.as_os_str().to_owned(), dest.as_os_str().to_owned()]);
+    run_git(None, &clone).await.with_context(|| format!("cloning the cache into {}", dest.display()))?;
+    let detach = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit.as_str()];
+    run_git(Some(dest), &detach.map(OsString::from))
         .await
-        .context("checkout task panicked")?
+        .with_context(|| format!("checking out {commit}"))?;
+    // The branch only names the commit for tools that want a branch; a name
+    // git refuses (the protocol's check is looser) leaves HEAD detached.
+    let branch_ref = format!("refs/heads/{branch}");
+    if let Err(err) =
+        run_git(Some(dest), &["update-ref", &branch_ref, commit.as_str()].map(OsString::from)).await
+    {
+        tracing::warn!(%branch, error = %format!("{err:#}"), "cannot create the task's branch in its checkout");
+    }
+    Ok(())
+}
+
+/// Runs `git ARGS` (in `dir` when given) with no terminal prompts and
+/// returns its standard output.
+///
+/// # Errors
+/// git cannot start or exits non-zero; the error carries its stderr.
+async fn run_git(dir: Option<&Path>, args: &[OsString]) -> anyhow::Result<String> {
+    let mut command = tokio::process::Command::new("git");
+    if let Some(dir) = dir {
+        command.arg("-C").arg(dir);
+    }
+    let output = command
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running git (is it installed?)")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        anyhow::bail!("git {} ({}): {}", args[0].to_string_lossy(), output.status, stderr.trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Opens the mirror, creating it (or re-creating it when it is damaged).
@@ -147,11 +231,24 @@ fn fetch_blocking(
         tracing::debug!(mirror = %mirror.display(), "commit already cached, not fetching");
         return Ok(true);
     }
+    receive(&repo, repo_url, &REFSPECS, interrupt)?;
+    // The fetch wrote new packs; a freshly opened object store sees them.
+    let repo = gix::open(mirror).with_context(|| format!("reopening cache {}", mirror.display()))?;
+    Ok(has_commit(&repo, id))
+}
+
+/// Fetches `refspecs` from `repo_url` into the mirror `repo`.
+fn receive(
+    repo: &gix::Repository,
+    repo_url: &RepoUrl,
+    refspecs: &[&str],
+    interrupt: &AtomicBool,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let remote = repo
         .remote_at(repo_url.as_str())
         .with_context(|| format!("parsing repository location {repo_url}"))?
-        .with_refspecs(REFSPECS, gix::remote::Direction::Fetch)
+        .with_refspecs(refspecs.iter().copied(), gix::remote::Direction::Fetch)
         .context("setting fetch refspecs")?;
     let connection =
         remote.connect(gix::remote::Direction::Fetch).with_context(|| format!("connecting to {repo_url}"))?;
@@ -159,49 +256,7 @@ fn fetch_blocking(
         .prepare_fetch(gix::progress::Discard, Default::default())
         .with_context(|| format!("listing refs of {repo_url}"))?;
     prepared.receive(gix::progress::Discard, interrupt).with_context(|| format!("fetching {repo_url}"))?;
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "fetched repository");
-    // The fetch wrote new packs; a freshly opened object store sees them.
-    let repo = gix::open(mirror).with_context(|| format!("reopening cache {}", mirror.display()))?;
-    Ok(has_commit(&repo, id))
-}
-
-fn checkout_blocking(
-    mirror: &Path,
-    commit: &CommitId,
-    dest: &Path,
-    interrupt: &AtomicBool,
-) -> anyhow::Result<()> {
-    let repo = gix::open(mirror).with_context(|| format!("opening cache {}", mirror.display()))?;
-    let id = object_id(commit)?;
-    let commit_object = repo.find_commit(id).with_context(|| format!("reading commit {commit}"))?;
-    let tree_id = commit_object.tree_id().with_context(|| format!("reading the tree of {commit}"))?;
-    let mut index =
-        repo.index_from_tree(&tree_id).with_context(|| format!("reading the tree of {commit}"))?;
-    if dest.exists() {
-        std::fs::remove_dir_all(dest).with_context(|| format!("removing old tree {}", dest.display()))?;
-    }
-    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let mut options = repo
-        .checkout_options(gix::worktree::stack::state::attributes::Source::IdMapping)
-        .context("reading checkout options")?;
-    options.destination_is_initially_empty = true;
-    let objects = repo.objects.clone().into_arc().context("sharing the object store")?;
-    let outcome = gix::worktree::state::checkout(
-        &mut index,
-        dest,
-        objects,
-        &gix::progress::Discard,
-        &gix::progress::Discard,
-        interrupt,
-        options,
-    )
-    .with_context(|| format!("writing the tree of {commit} into {}", dest.display()))?;
-    if let Some(collision) = outcome.collisions.first() {
-        anyhow::bail!("checkout of {commit} collided on {:?}", collision.path);
-    }
-    if let Some(failure) = outcome.errors.first() {
-        anyhow::bail!("checkout of {commit} failed on {:?}: {}", failure.path, failure.error);
-    }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, refspecs = ?refspecs, "fetched repository");
     Ok(())
 }
 
@@ -265,6 +320,7 @@ mod tests {
         std::fs::set_permissions(dir.join("bin/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
         git(dir, &["add", "."]);
         git(dir, &["commit", "-q", "-m", "second"]);
+        git(dir, &["tag", "v2"]);
         let second = CommitId::new(git(dir, &["rev-parse", "HEAD"])).unwrap();
         (first, second)
     }
@@ -284,17 +340,27 @@ mod tests {
 
         let mirror = cache.fetch(&repo, &second, interrupt.clone()).await.unwrap().unwrap();
         let tree = work.path().join("tree");
-        checkout(mirror.clone(), &second, tree.clone(), interrupt.clone()).await.unwrap();
+        let main = Branch::new("main").unwrap();
+        checkout(&mirror, &second, &main, &tree).await.unwrap();
         assert_eq!(std::fs::read_to_string(tree.join("a.txt")).unwrap(), "two\n");
         assert!(is_executable(&tree.join("bin/run.sh")));
         assert!(!is_executable(&tree.join("a.txt")));
-        assert!(!tree.join(".git").exists());
+        // A working tree git recognises, clean, at exactly the commit, with
+        // the tag and the branch, sharing the mirror's objects.
+        assert_eq!(git(&tree, &["rev-parse", "HEAD"]), second.as_str());
+        assert_eq!(git(&tree, &["describe", "--tags"]), "v2");
+        assert_eq!(git(&tree, &["rev-parse", "refs/heads/main"]), second.as_str());
+        assert_eq!(git(&tree, &["status", "--porcelain"]), "");
+        assert_eq!(git(&tree, &["rev-parse", "--abbrev-ref", "HEAD"]), "HEAD", "HEAD is detached");
+        let alternates = std::fs::read_to_string(tree.join(".git/objects/info/alternates")).unwrap();
+        assert!(alternates.trim_end().ends_with("objects"), "{alternates}");
 
         // The first commit is already cached; its tree replaces the second's
         // completely.
         let mirror = cache.fetch(&repo, &first, interrupt.clone()).await.unwrap().unwrap();
         std::fs::write(tree.join("leftover"), "x").unwrap();
-        checkout(mirror, &first, tree.clone(), interrupt).await.unwrap();
+        checkout(&mirror, &first, &main, &tree).await.unwrap();
+        assert_eq!(git(&tree, &["rev-parse", "HEAD"]), first.as_str());
         assert_eq!(std::fs::read_to_string(tree.join("a.txt")).unwrap(), "one\n");
         assert!(!tree.join("bin").exists());
         assert!(!tree.join("leftover").exists());
@@ -314,8 +380,24 @@ mod tests {
         let third = CommitId::new(git(origin.path(), &["rev-parse", "HEAD"])).unwrap();
         let mirror = cache.fetch(&repo, &third, interrupt.clone()).await.unwrap().unwrap();
         let tree = work.path().join("tree");
-        checkout(mirror, &third, tree.clone(), interrupt).await.unwrap();
+        checkout(&mirror, &third, &Branch::new("main").unwrap(), &tree).await.unwrap();
         assert_eq!(std::fs::read_to_string(tree.join("a.txt")).unwrap(), "three\n");
+    }
+
+    #[tokio::test]
+    async fn a_tag_pushed_after_its_commit_is_seen_after_refreshing_tags() {
+        let origin = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let (first, _) = make_repo(origin.path());
+        let repo = RepoUrl::new(origin.path().to_str().unwrap()).unwrap();
+        let cache = GitCache::new(work.path().to_path_buf());
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let mirror = cache.fetch(&repo, &first, interrupt.clone()).await.unwrap().unwrap();
+        assert_eq!(tag_of(mirror.clone(), &first).await, None);
+        git(origin.path(), &["tag", "v1.0", first.as_str()]);
+        assert_eq!(tag_of(mirror.clone(), &first).await, None, "the cache is stale until refreshed");
+        cache.refresh_tags(&repo, interrupt).await.unwrap();
+        assert_eq!(tag_of(mirror, &first).await.map(|tag| tag.to_string()), Some("v1.0".to_string()));
     }
 
     #[tokio::test]

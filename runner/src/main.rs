@@ -14,10 +14,17 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_cli(cli) {
+    // The work directory is made here so that an unusable one (a file, no
+    // permission) ends the runner at once, not after it registered.
+    let config = Config::from_cli(cli).and_then(|config| {
+        std::fs::create_dir_all(&config.work_dir)
+            .with_context(|| format!("creating work directory {}", config.work_dir.display()))?;
+        Ok(config)
+    });
+    let config = match config {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("baton-runner: {err:#}");
+            protocol::peer::print_fatal("baton-runner", &format!("{err:#}"));
             return ExitCode::from(2);
         }
     };
@@ -25,8 +32,8 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            tracing::error!(error = %err, "cannot start the async runtime");
-            return ExitCode::FAILURE;
+            protocol::peer::print_fatal("baton-runner", &format!("cannot start the async runtime: {err}"));
+            return ExitCode::from(2);
         }
     };
     let result = runtime.block_on(async {

@@ -8,7 +8,7 @@
 //! dispatcher.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +22,9 @@ use crate::command::TestCommand;
 use crate::exec::{self, StopCause, Supervised};
 use crate::spool::{AttemptKey, Finished, OutputLog};
 use crate::{command, git, summary};
+
+/// How long reading the repository's tags again may delay a passed result.
+const TAG_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -126,16 +129,39 @@ pub async fn execute(
         .and_then(|tail| summary::summarize(&String::from_utf8_lossy(&tail)));
     if let Ending::Finished(finished) = &mut ending {
         finished.summary = summary;
-        finished.tag = prepared.tag;
+        if finished.outcome == Outcome::Passed && matches!(assign.job, Job::Test) {
+            finished.tag = fresh_tag(shared, assign, prepared.mirror).await;
+        }
     }
     ending
 }
 
 /// What an attempt runs once its tree is checked out: the test command, or
-/// the deploy steps by name; and the tag on the commit, if any.
+/// the deploy steps by name; and the mirror the tree was cloned from.
 struct Prepared {
     steps: Vec<(Option<String>, TestCommand)>,
-    tag: Option<protocol::Branch>,
+    mirror: PathBuf,
+}
+
+/// The tag on the commit of a passed test, read after fetching the
+/// repository's tags again: a release is recorded from this result, and its
+/// tag is often pushed just after the commit (issue 13). When the fetch
+/// fails, the cache's tags are still the best answer.
+async fn fresh_tag(shared: &Shared, assign: &Assign, mirror: PathBuf) -> Option<protocol::Branch> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let refresh = shared.cache.refresh_tags(&assign.repo, interrupt.clone());
+    match tokio::time::timeout(TAG_FETCH_TIMEOUT, refresh).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(error = %format!("{err:#}"), "cannot fetch tags; using the cached ones")
+        }
+        Err(_) => {
+            // gix sees the flag and gives up; the result is not held back.
+            interrupt.store(true, Ordering::Relaxed);
+            tracing::warn!(timeout = ?TAG_FETCH_TIMEOUT, "fetching tags timed out; using the cached ones");
+        }
+    }
+    git::tag_of(mirror, &assign.commit).await
 }
 
 /// Fetches, checks out and resolves the test command. Errors are the reason
@@ -156,16 +182,13 @@ async fn prepare(
         Ok(None) => return Err(format!("commit {} not found in {}", assign.commit, assign.repo)),
         Err(err) => return Err(format!("{err:#}")),
     };
-    git::checkout(mirror.clone(), &assign.commit, tree.to_path_buf(), interrupt)
-        .await
-        .map_err(|err| format!("{err:#}"))?;
+    git::checkout(&mirror, &assign.commit, &assign.branch, tree).await.map_err(|err| format!("{err:#}"))?;
     match &assign.job {
         Job::Test => {
             let command =
                 command::resolve(tree, shared.config.test_command.as_deref(), shared.config.timeout)
                     .map_err(|err| format!("{err:#}"))?;
-            let tag = git::tag_of(mirror, &assign.commit).await;
-            Ok(Prepared { steps: vec![(None, command)], tag })
+            Ok(Prepared { steps: vec![(None, command)], mirror })
         }
         Job::Deploy(deploy) => {
             // The steps are the dispatcher operator's configuration; the
@@ -182,7 +205,7 @@ async fn prepare(
                     (Some(step.name.clone()), command)
                 })
                 .collect();
-            Ok(Prepared { steps, tag: None })
+            Ok(Prepared { steps, mirror })
         }
     }
 }

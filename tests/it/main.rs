@@ -11,6 +11,7 @@ mod foundation;
 mod full_disk;
 mod liveness;
 mod manager;
+mod newcomer;
 mod observer;
 mod operator;
 mod releases;

@@ -5,6 +5,7 @@
 //! Everything it starts is owned by guards, so an error or Ctrl-C (which
 //! drops its future) kills it all.
 
+mod checkout;
 mod e2e_passed;
 mod failover;
 mod failover_freeze;
@@ -87,6 +88,12 @@ pub const ALL: &[Scenario] = &[
         name: "failover_freeze",
         about: "SIGSTOP of the busy runner -> attempt 2 started on the idle one (default 5)",
         run: |ctx| Box::pin(failover_freeze::run(ctx)),
+    },
+    Scenario {
+        name: "checkout",
+        about:
+            "submission -> test started, 2,000-commit 300-file repository, cold cache then warm (default 10)",
+        run: |ctx| Box::pin(checkout::run(ctx)),
     },
 ];
 

@@ -11,7 +11,7 @@ use protocol::message::{
 use protocol::{Name, RepoUrl, TaskId, TaskState};
 use tokio::sync::watch;
 
-use super::{now_ms, printable, tasks, ConnId, Core, Effects, LogProgress, StateChange};
+use super::{now_ms, printable, printable_line, tasks, ConnId, Core, Effects, LogProgress, StateChange};
 use crate::files::FileJob;
 use crate::store::{Finish, LiveTask, NewTask, TaskKind, Trigger, Tx};
 
@@ -288,7 +288,7 @@ pub(super) fn result(
         reason: result.reason.map(|reason| printable(&reason, MAX_REASON)),
         at_ms: now_ms(),
         tag: result.tag,
-        failed_step: result.failed_step.map(|step| printable(&step, 64)),
+        failed_step: result.failed_step.map(|step| printable_line(&step, 64)),
     };
     self::finish(core, tx, effects, task_id, &finish)?;
     effects.send_runner(conn, ack(true, None));

@@ -341,12 +341,26 @@ pub(crate) fn step(
 
 pub(crate) use crate::time::now_ms;
 
-/// Text a runner sent that people will read (host facts, reasons): control
-/// characters become U+FFFD, so no terminal escape reaches `baton`'s tables,
-/// and at most `max_bytes` are kept.
+/// Text a runner sent that people will read over several lines (reasons):
+/// newlines and tabs are kept, so a TOML parse error or a traceback stays
+/// readable; every other control character (ESC above all) becomes U+FFFD,
+/// so no terminal escape reaches `baton`'s output; at most `max_bytes` are
+/// kept.
 pub(crate) fn printable(text: &str, max_bytes: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_bytes));
-    for c in text.chars().map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }) {
+    let unprintable = |c: char| c.is_control() && c != '\n' && c != '\t';
+    bounded(text.chars().map(|c| if unprintable(c) { char::REPLACEMENT_CHARACTER } else { c }), max_bytes)
+}
+
+/// As [`printable`], for one-line values (host facts, step names): newlines
+/// and tabs become U+FFFD too.
+pub(crate) fn printable_line(text: &str, max_bytes: usize) -> String {
+    bounded(text.chars().map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }), max_bytes)
+}
+
+/// The characters that fit in `max_bytes` of UTF-8.
+fn bounded(chars: impl Iterator<Item = char>, max_bytes: usize) -> String {
+    let mut out = String::new();
+    for c in chars {
         if out.len() + c.len_utf8() > max_bytes {
             break;
         }

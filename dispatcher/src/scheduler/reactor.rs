@@ -14,7 +14,7 @@ use protocol::{Name, TaskId};
 use super::liveness::{self, LastHeard};
 
 use super::runners::{Conn, Registration};
-use super::{life, printable, ConnId, Core, Effects, Event};
+use super::{life, printable_line, ConnId, Core, Effects, Event};
 use crate::store::Tx;
 
 /// Host facts are shown, never interpreted: keep them short.
@@ -147,8 +147,8 @@ fn on_register(
         }
     }
     let host = HostFacts {
-        os: printable(&register.host.os, MAX_FACT_LEN),
-        arch: printable(&register.host.arch, MAX_FACT_LEN),
+        os: printable_line(&register.host.os, MAX_FACT_LEN),
+        arch: printable_line(&register.host.arch, MAX_FACT_LEN),
         cpus: register.host.cpus,
     };
     tracing::info!(runner = %name, address = %address, labels = ?register.labels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),

@@ -74,7 +74,17 @@ impl Releases {
         if let Some(event) = event {
             self.notify(tx, effects, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
         }
-        if finish.state == TaskState::Passed && self.settings.is_release_branch(&task.repo, &task.branch) {
+        // A rerun of a commit that is already a release records no second one.
+        let released = |commit| -> anyhow::Result<bool> {
+            Ok(tx
+                .releases_of(&task.repo)?
+                .iter()
+                .any(|r| r.info.kind == ReleaseKind::Release && &r.info.commit == commit))
+        };
+        if finish.state == TaskState::Passed
+            && self.settings.is_release_branch(&task.repo, &task.branch)
+            && !released(&task.commit)?
+        {
             let release = NewRelease {
                 repo: task.repo.clone(),
                 tag: finish.tag.clone(),

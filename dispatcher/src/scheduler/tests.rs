@@ -16,7 +16,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    life, printable, reactor, step, ConnId, Core, Effects, Event, LogProgress, Settings, Sinks, StateChange,
+    life, printable, printable_line, reactor, step, ConnId, Core, Effects, Event, LogProgress, Settings,
+    Sinks, StateChange,
 };
 use crate::config::{Releases, RepoSettings};
 use crate::files::{DataDir, FileJob};
@@ -261,7 +262,8 @@ impl Harness {
 #[test]
 fn runner_text_is_made_printable_and_bounded() {
     assert_eq!(printable("linux", 64), "linux");
-    assert_eq!(printable("a\u{1b}[2Jb\n", 64), "a\u{fffd}[2Jb\u{fffd}");
+    assert_eq!(printable("a\u{1b}[2Jb\r\0\n\tc", 64), "a\u{fffd}[2Jb\u{fffd}\u{fffd}\n\tc");
+    assert_eq!(printable_line("a\u{1b}[2Jb\n\t", 64), "a\u{fffd}[2Jb\u{fffd}\u{fffd}");
     assert_eq!(printable("ééé", 5), "éé");
 }
 

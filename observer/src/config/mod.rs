@@ -61,6 +61,16 @@ pub enum Trigger {
     },
 }
 
+/// How a log line shows it: `poll/5s`, `watch/60s` (the safety poll).
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Poll(interval) => write!(f, "poll/{}", humantime::format_duration(*interval)),
+            Trigger::Watch { safety_poll } => write!(f, "watch/{}", humantime::format_duration(*safety_poll)),
+        }
+    }
+}
+
 /// Which commits of a branch are submitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -186,8 +196,12 @@ impl Config {
         let token_file = cli.token_file.or_else(|| file.token_file.as_ref().map(|path| file.path(path)));
         let tls_ca = cli.tls_ca.or_else(|| file.tls_ca.as_ref().map(|path| file.path(path)));
         let tls_server_name = cli.tls_server_name.or(file.tls_server_name.clone());
+        let dispatcher = cli.dispatcher.or(file.dispatcher).unwrap_or_else(|| "127.0.0.1:8888".into());
+        if protocol::peer::host_port(&dispatcher).is_none_or(|(_, port)| port == 0) {
+            bail!("--dispatcher {dispatcher:?}: host:port is needed, e.g. 127.0.0.1:8888");
+        }
         Ok(Config {
-            dispatcher: cli.dispatcher.or(file.dispatcher).unwrap_or_else(|| "127.0.0.1:8888".into()),
+            dispatcher,
             trigger,
             repos,
             state_file,
@@ -253,6 +267,11 @@ fn repo(
         let path = base.join(arg);
         let canonical = std::fs::canonicalize(&path)
             .with_context(|| format!("repository {} cannot be resolved", path.display()))?;
+        // A directory that is no repository will not become one: refuse it
+        // now rather than warn at every scan.
+        if gix::open(&canonical).is_err() {
+            bail!("repository {} is not a git repository", canonical.display());
+        }
         Location::Local(canonical)
     };
     let id = match (clone_url, &location) {
@@ -298,6 +317,7 @@ mod tests {
     #[test]
     fn defaults_and_local_paths() {
         let dir = tempfile::tempdir().unwrap();
+        gix::init(dir.path()).unwrap();
         let config = parse(&[dir.path().to_str().unwrap()]).unwrap();
         assert_eq!(config.dispatcher, "127.0.0.1:8888");
         assert_eq!(config.trigger, Trigger::Poll(Duration::from_secs(5)));
@@ -313,6 +333,11 @@ mod tests {
     fn bad_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_str().unwrap();
+        let err = parse(&[path]).unwrap_err();
+        assert!(format!("{err:#}").contains("not a git repository"), "{err:#}");
+        gix::init(dir.path()).unwrap();
+        assert!(parse(&["--dispatcher", "localhost", path]).is_err());
+        assert!(parse(&["--dispatcher", "nonsense", path]).is_err());
         assert!(parse(&[]).is_err(), "no repository");
         assert!(parse(&["/does/not/exist/anywhere"]).is_err());
         assert!(parse(&["--watch", "https://example.com/app.git"]).is_err());
@@ -328,7 +353,7 @@ mod tests {
     #[test]
     fn file_settings_and_flags_that_win() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("a")).unwrap();
+        gix::init(dir.path().join("a")).unwrap();
         let file_path = dir.path().join("observer.toml");
         let text = r#"
             watch = true
