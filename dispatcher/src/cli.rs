@@ -46,6 +46,11 @@ pub struct Cli {
     /// process crash, not a power cut) [default: full].
     #[arg(long, env = "BATON_SYNC")]
     pub sync: Option<String>,
+    /// Address of the web report service (pages, `/api/v1/`, `/metrics`), or
+    /// `off` [default: 127.0.0.1:8080]; its bound address is printed as the
+    /// second line of standard output, `http: ADDR`.
+    #[arg(long, env = "BATON_HTTP")]
+    pub http: Option<String>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT")]
     pub log_format: Option<String>,

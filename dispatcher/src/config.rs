@@ -25,6 +25,18 @@ pub struct Config {
     pub settings: Settings,
     pub sync: Sync,
     pub log_json: bool,
+    /// Where the web report service listens; `None` when it is off.
+    pub http: Option<Http>,
+}
+
+/// The web report service's address.
+#[derive(Clone, Debug)]
+pub struct Http {
+    pub addr: String,
+    /// Given by the user (flag, variable or file): failing to bind it stops
+    /// the dispatcher. The default address, when taken, only disables the
+    /// web service with a warning.
+    pub explicit: bool,
 }
 
 /// The config file: the same settings as the flags.
@@ -42,6 +54,7 @@ struct FileConfig {
     output_cap: Option<u64>,
     sync: Option<String>,
     log_format: Option<String>,
+    http: Option<String>,
     /// Branches whose passed commits become releases, unless a `[[repo]]`
     /// says otherwise (default: main and master).
     release_branches: Option<Vec<String>>,
@@ -182,7 +195,13 @@ impl Config {
         };
         let releases = releases(file.release_branches, file.repo)?;
         let notifiers = file.notifier.into_iter().map(notifier).collect::<anyhow::Result<Vec<_>>>()?;
+        let http = match cli.http.or(file.http) {
+            Some(addr) if addr == "off" => None,
+            Some(addr) => Some(Http { addr, explicit: true }),
+            None => Some(Http { addr: "127.0.0.1:8080".into(), explicit: false }),
+        };
         Ok(Config {
+            http,
             tls,
             listen: cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into()),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),

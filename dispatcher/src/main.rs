@@ -34,9 +34,26 @@ async fn start(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    // Tests and scripts read the real port from here when listening on :0.
+    let web = match &config.http {
+        None => None,
+        Some(http) => match tokio::net::TcpListener::bind(&http.addr).await {
+            Ok(web) => Some(web),
+            Err(err) if !http.explicit => {
+                tracing::warn!(addr = %http.addr, error = %err, "web report service disabled: cannot bind its default address");
+                None
+            }
+            Err(err) => return Err(err).with_context(|| format!("listening for http on {}", http.addr)),
+        },
+    };
+    // Tests and scripts read the real ports from here when listening on :0:
+    // the protocol address, then `http: ADDR` when the web service runs.
+    // One write, so a reader that reads only the first line still gets both.
+    let mut lines = format!("{}\n", listener.local_addr()?);
+    if let Some(web) = &web {
+        lines.push_str(&format!("http: {}\n", web.local_addr()?));
+    }
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "{}", listener.local_addr()?)?;
+    stdout.write_all(lines.as_bytes())?;
     stdout.flush()?;
-    dispatcher::run(config, listener, shutdown).await
+    dispatcher::run_with_web(config, listener, web, shutdown).await
 }

@@ -119,6 +119,23 @@ pub enum Event {
     },
 }
 
+/// Capacity of the change feed: a subscriber (the web's SSE clients and
+/// metrics) that falls this far behind misses changes and is told it lagged;
+/// publishing never waits for anyone.
+pub const CHANGE_FEED: usize = 4096;
+
+/// A committed state change, published after the commit for the web report
+/// service (server-sent events, metrics).
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A task entered `state` (`from` is `None` for a new task).
+    Task { task_id: TaskId, from: Option<TaskState>, state: TaskState, at_ms: i64 },
+    /// A release was recorded or changed state.
+    Release { repo: RepoUrl, version: u32 },
+    /// A runner was declared lost.
+    RunnerLost { name: Name },
+}
+
 /// How far a task's log has grown, for followers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogProgress {
@@ -199,8 +216,10 @@ pub fn start(
     outbox: Arc<Notify>,
     file_writer: SyncSender<FileJob>,
     fatal: CancellationToken,
+    changes: tokio::sync::broadcast::Sender<Change>,
 ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
-    let state = State::recover(&store, files, settings, outbox, file_writer)?;
+    let mut state = State::recover(&store, files, settings, outbox, file_writer)?;
+    state.changes = Some(changes);
     let (events, receiver) = mpsc::channel(EVENT_QUEUE);
     let thread = std::thread::Builder::new()
         .name("scheduler".into())
@@ -318,6 +337,10 @@ pub(crate) struct State {
     /// after the commit.
     file_jobs: Vec<FileJob>,
     file_writer: SyncSender<FileJob>,
+    /// Where committed changes are published (`None` in scheduler tests).
+    changes: Option<tokio::sync::broadcast::Sender<Change>>,
+    /// This batch's changes, published after the commit.
+    changes_after_commit: Vec<Change>,
 }
 
 impl State {
@@ -346,6 +369,8 @@ impl State {
             outbox,
             file_jobs: Vec::new(),
             file_writer,
+            changes: None,
+            changes_after_commit: Vec::new(),
         };
         for task in store.live_tasks()? {
             match task.state {
@@ -398,6 +423,13 @@ impl State {
                 self.follows.remove(&task_id);
             }
         }
+        if let Some(changes) = &self.changes {
+            for change in self.changes_after_commit.drain(..) {
+                // No subscriber is not an error; a slow one lags, never blocks.
+                let _ = changes.send(change);
+            }
+        }
+        self.changes_after_commit.clear();
         self.apply(effects);
         Ok(())
     }
@@ -499,7 +531,10 @@ impl State {
         self.counts.get(&state).copied().unwrap_or(0)
     }
 
-    fn move_count(&mut self, from: Option<TaskState>, to: TaskState) {
+    fn move_count(&mut self, task_id: TaskId, from: Option<TaskState>, to: TaskState) {
+        if self.changes.is_some() {
+            self.changes_after_commit.push(Change::Task { task_id, from, state: to, at_ms: now_ms() });
+        }
         if let Some(from) = from {
             let slot = self.counts.entry(from).or_default();
             *slot = slot.saturating_sub(1);

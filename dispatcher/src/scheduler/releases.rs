@@ -64,6 +64,7 @@ impl State {
             return Ok(());
         };
         let version = release.info.version;
+        self.changes_after_commit.push(super::Change::Release { repo: task.repo.clone(), version });
         if finish.state == TaskState::Passed {
             tx.set_release_state(release.id, "deployed")?;
             tracing::info!(repo = %task.repo, release = version, task_id = %task.id, "release deployed");
@@ -181,6 +182,8 @@ impl State {
         tracing::info!(repo = %record.info.repo, release = record.info.version, commit = %record.info.commit,
             kind = %record.info.kind, trigger = %record.info.trigger, "release recorded");
         self.file_jobs.push(FileJob::Release(Box::new(record.info.clone())));
+        self.changes_after_commit
+            .push(super::Change::Release { repo: record.info.repo.clone(), version: record.info.version });
         let event = if record.info.kind == "rollback" { "rollback" } else { "release_recorded" };
         self.notify(tx, event, serde_json::json!({ "release": release_json(&record.info) }))?;
         Ok(record)

@@ -152,6 +152,7 @@ impl State {
         }
         let tasks = std::mem::take(&mut runner.tasks);
         tracing::warn!(runner = %name, reason, tasks = tasks.len(), "runner lost");
+        self.changes_after_commit.push(super::Change::RunnerLost { name: name.clone() });
         for task_id in tasks {
             self.requeue_or_fail(tx, task_id, &format!("runner {name} lost: {reason}"))?;
         }

@@ -24,7 +24,7 @@ impl State {
         if inserted {
             tracing::info!(task_id = %task_id, repo = %task.repo, branch = %task.branch, commit = %task.commit,
                 trigger = ?task.trigger, "task queued");
-            self.move_count(None, TaskState::Pending);
+            self.move_count(task_id, None, TaskState::Pending);
             self.pending.insert(
                 task_id,
                 LiveTask {
@@ -135,7 +135,7 @@ impl State {
             let progress = LogProgress { attempt: task.attempts, len: 0, ended: false };
             self.progress_after_commit.push((task_id, progress));
         }
-        self.move_count(Some(TaskState::Pending), TaskState::Running);
+        self.move_count(task_id, Some(TaskState::Pending), TaskState::Running);
         self.running.insert(
             task_id,
             Running { task, log: None, log_len: 0, truncated: false, orphaned_at: None, aborting: false },
@@ -273,7 +273,7 @@ impl State {
             runner.tasks.retain(|id| *id != task_id);
         }
         tx.finish(task_id, finish)?;
-        self.move_count(Some(from), finish.state);
+        self.move_count(task_id, Some(from), finish.state);
         tracing::info!(task_id = %task_id, commit = %task.commit, state = %finish.state, exit_code = ?finish.exit_code,
             reason = ?finish.reason, attempts = task.attempts, "task finished");
         if let Some(info) = tx.task(task_id)? {
@@ -320,7 +320,7 @@ impl State {
         tracing::warn!(task_id = %task_id, attempts, reason, "task requeued");
         running.task.state = TaskState::Pending;
         running.task.runner = None;
-        self.move_count(Some(TaskState::Running), TaskState::Pending);
+        self.move_count(task_id, Some(TaskState::Running), TaskState::Pending);
         self.pending.insert(task_id, running.task);
         Ok(())
     }

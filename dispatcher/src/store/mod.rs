@@ -15,6 +15,7 @@ use protocol::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, Tas
 use rusqlite::{params, OptionalExtension, Row};
 
 mod releases;
+mod web;
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");
