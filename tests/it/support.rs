@@ -147,6 +147,8 @@ pub fn daemon(program: &str, args: &[&str], env: &[(&str, &str)], log: PathBuf) 
 pub struct Dispatcher {
     pub daemon: Daemon,
     pub addr: String,
+    /// The web report service's address (`http: ADDR`, its second line).
+    pub http: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -162,6 +164,9 @@ impl Dispatcher {
         let mut all = vec!["--listen", listen, "--data-dir"];
         let data_dir_arg = data_dir.display().to_string();
         all.push(&data_dir_arg);
+        if !args.contains(&"--http") {
+            all.extend(["--http", "127.0.0.1:0"]);
+        }
         all.extend(args);
         let log = data_dir.with_extension(format!("log{}", unique()));
         Dispatcher::start_with(data_dir, &all, &[], log)
@@ -176,10 +181,14 @@ impl Dispatcher {
         let stdout = child.stdout.take().expect("piped stdout");
         daemon.child = Some(child);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("reading the dispatcher's address");
+        let mut reader = BufReader::new(stdout);
+        reader.read_line(&mut line).expect("reading the dispatcher's address");
         let addr = line.trim().to_string();
         assert!(!addr.is_empty(), "dispatcher printed no address; log:\n{}", daemon.log());
-        Dispatcher { daemon, addr, data_dir: data_dir.to_path_buf() }
+        // Both lines come in one write: the second is already buffered.
+        let rest = String::from_utf8_lossy(reader.buffer());
+        let http = rest.lines().find_map(|line| line.strip_prefix("http: ")).map(str::to_string);
+        Dispatcher { daemon, addr, http, data_dir: data_dir.to_path_buf() }
     }
 
     /// Restarts on the same address and data dir after the old process is gone.

@@ -156,7 +156,7 @@ pub async fn releases(
     let filter = filter.map_err(query_error)?;
     let repo = TaskFilter { repo: filter.0.repo, ..TaskFilter::default() }.validate()?.repo;
     let releases = web.readers.query(move |reader| reader.releases(repo.as_ref())).await?;
-    Ok(Json(releases.iter().map(crate::files::release_json).collect::<Vec<_>>()).into_response())
+    Ok(Json(releases.iter().map(json::release).collect::<Vec<_>>()).into_response())
 }
 
 /// The body of `POST tasks`.
@@ -279,6 +279,6 @@ pub async fn rollback(
         .map_err(ApiError::unavailable)?
         .map_err(refused)?;
     tracing::info!(peer = %peer, repo = %release.repo, release = release.version, "rollback over http");
-    let value: Value = crate::files::release_json(&release);
+    let value: Value = json::release(&release);
     Ok((StatusCode::CREATED, Json(value)).into_response())
 }
