@@ -158,11 +158,17 @@ fn the_api_serves_what_the_client_shows_and_refuses_bad_requests() {
     assert!(log.text().contains("\x1b[32mgreen"), "{}", log.text());
 
     // Pages render, with the task's fields and colour for ANSI output.
-    for path in ["/", "/runners", "/releases", "/?state=passed", &format!("/commits/{commit}")] {
+    for (path, shows) in [
+        ("/", format!("/tasks/{id}")),
+        ("/?state=passed", format!("/tasks/{id}")),
+        ("/releases", format!("/tasks/{id}")),
+        (&format!("/commits/{commit}"), format!("/tasks/{id}")),
+        ("/runners", "r1".to_string()),
+    ] {
         let page = get(&http, path);
         assert_eq!(page.status, 200, "{path}: {}", page.text());
         assert!(page.content_type.starts_with("text/html"), "{path}");
-        assert!(page.text().contains(&format!("/tasks/{id}")), "{path}: {}", page.text());
+        assert!(page.text().contains(&shows), "{path} lacks {shows}: {}", page.text());
     }
     let page = get(&http, &format!("/tasks/{id}")).text();
     for field in [commit.as_str(), "passed", "Attempts", "after the gate", "green</span>"] {

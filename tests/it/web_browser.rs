@@ -59,10 +59,8 @@ fn start_driver(log: &Path) -> Driver {
         .spawn()
         .expect("starting chromedriver");
     let driver = Driver { child, port };
-    support::wait_for("chromedriver to listen", || {
-        let status = get(&format!("127.0.0.1:{port}"), "/status");
-        (status.status == 200).then_some(())
-    });
+    support::wait_for("chromedriver to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    assert_eq!(get(&format!("127.0.0.1:{port}"), "/status").status, 200);
     driver
 }
 
@@ -181,6 +179,9 @@ async fn scenario(
     )
     .await?;
     until(client, "the passed state", &state_is(id, "passed")).await?;
+    // The page re-renders its details and buttons once the task ended.
+    until(client, "the abort button to be disabled", "return document.getElementById('abort').disabled")
+        .await?;
     let still = client.execute("return window.batonNoReload === true", vec![]).await?;
     anyhow::ensure!(still == Value::Bool(true), "the page was reloaded");
     // Once the log ended, the page shows its colours.
@@ -220,7 +221,7 @@ async fn scenario(
         .unwrap_or(0);
     anyhow::ensure!(new_id > id, "rerun link {href}");
     let task = get(http, &format!("/api/v1/tasks/{new_id}")).json();
-    anyhow::ensure!(task["commit"] == commit.as_str() && task["trigger"] == "manual", "{task}");
+    anyhow::ensure!(task["commit"] == commit.as_str() && task["trigger"] == "rerun", "{task}");
     client.find(Locator::Id("new-task")).await?.click().await?;
     until(client, "the new task's page", &format!("return location.pathname === '/tasks/{new_id}'")).await?;
     Ok(())
