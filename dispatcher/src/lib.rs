@@ -81,7 +81,6 @@ pub async fn run_with_web(
     };
     files::catch_up(&store, &files).context("writing files a crash left unwritten")?;
     let (file_writer, file_thread) = files::start_writer(files.clone())?;
-    let (changes, _) = tokio::sync::broadcast::channel(scheduler::CHANGE_FEED);
     let (scheduler, thread) = scheduler::start(
         store,
         files.clone(),
@@ -89,7 +88,6 @@ pub async fn run_with_web(
         Arc::clone(&outbox),
         file_writer,
         shutdown.clone(),
-        changes.clone(),
     )?;
     let readers = readers::Readers::new(files.database());
     let shared =
@@ -135,7 +133,6 @@ pub async fn run_with_web(
             scheduler.clone(),
             Arc::clone(&shared.readers),
             shared.files.clone(),
-            changes,
             secret,
             shutdown.clone(),
         );
@@ -154,8 +151,11 @@ pub async fn run_with_web(
     drop(shared);
     drop(scheduler);
     let joined = tokio::task::spawn_blocking(move || thread.join());
+    // The scheduler logged the store's error when it stopped.
+    let mut store_failed = false;
     match tokio::time::timeout(GRACE, joined).await {
-        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Ok(Ok(())))) => {}
+        Ok(Ok(Ok(Err(_)))) => store_failed = true,
         Ok(Ok(Err(_))) => anyhow::bail!("the scheduler thread panicked"),
         Ok(Err(err)) => return Err(err.into()),
         Err(_) => tracing::warn!("scheduler did not stop in time"),
@@ -165,7 +165,7 @@ pub async fn run_with_web(
     if tokio::time::timeout(GRACE, written).await.is_err() {
         tracing::warn!("result files were still being written at exit; the next start writes them");
     }
-    if shutdown.is_cancelled() && scheduler::failed() {
+    if store_failed {
         anyhow::bail!("stopped because the store failed (see the error above)");
     }
     tracing::info!("dispatcher stopped");

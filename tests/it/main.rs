@@ -5,6 +5,7 @@
 
 mod chaos;
 mod durability;
+mod follow;
 mod foundation;
 mod observer;
 mod operator;

@@ -1,6 +1,8 @@
 //! `GET /api/v1/events`: server-sent events, one per committed task state
-//! change (`task`), release change (`release`) and lost runner
-//! (`runner_lost`), from the scheduler's change feed.
+//! change (`task`), from the scheduler's state changes.
+//!
+//! FIXME: release and deployment changes are not events yet: the scheduler
+//! publishes task state changes only.
 //!
 //! A client too slow for the feed loses the oldest changes and gets a
 //! `lagged` event saying how many it missed (the page then reloads what it
@@ -28,14 +30,11 @@ pub async fn serve(State(web): State<Arc<Web>>) -> Result<Response, ApiError> {
         .try_acquire_owned()
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many open streams; try again"))?;
     let shutdown = web.shutdown.clone();
-    let changes = BroadcastStream::new(web.changes.subscribe()).map(move |change| {
+    let changes = BroadcastStream::new(web.scheduler.subscribe()).map(move |change| {
         // The permit lives as long as the stream.
         let _ = &permit;
         let event = match change {
-            Ok(change) => {
-                let (name, data) = json::change(&change);
-                Event::default().event(name).data(data.to_string())
-            }
+            Ok(change) => Event::default().event("task").data(json::change(&change).to_string()),
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
                 Event::default().event("lagged").data(serde_json::json!({ "missed": missed }).to_string())
             }

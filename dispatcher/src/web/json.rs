@@ -3,27 +3,18 @@
 //! data.
 
 pub use protocol::view::{accepted, count, release, runner, status, task};
-use protocol::TaskState;
 use serde_json::{json, Value};
 
-use crate::scheduler::Change;
+use crate::scheduler::StateChange;
 use crate::time::rfc3339;
 
-/// A change as a server-sent event: its event name and data.
-pub fn change(change: &Change) -> (&'static str, Value) {
-    match change {
-        Change::Task { task_id, from, state, at_ms } => (
-            "task",
-            json!({
-                "id": task_id.get(),
-                "from": from.map(TaskState::as_str),
-                "state": state.as_str(),
-                "at": rfc3339(*at_ms),
-            }),
-        ),
-        Change::Release { repo, version } => {
-            ("release", json!({ "repo": repo.as_str(), "version": version }))
-        }
-        Change::RunnerLost { name } => ("runner_lost", json!({ "name": name.as_str() })),
-    }
+/// A task's state change as a server-sent event's data.
+pub fn change(change: &StateChange) -> Value {
+    json!({
+        "id": change.task_id.get(),
+        "state": change.state.as_str(),
+        "attempt": change.attempt,
+        "runner": change.runner.as_ref().map(|name| name.as_str()),
+        "at": rfc3339(crate::time::now_ms()),
+    })
 }

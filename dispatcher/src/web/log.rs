@@ -8,7 +8,6 @@
 //! a `watch` of the latest length, so a slow follower costs neither memory
 //! nor the scheduler's time: it simply reads later from the file.
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -18,7 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use protocol::TaskId;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::{parse_task_id, ApiError, Web};
@@ -92,22 +91,26 @@ async fn produce(web: &Web, task_id: TaskId, follow: bool, sender: &Chunks) -> a
         None
     };
     let path = web.files.log_path(task_id);
-    let mut offset = 0u64;
+    let mut log = AttemptLog::default();
     if let Some(mut progress) = progress {
         let mut attempt = progress.borrow().attempt;
         loop {
             let now = *progress.borrow_and_update();
             if now.attempt != attempt {
+                // The earlier attempt's log is complete (its open handle still
+                // reads it after it is renamed): send the rest, then say that
+                // a new attempt starts.
+                log.send(sender, &path, None).await?;
                 // Attempt 0 is a task that had not started: no restart.
                 let restarted = attempt > 0;
                 attempt = now.attempt;
-                offset = 0;
+                log = AttemptLog::default();
                 if restarted {
                     let marker = format!("\n[baton: task restarted as attempt {attempt}]\n");
                     send(sender, Bytes::from(marker)).await?;
                 }
             }
-            offset = send_file(sender, &path, offset, Some(now.len)).await?;
+            log.send(sender, &path, Some(now.len)).await?;
             if now.ended {
                 break;
             }
@@ -118,7 +121,7 @@ async fn produce(web: &Web, task_id: TaskId, follow: bool, sender: &Chunks) -> a
             }
         }
     }
-    send_file(sender, &path, offset, None).await?;
+    log.send(sender, &path, None).await?;
     Ok(())
 }
 
@@ -126,34 +129,50 @@ async fn send(sender: &Chunks, chunk: Bytes) -> anyhow::Result<()> {
     sender.send(Ok(chunk)).await.map_err(|_| anyhow::Error::new(Gone))
 }
 
-/// Sends the log from `offset` up to `end` (or its current end), returning
-/// the new offset. A missing log is an empty one.
-async fn send_file(
-    sender: &Chunks,
-    path: &std::path::Path,
-    mut offset: u64,
-    end: Option<u64>,
-) -> anyhow::Result<u64> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
-        Err(err) => return Err(err.into()),
-    };
-    file.seek(SeekFrom::Start(offset)).await?;
-    loop {
-        let want = match end {
-            Some(end) if offset >= end => break,
-            Some(end) => CHUNK.min((end - offset) as usize),
-            None => CHUNK,
-        };
-        let mut buffer = vec![0u8; want];
-        let read = file.read(&mut buffer).await?;
-        if read == 0 {
-            break;
+/// One attempt's log as a follower reads it: opened once (a missing log is
+/// an empty one until it appears), read in order, as `baton log --follow`.
+#[derive(Default)]
+struct AttemptLog {
+    file: Option<tokio::fs::File>,
+    /// Bytes sent so far.
+    offset: u64,
+}
+
+impl AttemptLog {
+    /// Sends the log from where the last call stopped up to `end` (or its
+    /// current end).
+    async fn send(
+        &mut self,
+        sender: &Chunks,
+        path: &std::path::Path,
+        end: Option<u64>,
+    ) -> anyhow::Result<()> {
+        if end.is_some_and(|end| self.offset >= end) {
+            return Ok(());
         }
-        buffer.truncate(read);
-        offset += read as u64;
-        send(sender, Bytes::from(buffer)).await?;
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => match tokio::fs::File::open(path).await {
+                Ok(file) => self.file.insert(file),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(err) => return Err(err.into()),
+            },
+        };
+        loop {
+            let want = match end {
+                Some(end) if self.offset >= end => break,
+                Some(end) => CHUNK.min((end - self.offset) as usize),
+                None => CHUNK,
+            };
+            let mut buffer = vec![0u8; want];
+            let read = file.read(&mut buffer).await?;
+            if read == 0 {
+                break;
+            }
+            buffer.truncate(read);
+            self.offset += read as u64;
+            send(sender, Bytes::from(buffer)).await?;
+        }
+        Ok(())
     }
-    Ok(offset)
 }

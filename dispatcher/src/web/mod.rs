@@ -6,9 +6,9 @@
 //! the read-only SQLite pool (`readers`, blocking threads) and the log
 //! files; it asks the scheduler only for status and runners, through a
 //! snapshot cache that sends at most a few events per second however many
-//! clients poll; live updates come from the scheduler's change feed, a
-//! `tokio::sync::broadcast` whose slow subscribers lag (and are told so)
-//! instead of making the scheduler wait; a followed log reads the file at the
+//! clients poll; live updates come from the scheduler's state changes, a
+//! `tokio::sync::broadcast` published after each commit, whose slow
+//! subscribers lag (and are told so) instead of making the scheduler wait; a followed log reads the file at the
 //! follower's own pace, woken by a `watch` channel that holds only the latest
 //! length. Requests are bounded (body size, time, concurrency, streams), and
 //! a panic in a handler becomes a 500 for that request only.
@@ -34,12 +34,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::files::DataDir;
 use crate::readers::Readers;
-use crate::scheduler::{Change, Handle};
+use crate::scheduler::Handle;
 
 /// Largest request body (steering requests are a few hundred bytes).
 const MAX_BODY: usize = 16 * 1024;
@@ -57,7 +57,6 @@ pub struct Web {
     pub(crate) scheduler: Handle,
     pub(crate) readers: Arc<Readers>,
     pub(crate) files: DataDir,
-    pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) auth: auth::Auth,
     pub(crate) snapshot: snapshot::Snapshot,
     pub(crate) metrics: metrics::Metrics,
@@ -73,18 +72,16 @@ pub fn state(
     scheduler: Handle,
     readers: Arc<Readers>,
     files: DataDir,
-    changes: broadcast::Sender<Change>,
     secret: Option<Vec<u8>>,
     shutdown: CancellationToken,
 ) -> Arc<Web> {
     let metrics = metrics::Metrics::new();
-    metrics.follow(changes.subscribe(), shutdown.clone());
+    metrics.follow(scheduler.subscribe(), shutdown.clone());
     Arc::new(Web {
         snapshot: snapshot::Snapshot::new(scheduler.clone()),
         scheduler,
         readers,
         files,
-        changes,
         auth: auth::Auth::new(secret),
         metrics,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
