@@ -288,6 +288,29 @@ fn stream(http: &str, path: &str) -> mpsc::Receiver<Vec<u8>> {
     receiver
 }
 
+/// Reads a streaming response over a raw socket (status line, headers and
+/// chunk framing included), handing over what arrives.
+fn raw_stream(http: &str, path: &str) -> mpsc::Receiver<Vec<u8>> {
+    use std::io::Write;
+    let mut socket = std::net::TcpStream::connect(http).expect("connecting");
+    write!(socket, "GET {path} HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match socket.read(&mut buffer) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if sender.send(buffer[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    receiver
+}
+
 /// Collects a stream until `done` says so or the stream ends.
 fn collect_until(
     receiver: &mpsc::Receiver<Vec<u8>>,
@@ -315,7 +338,7 @@ fn events_and_the_followed_log_are_live_and_exact() {
     let tmp = tempfile::tempdir().unwrap();
     let gate = tmp.path().join("gate");
     let (dispatcher, _runner, http) = start(tmp.path(), &[]);
-    let events = stream(&http, "/api/v1/events");
+    let events = raw_stream(&http, "/api/v1/events");
     let (ready, _) = collect_until(&events, "the ready event", |got| {
         String::from_utf8_lossy(got).contains("event: ready")
     });
@@ -333,7 +356,7 @@ fn events_and_the_followed_log_are_live_and_exact() {
     assert_eq!(String::from_utf8_lossy(&followed), String::from_utf8_lossy(&stored));
     assert_eq!(followed, stored);
 
-    let passed = format!("\"id\":{id},\"state\":\"passed\"");
+    let passed = format!("\"id\":{id},\"runner\":\"r1\",\"state\":\"passed\"");
     let (seen, _) =
         collect_until(&events, "the passed event", |got| String::from_utf8_lossy(got).contains(&passed));
     let seen = String::from_utf8_lossy(&[ready, seen].concat()).into_owned();
