@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use protocol::message::DeployStep;
-use protocol::{Branch, RepoUrl};
+use protocol::{Branch, Name, NotificationEvent, RepoUrl};
 
 use crate::cli::Cli;
 use crate::scheduler::Settings;
@@ -82,6 +82,9 @@ struct RepoFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NotifierFile {
+    /// Required when there are several: queued events point at it, so
+    /// reordering the notifiers sends nothing to the wrong one.
+    name: Option<String>,
     command: Option<Vec<String>>,
     url: Option<String>,
     events: Option<Vec<String>>,
@@ -138,18 +141,19 @@ pub enum NotifierTarget {
 /// A notifier and the events it wants (all when `None`).
 #[derive(Clone, Debug)]
 pub struct Notifier {
+    /// Its stable name; outbox rows point at it.
+    pub name: Name,
     pub target: NotifierTarget,
-    pub events: Option<Vec<String>>,
+    pub events: Option<Vec<NotificationEvent>>,
 }
 
-/// Every event a notifier can receive.
-pub const EVENTS: [&str; 6] =
-    ["task_failed", "task_error", "task_recovered", "release_recorded", "deploy_failed", "rollback"];
+/// The name of a notifier that is alone in the config file and unnamed.
+pub const DEFAULT_NOTIFIER: &str = "default";
 
 impl Notifier {
     /// Whether this notifier wants `event`.
-    pub fn wants(&self, event: &str) -> bool {
-        self.events.as_ref().is_none_or(|events| events.iter().any(|e| e == event))
+    pub fn wants(&self, event: NotificationEvent) -> bool {
+        self.events.as_ref().is_none_or(|events| events.contains(&event))
     }
 }
 
@@ -194,7 +198,7 @@ impl Config {
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
         let releases = releases(file.release_branches, file.repo)?;
-        let notifiers = file.notifier.into_iter().map(notifier).collect::<anyhow::Result<Vec<_>>>()?;
+        let notifiers = notifiers(file.notifier)?;
         let http = match cli.http.or(file.http) {
             Some(addr) if addr == "off" => None,
             Some(addr) => Some(Http { addr, explicit: true }),
@@ -250,7 +254,24 @@ fn releases(default: Option<Vec<String>>, repos: Vec<RepoFile>) -> anyhow::Resul
     Ok(releases)
 }
 
-fn notifier(file: NotifierFile) -> anyhow::Result<Notifier> {
+/// The `[[notifier]]` tables: each named (a single one may go unnamed), no
+/// name twice.
+fn notifiers(files: Vec<NotifierFile>) -> anyhow::Result<Vec<Notifier>> {
+    let alone = files.len() == 1;
+    let mut notifiers: Vec<Notifier> = Vec::with_capacity(files.len());
+    for file in files {
+        let name = match (&file.name, alone) {
+            (Some(name), _) => Name::new(name.as_str()).map_err(|err| anyhow::anyhow!("notifier {err}"))?,
+            (None, true) => Name::new(DEFAULT_NOTIFIER).expect("the default notifier name is valid"),
+            (None, false) => anyhow::bail!("with several [[notifier]] tables, each needs a name = \"...\""),
+        };
+        anyhow::ensure!(notifiers.iter().all(|other| other.name != name), "two notifiers are named {name}");
+        notifiers.push(notifier(name, file)?);
+    }
+    Ok(notifiers)
+}
+
+fn notifier(name: Name, file: NotifierFile) -> anyhow::Result<Notifier> {
     let target = match (file.command, file.url) {
         (Some(command), None) if !command.is_empty() => NotifierTarget::Command(command),
         (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
@@ -260,15 +281,14 @@ fn notifier(file: NotifierFile) -> anyhow::Result<Notifier> {
             "a [[notifier]] needs either command = [\"program\", ...] or url = \"http(s)://...\""
         ),
     };
-    if let Some(events) = &file.events {
-        for event in events {
-            anyhow::ensure!(
-                EVENTS.contains(&event.as_str()),
-                "unknown notifier event {event:?}: expected one of {EVENTS:?}"
-            );
-        }
-    }
-    Ok(Notifier { target, events: file.events })
+    let events = file
+        .events
+        .map(|events| {
+            events.iter().map(|event| event.parse::<NotificationEvent>()).collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|err| anyhow::anyhow!("notifier {name}: {err}"))?;
+    Ok(Notifier { name, target, events })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -332,5 +352,37 @@ mod tests {
         assert!(format!("{err:#}").contains("invalid --heartbeat-interval"), "{err:#}");
         let err = Config::from_cli(cli(&["--sync", "maybe"])).unwrap_err();
         assert!(format!("{err:#}").contains("expected full or normal"), "{err:#}");
+    }
+
+    /// Notifiers from a config file's text.
+    fn notifiers_of(text: &str) -> anyhow::Result<Vec<Notifier>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::from_cli(cli(&["--config", path.to_str().unwrap()])).map(|c| c.settings.notifiers.to_vec())
+    }
+
+    #[test]
+    fn notifiers_have_stable_names() {
+        let alone = notifiers_of("[[notifier]]\nurl = \"http://h/\"\n").unwrap();
+        assert_eq!(alone[0].name.as_str(), DEFAULT_NOTIFIER);
+        let named = notifiers_of(
+            "[[notifier]]\nname = \"chat\"\ncommand = [\"c\"]\nevents = [\"task_failed\"]\n\n\
+             [[notifier]]\nname = \"hook\"\nurl = \"http://h/\"\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["chat", "hook"]);
+        assert!(
+            named[0].wants(NotificationEvent::TaskFailed) && !named[0].wants(NotificationEvent::Rollback)
+        );
+        let err = notifiers_of("[[notifier]]\nurl = \"http://a/\"\n[[notifier]]\nurl = \"http://b/\"\n");
+        assert!(format!("{:#}", err.unwrap_err()).contains("each needs a name"));
+        let err = notifiers_of(
+            "[[notifier]]\nname = \"x\"\nurl = \"http://a/\"\n[[notifier]]\nname = \"x\"\nurl = \"http://b/\"\n",
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("two notifiers are named x"));
+        let err = notifiers_of("[[notifier]]\nurl = \"http://a/\"\nevents = [\"roll_back\"]\n");
+        assert!(format!("{:#}", err.unwrap_err()).contains("unknown notification event \"roll_back\""));
     }
 }

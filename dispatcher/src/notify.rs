@@ -50,17 +50,18 @@ pub async fn run(
             }
         };
         for outgoing in due {
-            let delivery = match notifiers.get(outgoing.notifier) {
+            let delivery = match notifiers.iter().find(|notifier| notifier.name.as_str() == outgoing.notifier)
+            {
                 Some(notifier) => deliver(&agent, notifier, &outgoing).await,
                 // The configuration changed since the event was queued.
                 None => Ok(()),
             };
             match &delivery {
                 Ok(()) => {
-                    tracing::debug!(id = outgoing.id, notifier = outgoing.notifier, "notification delivered")
+                    tracing::debug!(id = outgoing.id, notifier = %outgoing.notifier, "notification delivered")
                 }
                 Err(error) => {
-                    tracing::warn!(id = outgoing.id, notifier = outgoing.notifier, attempts = outgoing.attempts + 1,
+                    tracing::warn!(id = outgoing.id, notifier = %outgoing.notifier, attempts = outgoing.attempts + 1,
                     error = %error, "notification failed; will retry")
                 }
             }

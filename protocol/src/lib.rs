@@ -6,8 +6,14 @@
 //! dispatcher's verdict. After the handshake the connection is re-typed for the
 //! peer's role and carries that role's messages ([`message`]).
 //!
-//! This crate does no I/O policy of its own: no retries, no timeouts beyond the
-//! handshake deadline, no logging of message contents. Daemons decide those.
+//! The wire modules (`codec`, `connection`, `handshake`, `message`, `types`,
+//! `tls`) have no I/O policy of their own: no retries, no timeouts beyond the
+//! handshake deadline, no logging of message contents. Two modules are here
+//! only because every binary shares them and binaries must not depend on each
+//! other: [`peer`] is the daemons' common ground around a connection (dialling
+//! with reconnect back-off, tracing set-up, the stop signal), so it does log
+//! and retry; [`view`] is how the protocol's values look to scripts and people
+//! (`--json` shapes, RFC 3339 times).
 
 pub mod codec;
 pub mod connection;
@@ -22,10 +28,13 @@ pub mod view;
 pub use connection::{Connection, IntoTransport, Receiver, Sender, Transport};
 pub use error::Error;
 pub use handshake::{Role, Secret};
-pub use types::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+pub use types::{
+    Branch, CommitId, CommitPrefix, Label, Name, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl,
+    TaskId, TaskState,
+};
 
 /// Version of the wire format; bump it on any change to a message type.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts unless configured lower (8 MiB).
 ///

@@ -389,3 +389,119 @@ mod tests {
         assert!("done".parse::<TaskState>().is_err());
     }
 }
+
+/// Defines a closed vocabulary: an enum whose values are spelled the same in
+/// SQLite, JSON, config files and on the command line, with `ALL`,
+/// `as_str`, `FromStr` and `Display`. On the wire it travels as the enum.
+macro_rules! vocabulary {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        // bincode writes the variant's index; a self-describing format
+        // (JSON) writes the same name as `as_str`.
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in the order of the enum.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The name used in SQLite, JSON and config files.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(value: &str) -> Result<$name, String> {
+                $name::ALL.iter().copied().find(|known| known.as_str() == value).ok_or_else(|| {
+                    let known: Vec<&str> = $name::ALL.iter().map(|known| known.as_str()).collect();
+                    format!("unknown {} {:?}: expected one of {}", $what, shorten(value), known.join(", "))
+                })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// The state of a release record.
+    ReleaseState, "release state" {
+        /// Recorded; no deploy steps are configured, or they have not started.
+        Recorded => "recorded",
+        /// Its deploy task is queued or running.
+        Deploying => "deploying",
+        Deployed => "deployed",
+        /// Its deploy task did not pass.
+        Failed => "failed",
+        /// A later rollback replaced it.
+        RolledBack => "rolled_back",
+    }
+}
+
+impl ReleaseState {
+    /// Whether the release was good once, and so may be returned to.
+    pub fn was_good(self) -> bool {
+        matches!(self, ReleaseState::Deployed | ReleaseState::Recorded | ReleaseState::RolledBack)
+    }
+
+    /// Whether the release is the current one of its repository (or about
+    /// to be).
+    pub fn is_current(self) -> bool {
+        matches!(self, ReleaseState::Deployed | ReleaseState::Recorded | ReleaseState::Deploying)
+    }
+}
+
+vocabulary! {
+    /// What made a release record.
+    ReleaseKind, "release kind" {
+        /// A passed test of a release branch.
+        Release => "release",
+        /// A return to an earlier release's commit.
+        Rollback => "rollback",
+    }
+}
+
+vocabulary! {
+    /// What a notifier can be told about.
+    NotificationEvent, "notification event" {
+        TaskFailed => "task_failed",
+        TaskError => "task_error",
+        /// A passed test after a failed or errored one on the same branch.
+        TaskRecovered => "task_recovered",
+        ReleaseRecorded => "release_recorded",
+        DeployFailed => "deploy_failed",
+        Rollback => "rollback",
+    }
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    use super::*;
+
+    #[test]
+    fn vocabularies_read_back_what_they_write() {
+        for state in ReleaseState::ALL {
+            assert_eq!(state.as_str().parse::<ReleaseState>(), Ok(*state));
+        }
+        for kind in ReleaseKind::ALL {
+            assert_eq!(kind.to_string().parse::<ReleaseKind>(), Ok(*kind));
+        }
+        for event in NotificationEvent::ALL {
+            assert_eq!(event.as_str().parse::<NotificationEvent>(), Ok(*event));
+        }
+        assert_eq!(ReleaseState::RolledBack.as_str(), "rolled_back");
+        let err = "roll_back".parse::<ReleaseKind>().unwrap_err();
+        assert_eq!(err, "unknown release kind \"roll_back\": expected one of release, rollback");
+    }
+}

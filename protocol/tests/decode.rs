@@ -19,7 +19,9 @@ use protocol::message::{
     ReleaseQuery, ResultAck, Resume, RollbackRequest, RunnerInfo, RunnerState, RunnerToDispatcher, Selector,
     StatusReport, Submit, Summary, TaskInfo, TaskQuery, TaskResult,
 };
-use protocol::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+use protocol::{
+    Branch, CommitId, CommitPrefix, Label, Name, ReleaseKind, ReleaseState, RepoUrl, TaskId, TaskState,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::codec::Decoder;
@@ -246,7 +248,9 @@ fn release_info() -> BoxedStrategy<ReleaseInfo> {
     let what = (repo(), any::<u32>(), prop::option::of(branch()), branch(), commit());
     let tasks =
         (prop::option::of(task_id()), prop::option::of(task_id()), any::<i64>(), any::<Option<u32>>());
-    let how = (text(), any::<Option<u32>>(), text(), text());
+    let kind = prop::sample::select(ReleaseKind::ALL);
+    let state = prop::sample::select(ReleaseState::ALL);
+    let how = (kind, any::<Option<u32>>(), state, text());
     (what, tasks, how)
         .prop_map(
             |(

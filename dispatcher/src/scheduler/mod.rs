@@ -222,13 +222,20 @@ pub struct StateChange {
 /// # Errors
 /// When the live state cannot be read from the store.
 pub fn start(
-    store: Store,
+    mut store: Store,
     files: DataDir,
     settings: Settings,
     outbox: Arc<Notify>,
     file_writer: SyncSender<FileJob>,
     fatal: CancellationToken,
 ) -> anyhow::Result<(Handle, std::thread::JoinHandle<anyhow::Result<()>>)> {
+    let names: Vec<Name> = settings.notifiers.iter().map(|notifier| notifier.name.clone()).collect();
+    let tx = store.begin()?;
+    let named = tx.name_positional_notifications(&names)?;
+    tx.commit()?;
+    if named > 0 {
+        tracing::info!(named, "named the notifiers of events queued before notifiers had names");
+    }
     let core = Core::recover(&store, files, settings)?;
     let (events, receiver) = mpsc::channel(EVENT_QUEUE);
     let (changes, _) = broadcast::channel(STATE_CHANGES);

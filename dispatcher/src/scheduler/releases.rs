@@ -12,15 +12,12 @@
 use std::sync::Arc;
 
 use protocol::message::{Deploy, Job, ReleaseInfo};
-use protocol::{Label, RepoUrl, TaskState};
+use protocol::{Label, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl, TaskState};
 
 use super::{now_ms, tasks, Effects};
 use crate::config::Notifier;
 use crate::files::{release_json, task_event_json, FileJob};
 use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Trigger, Tx};
-
-/// States of a release that was good once, and so may be returned to.
-const GOOD: [&str; 3] = ["deployed", "recorded", "rolled_back"];
 
 /// The release settings and the notifiers.
 pub(crate) struct Releases {
@@ -65,11 +62,12 @@ impl Releases {
         finish: &Finish,
     ) -> anyhow::Result<()> {
         let event = match finish.state {
-            TaskState::Failed => Some("task_failed"),
-            TaskState::Error => Some("task_error"),
+            TaskState::Failed => Some(NotificationEvent::TaskFailed),
+            TaskState::Error => Some(NotificationEvent::TaskError),
             TaskState::Passed => {
                 let before = tx.previous_test_state(&task.repo, &task.branch, task.id)?;
-                matches!(before, Some(TaskState::Failed | TaskState::Error)).then_some("task_recovered")
+                matches!(before, Some(TaskState::Failed | TaskState::Error))
+                    .then_some(NotificationEvent::TaskRecovered)
             }
             _ => None,
         };
@@ -83,9 +81,9 @@ impl Releases {
                 branch: task.branch.clone(),
                 commit: task.commit.clone(),
                 task_id: Some(task.id),
-                kind: "release",
+                kind: ReleaseKind::Release,
                 rollback_to: None,
-                state: "recorded",
+                state: ReleaseState::Recorded,
                 trigger: format!("task {}", task.id),
             };
             self.record_release(tx, effects, deploys, release)?;
@@ -106,27 +104,26 @@ impl Releases {
         };
         let version = release.info.version;
         if finish.state == TaskState::Passed {
-            tx.set_release_state(release.id, "deployed")?;
+            tx.set_release_state(release.id, ReleaseState::Deployed)?;
             tracing::info!(repo = %task.repo, release = version, task_id = %task.id, "release deployed");
             return Ok(());
         }
-        tx.set_release_state(release.id, "failed")?;
+        tx.set_release_state(release.id, ReleaseState::Failed)?;
         tracing::warn!(repo = %task.repo, release = version, step = ?finish.failed_step, "deploy failed");
         let event = serde_json::json!({
             "release": release_json(&release.info),
             "task": task_event_json(task, finish),
             "failed_step": finish.failed_step,
         });
-        self.notify(tx, effects, "deploy_failed", event)?;
+        self.notify(tx, effects, NotificationEvent::DeployFailed, event)?;
         let auto = self.settings.repo(&task.repo).is_some_and(|settings| settings.auto_rollback);
         if auto && finish.failed_step.as_deref() == Some("post_deploy") {
             let releases = tx.releases_of(&task.repo)?;
-            let target =
-                releases.iter().find(|r| r.info.version < version && GOOD.contains(&r.info.state.as_str()));
+            let target = releases.iter().find(|r| r.info.version < version && r.info.state.was_good());
             match target {
                 Some(target) => {
                     let trigger = format!("auto-rollback of r{version}");
-                    self.roll_back(tx, effects, deploys, None, target, trigger)?;
+                    self.record_rollback(tx, effects, deploys, None, target, trigger)?;
                 }
                 None => {
                     tracing::warn!(repo = %task.repo, release = version, "no earlier good release to roll back to")
@@ -150,8 +147,7 @@ impl Releases {
         to: Option<u32>,
     ) -> anyhow::Result<Result<(ReleaseInfo, Deploys), String>> {
         let releases = tx.releases_of(repo)?;
-        let current =
-            releases.iter().find(|r| matches!(r.info.state.as_str(), "deployed" | "recorded" | "deploying"));
+        let current = releases.iter().find(|r| r.info.state.is_current());
         let target = match to {
             Some(version) => match releases.iter().find(|r| r.info.version == version) {
                 Some(target) => target,
@@ -163,7 +159,7 @@ impl Releases {
                 };
                 let older = releases.iter().find(|r| {
                     r.info.version < current.info.version
-                        && GOOD.contains(&r.info.state.as_str())
+                        && r.info.state.was_good()
                         && r.info.commit != current.info.commit
                 });
                 match older {
@@ -175,11 +171,12 @@ impl Releases {
             }
         };
         let mut deploys = Vec::new();
-        let release = self.roll_back(tx, effects, &mut deploys, current, target, "baton rollback".into())?;
+        let release =
+            self.record_rollback(tx, effects, &mut deploys, current, target, "baton rollback".into())?;
         Ok(Ok((release.info, deploys)))
     }
 
-    fn roll_back(
+    fn record_rollback(
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
@@ -189,7 +186,7 @@ impl Releases {
         trigger: String,
     ) -> anyhow::Result<Release> {
         if let Some(current) = current {
-            tx.set_release_state(current.id, "rolled_back")?;
+            tx.set_release_state(current.id, ReleaseState::RolledBack)?;
         }
         let release = NewRelease {
             repo: target.info.repo.clone(),
@@ -197,9 +194,9 @@ impl Releases {
             branch: target.info.branch.clone(),
             commit: target.info.commit.clone(),
             task_id: target.info.task_id,
-            kind: "rollback",
+            kind: ReleaseKind::Rollback,
             rollback_to: Some(target.info.version),
-            state: "recorded",
+            state: ReleaseState::Recorded,
             trigger,
         };
         self.record_release(tx, effects, deploys, release)
@@ -216,7 +213,7 @@ impl Releases {
     ) -> anyhow::Result<Release> {
         let deployed = self.settings.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
         if deployed {
-            release.state = "deploying";
+            release.state = ReleaseState::Deploying;
         }
         let mut record = tx.insert_release(&release, now_ms())?;
         if deployed {
@@ -237,7 +234,10 @@ impl Releases {
         tracing::info!(repo = %record.info.repo, release = record.info.version, commit = %record.info.commit,
             kind = %record.info.kind, trigger = %record.info.trigger, "release recorded");
         effects.file(FileJob::Release(Box::new(record.info.clone())));
-        let event = if record.info.kind == "rollback" { "rollback" } else { "release_recorded" };
+        let event = match record.info.kind {
+            ReleaseKind::Rollback => NotificationEvent::Rollback,
+            ReleaseKind::Release => NotificationEvent::ReleaseRecorded,
+        };
         self.notify(tx, effects, event, serde_json::json!({ "release": release_json(&record.info) }))?;
         Ok(record)
     }
@@ -271,15 +271,15 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
-        event: &str,
+        event: NotificationEvent,
         mut body: serde_json::Value,
     ) -> anyhow::Result<()> {
-        body["event"] = event.into();
+        body["event"] = event.as_str().into();
         body["at"] = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().into();
         let text = body.to_string();
-        for (idx, notifier) in self.notifiers.iter().enumerate() {
+        for notifier in self.notifiers.iter() {
             if notifier.wants(event) {
-                tx.enqueue_notification(idx, &text, now_ms())?;
+                tx.enqueue_notification(&notifier.name, &text, now_ms())?;
                 effects.outbox_changed = true;
             }
         }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use protocol::message::{ReleaseInfo, Summary, TaskInfo};
-use protocol::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+use protocol::{
+    Branch, CommitId, CommitPrefix, Label, Name, ReleaseKind, ReleaseState, RepoUrl, TaskId, TaskState,
+};
 use rusqlite::{params, OptionalExtension, Row};
 
 mod releases;
@@ -19,10 +21,11 @@ mod web;
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");
+const SCHEMA_V3: &str = include_str!("v3.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,9 +155,9 @@ pub struct NewRelease {
     pub branch: Branch,
     pub commit: CommitId,
     pub task_id: Option<TaskId>,
-    pub kind: &'static str,
+    pub kind: ReleaseKind,
     pub rollback_to: Option<u32>,
-    pub state: &'static str,
+    pub state: ReleaseState,
     pub trigger: String,
 }
 
@@ -169,7 +172,9 @@ pub struct Release {
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     pub id: i64,
-    pub notifier: usize,
+    /// The notifier's name (`#N`, a position, for an event queued by a
+    /// version 2 database and not named since).
+    pub notifier: String,
     pub event: String,
     pub attempts: u32,
 }
@@ -469,6 +474,28 @@ impl Reader {
             "SELECT {TASK_COLUMNS} FROM tasks WHERE commit_id >= ?1 AND commit_id < ?2 ORDER BY id DESC LIMIT 1"
         ))?;
         stmt.query_row(params![prefix.as_str(), upper], task_info).optional().context("reading a task")
+    }
+
+    /// Up to `limit` distinct commits of `repo`'s tasks that start with
+    /// `prefix`, in commit order.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn commits_with_prefix(
+        &self,
+        repo: &RepoUrl,
+        prefix: &CommitPrefix,
+        limit: u32,
+    ) -> anyhow::Result<Vec<CommitId>> {
+        let upper = format!("{prefix}g");
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT commit_id FROM tasks WHERE commit_id >= ?1 AND commit_id < ?2 AND repo = ?3 \
+             ORDER BY commit_id LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![prefix.as_str(), upper, repo.as_str(), limit], |row| {
+            parse(row, 0, |s: String| CommitId::new(s))
+        })?;
+        rows.collect::<rusqlite::Result<_>>().context("reading commits")
     }
 }
 

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use protocol::message::ReleaseInfo;
-use protocol::{Branch, CommitId, RepoUrl, TaskId, TaskState};
+use protocol::{Branch, CommitId, Name, ReleaseKind, ReleaseState, RepoUrl, TaskId, TaskState};
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{invalid, parse, NewRelease, Outgoing, Reader, Release, Tx};
@@ -62,9 +62,9 @@ impl Tx<'_> {
                 release.task_id.map(TaskId::get),
                 now_ms,
                 previous,
-                release.kind,
+                release.kind.as_str(),
                 release.rollback_to,
-                release.state,
+                release.state.as_str(),
                 release.trigger,
             ])?;
         let id = self.tx.last_insert_rowid();
@@ -97,10 +97,10 @@ impl Tx<'_> {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn set_release_state(&self, id: i64, state: &str) -> anyhow::Result<()> {
+    pub fn set_release_state(&self, id: i64, state: ReleaseState) -> anyhow::Result<()> {
         self.tx
             .prepare_cached("UPDATE releases SET state = ?2 WHERE id = ?1")?
-            .execute(params![id, state])?;
+            .execute(params![id, state.as_str()])?;
         Ok(())
     }
 
@@ -119,13 +119,34 @@ impl Tx<'_> {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn enqueue_notification(&self, notifier: usize, event: &str, now_ms: i64) -> anyhow::Result<()> {
+    pub fn enqueue_notification(&self, notifier: &Name, event: &str, now_ms: i64) -> anyhow::Result<()> {
         self.tx
             .prepare_cached(
                 "INSERT INTO outbox (notifier, event, created_at, next_at) VALUES (?1, ?2, ?3, ?3)",
             )?
-            .execute(params![notifier as i64, event, now_ms])?;
+            .execute(params![notifier.as_str(), event, now_ms])?;
         Ok(())
+    }
+
+    /// Names the events a version 2 database queued by position (`#N`),
+    /// with the notifiers of the configuration in their order, as that
+    /// version would have delivered them. Events whose position has no
+    /// notifier keep it (and are dropped as undeliverable).
+    ///
+    /// # Returns
+    /// How many events were named.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn name_positional_notifications(&self, names: &[Name]) -> anyhow::Result<usize> {
+        let mut named = 0;
+        for (position, name) in names.iter().enumerate() {
+            named += self
+                .tx
+                .prepare_cached("UPDATE outbox SET notifier = ?2 WHERE notifier = ?1")?
+                .execute(params![format!("#{position}"), name.as_str()])?;
+        }
+        Ok(named)
     }
 
     /// Removes a delivered notification.
@@ -200,12 +221,7 @@ impl Reader {
              WHERE o.id = (SELECT MIN(id) FROM outbox WHERE notifier = o.notifier) AND o.next_at <= ?1",
         )?;
         let rows = stmt.query_map([now_ms], |row| {
-            Ok(Outgoing {
-                id: row.get(0)?,
-                notifier: row.get::<_, i64>(1)?.max(0) as usize,
-                event: row.get(2)?,
-                attempts: row.get(3)?,
-            })
+            Ok(Outgoing { id: row.get(0)?, notifier: row.get(1)?, event: row.get(2)?, attempts: row.get(3)? })
         })?;
         rows.collect::<Result<_, _>>().context("reading the outbox")
     }
@@ -227,9 +243,9 @@ fn release_row(row: &Row<'_>) -> rusqlite::Result<Release> {
             deploy_task_id: task_id(7)?,
             created_at_ms: row.get(8)?,
             previous: row.get(9)?,
-            kind: row.get(10)?,
+            kind: parse(row, 10, |s: String| s.parse::<ReleaseKind>())?,
             rollback_to: row.get(11)?,
-            state: row.get(12)?,
+            state: parse(row, 12, |s: String| s.parse::<ReleaseState>())?,
             trigger: row.get(13)?,
         },
     })

@@ -109,7 +109,7 @@ fn reopening_keeps_the_schema_and_refuses_newer_ones() {
     assert!(format!("{err:#}").contains("newer than this dispatcher"), "{err:#}");
 }
 
-fn release(kind: &'static str) -> NewRelease {
+fn release(kind: ReleaseKind) -> NewRelease {
     NewRelease {
         repo: RepoUrl::new("/srv/app.git").unwrap(),
         tag: None,
@@ -118,7 +118,7 @@ fn release(kind: &'static str) -> NewRelease {
         task_id: None,
         kind,
         rollback_to: None,
-        state: "recorded",
+        state: ReleaseState::Recorded,
         trigger: "test".into(),
     }
 }
@@ -127,17 +127,68 @@ fn release(kind: &'static str) -> NewRelease {
 fn versions_increase_per_repository_and_link_the_previous_one() {
     let mut store = Store::open_in_memory().unwrap();
     let tx = store.begin().unwrap();
-    let first = tx.insert_release(&release("release"), 1).unwrap();
-    let second = tx.insert_release(&release("rollback"), 2).unwrap();
-    let mut elsewhere = release("release");
+    let first = tx.insert_release(&release(ReleaseKind::Release), 1).unwrap();
+    let second = tx.insert_release(&release(ReleaseKind::Rollback), 2).unwrap();
+    let mut elsewhere = release(ReleaseKind::Release);
     elsewhere.repo = RepoUrl::new("/srv/other.git").unwrap();
     let other = tx.insert_release(&elsewhere, 3).unwrap();
     assert_eq!((first.info.version, first.info.previous), (1, None));
     assert_eq!((second.info.version, second.info.previous), (2, Some(1)));
     assert_eq!((other.info.version, other.info.previous), (1, None));
-    tx.set_release_state(first.id, "deployed").unwrap();
+    tx.set_release_state(first.id, ReleaseState::Deployed).unwrap();
     let listed = tx.releases_of(&first.info.repo).unwrap();
     assert_eq!(listed.iter().map(|r| r.info.version).collect::<Vec<_>>(), vec![2, 1]);
-    assert_eq!(listed[1].info.state, "deployed");
+    assert_eq!(listed[1].info.state, ReleaseState::Deployed);
     tx.commit().unwrap();
+}
+
+/// A database made by the version before notifier names (schema v2): its
+/// release records read back typed, and its queued events, which point at
+/// notifiers by position, are named after the configured notifiers in order.
+#[test]
+fn a_version_2_database_migrates_and_its_queued_events_get_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        // Exactly what the previous version created and wrote.
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(SCHEMA_V1).unwrap();
+        tx.execute_batch(SCHEMA_V2).unwrap();
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        tx.execute_batch(
+            "INSERT INTO releases (repo, version, branch, commit_id, created_at, kind, state, trigger)
+               VALUES ('/srv/app.git', 1, 'main', 'cccccccccccccccccccccccccccccccccccccccc', 1, 'rollback',
+                       'rolled_back', 'baton rollback');
+             INSERT INTO outbox (notifier, event, created_at, next_at) VALUES (0, '{\"event\":\"a\"}', 1, 1);
+             INSERT INTO outbox (notifier, event, created_at, next_at) VALUES (1, '{\"event\":\"b\"}', 2, 2);
+             INSERT INTO outbox (notifier, event, created_at, next_at) VALUES (5, '{\"event\":\"c\"}', 3, 3);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut store = Store::open(&path, Sync::Normal).unwrap();
+    let version: i64 = store.conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    let names = [Name::new("chat").unwrap(), Name::new("hook").unwrap()];
+    let tx = store.begin().unwrap();
+    assert_eq!(tx.name_positional_notifications(&names).unwrap(), 2);
+    let releases = tx.releases_of(&RepoUrl::new("/srv/app.git").unwrap()).unwrap();
+    assert_eq!(
+        (releases[0].info.kind, releases[0].info.state),
+        (ReleaseKind::Rollback, ReleaseState::RolledBack)
+    );
+    // New events point at names; the ids go on from the old ones.
+    tx.enqueue_notification(&names[1], "{}", 4).unwrap();
+    tx.commit().unwrap();
+    let reader = Reader::open(&path).unwrap();
+    let due = reader.due_notifications(10).unwrap();
+    let mut heads: Vec<(i64, String)> = due.into_iter().map(|out| (out.id, out.notifier)).collect();
+    heads.sort();
+    assert_eq!(heads, vec![(1, "chat".into()), (2, "hook".into()), (3, "#5".into())]);
+    // The release states are stored as the same strings as before.
+    let state: String = store.conn.query_row("SELECT state FROM releases", [], |row| row.get(0)).unwrap();
+    assert_eq!(state, "rolled_back");
+    let max_id: i64 = store.conn.query_row("SELECT MAX(id) FROM outbox", [], |row| row.get(0)).unwrap();
+    assert_eq!(max_id, 4);
 }

@@ -418,8 +418,8 @@ pub async fn releases(State(web): State<Arc<Web>>) -> PageResult {
                         @for release in list.iter().rev() {
                             tr {
                                 td { "r" (release.version) }
-                                td { (state_badge(&release.state)) }
-                                td { (release.kind) @if let Some(to) = release.rollback_to { " to r" (to) } }
+                                td { (state_badge(release.state.as_str())) }
+                                td { (release.kind.as_str()) @if let Some(to) = release.rollback_to { " to r" (to) } }
                                 td { (release.branch.as_str()) }
                                 td { a href={ "/commits/" (release.commit.as_str()) } { code { (short(release.commit.as_str())) } } }
                                 td { @if let Some(id) = release.task_id { a href={ "/tasks/" (id.get()) } { "#" (id.get()) } } @else { "—" } }

@@ -11,7 +11,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
+use crate::types::{
+    Branch, CommitId, CommitPrefix, Label, Name, ReleaseKind, ReleaseState, RepoUrl, TaskId, TaskState,
+};
 
 // ---------------------------------------------------------------- observer
 
@@ -294,6 +296,17 @@ pub enum ClientToDispatcher {
     Releases(ReleaseQuery),
     /// Redeploy an earlier release.
     Rollback(RollbackRequest),
+    /// The commits of a repository's tasks that start with a prefix
+    /// (`baton submit REPO PREFIX` when the client cannot read the
+    /// repository itself); answered with `Commits`.
+    Commits(CommitQuery),
+}
+
+/// A commit prefix within one repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitQuery {
+    pub repo: RepoUrl,
+    pub prefix: CommitPrefix,
 }
 
 /// Filters for `baton releases`.
@@ -362,6 +375,9 @@ pub enum DispatcherToClient {
     Releases(Vec<ReleaseInfo>),
     /// Answer to `Rollback`: the rollback record.
     Release(Box<ReleaseInfo>),
+    /// Answer to `Commits`: the matching commits, at most two (one is the
+    /// answer; two say the prefix is ambiguous).
+    Commits(Vec<CommitId>),
 }
 
 /// A release record.
@@ -380,12 +396,10 @@ pub struct ReleaseInfo {
     pub created_at_ms: i64,
     /// The version of the release before this one.
     pub previous: Option<u32>,
-    /// `release` or `rollback`.
-    pub kind: String,
+    pub kind: ReleaseKind,
     /// For a rollback, the version whose commit it redeploys.
     pub rollback_to: Option<u32>,
-    /// `recorded`, `deploying`, `deployed`, `failed` or `rolled_back`.
-    pub state: String,
+    pub state: ReleaseState,
     /// Who or what made it: `task 12`, `baton rollback`, `auto-rollback of r5`.
     pub trigger: String,
 }

@@ -41,9 +41,9 @@ fn release_info() -> ReleaseInfo {
         deploy_task_id: None,
         created_at_ms: 5,
         previous: Some(2),
-        kind: "release".into(),
+        kind: ReleaseKind::Release,
         rollback_to: None,
-        state: "deployed".into(),
+        state: ReleaseState::Deployed,
         trigger: "task 7".into(),
     }
 }
@@ -211,6 +211,13 @@ fn client_messages_golden() {
             ClientToDispatcher::Rollback(RollbackRequest { repo: RepoUrl::new("/r").unwrap(), to: Some(2) }),
             "09 022f72 01 02",
         ),
+        (
+            ClientToDispatcher::Commits(CommitQuery {
+                repo: RepoUrl::new("/r").unwrap(),
+                prefix: CommitPrefix::new("abcd").unwrap(),
+            }),
+            "0a 022f72 0461626364",
+        ),
     ];
     for (message, expected) in requests {
         assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
@@ -253,7 +260,21 @@ fn client_messages_golden() {
         round_trip(&response);
     }
     assert_eq!(round_trip(&DispatcherToClient::Task(None)), "0300");
+    // The release's kind and state travel as enums (protocol version 2).
+    let release = format!(
+        "0a {} 03 01{} {} {} 010e 00 0a 0102 00 00 02 {}",
+        hex("/srv/app.git"),
+        hex("v1.2"),
+        hex("main"),
+        hex(commit().as_str()),
+        hex("task 7")
+    );
+    assert_eq!(round_trip(&DispatcherToClient::Release(Box::new(release_info()))), release.replace(' ', ""));
     assert_eq!(round_trip(&DispatcherToClient::Error("e".into())), "080165");
+    assert_eq!(
+        round_trip(&DispatcherToClient::Commits(vec![commit()])),
+        format!("0b01{}", hex(commit().as_str()))
+    );
 }
 
 fn hex(text: &str) -> String {

@@ -96,9 +96,9 @@ pub fn release_info() -> ReleaseInfo {
         deploy_task_id: None,
         created_at_ms: NOON_MS,
         previous: Some(2),
-        kind: "release".into(),
+        kind: crate::types::ReleaseKind::Release,
         rollback_to: None,
-        state: "deployed".into(),
+        state: crate::types::ReleaseState::Deployed,
         trigger: "task 7".into(),
     }
 }

@@ -78,11 +78,11 @@ pub fn releases(releases: &[ReleaseInfo], now_ms: i64, style: Style) -> String {
     for release in releases {
         let kind = match release.rollback_to {
             Some(version) => format!("rollback to r{version}"),
-            None => release.kind.clone(),
+            None => release.kind.to_string(),
         };
         table.add_row(vec![
             Cell::new(format!("r{}", release.version)),
-            Cell::new(&release.state),
+            Cell::new(release.state),
             Cell::new(&release.repo),
             Cell::new(&release.branch),
             Cell::new(short_commit(release.commit.as_str())),
