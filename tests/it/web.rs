@@ -203,7 +203,7 @@ fn the_api_serves_what_the_client_shows_and_refuses_bad_requests() {
         None,
     )
     .assert_error(400);
-    post(&http, "/api/v1/tasks", &vec![b' '; 1024 * 1024], None).assert_error(413);
+    post(&http, "/api/v1/tasks", &vec![b' '; 20 * 1024], None).assert_error(413);
     post(&http, "/api/v1/tasks/424242/rerun", b"", None).assert_error(404);
     post(&http, &format!("/api/v1/tasks/{id}/abort"), b"", None).assert_error(409);
     post(&http, "/api/v1/tasks/x/abort", b"", None).assert_error(400);
