@@ -63,6 +63,10 @@ for _ in $(seq 100); do [ -s "$work/dispatcher.addr" ] && break; sleep 0.05; don
 addr=$(head -n 1 "$work/dispatcher.addr")
 export BATON_DISPATCHER="$addr"
 echo "    dispatcher listening on $addr"
+# The web report service (pages, /api/v1/, /metrics): the default address
+# 127.0.0.1:8080 unless it is taken, printed as the second line.
+http=$(sed -n 's/^http: //p' "$work/dispatcher.addr")
+[ -n "$http" ] && echo "    web report at http://$http/ (open it: it updates live)"
 for name in runner-a runner-b; do
   "$bin/baton-runner" --dispatcher "$addr" --work-dir "$work/$name" --name "$name" 2>"$work/$name.log" &
   pids+=($!)
@@ -112,7 +116,7 @@ baton show "${slow:0:10}" | grep -E '^(state|attempts|runner):'
 
 echo "==> kill -9 the dispatcher and start it again on the same data dir and port"
 { kill -9 "${pids[0]}"; wait "${pids[0]}"; } 2>/dev/null || true
-"$bin/baton-dispatcher" --listen "$addr" --data-dir "$work/data" >/dev/null 2>>"$work/dispatcher.log" &
+"$bin/baton-dispatcher" --listen "$addr" --http "${http:-off}" --data-dir "$work/data" >/dev/null 2>>"$work/dispatcher.log" &
 pids+=($!)
 for _ in $(seq 100); do baton status >/dev/null 2>&1 && break; sleep 0.05; done
 

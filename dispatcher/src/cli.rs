@@ -46,6 +46,11 @@ pub struct Cli {
     /// process crash, not a power cut) [default: full].
     #[arg(long, env = "BATON_SYNC", value_name = "MODE", value_parser = ["full", "normal"])]
     pub sync: Option<String>,
+    /// Address of the web report service (pages, `/api/v1/`, `/metrics`), or
+    /// `off` [default: 127.0.0.1:8080]; its bound address is printed as the
+    /// second line of standard output, `http: ADDR`.
+    #[arg(long, env = "BATON_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
     /// Log format on stderr [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT", value_name = "FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,

@@ -25,6 +25,18 @@ pub struct Config {
     pub settings: Settings,
     pub sync: Sync,
     pub log_json: bool,
+    /// Where the web report service listens; `None` when it is off.
+    pub http: Option<Http>,
+}
+
+/// The web report service's address.
+#[derive(Clone, Debug)]
+pub struct Http {
+    pub addr: String,
+    /// Given by the user (flag, variable or file): failing to bind it stops
+    /// the dispatcher. The default address, when taken, only disables the
+    /// web service with a warning.
+    pub explicit: bool,
 }
 
 /// The config file: the same settings as the flags.
@@ -42,6 +54,7 @@ struct FileConfig {
     output_cap: Option<u64>,
     sync: Option<String>,
     log_format: Option<String>,
+    http: Option<String>,
     /// Branches whose passed commits become releases, unless a `[[repo]]`
     /// says otherwise (default: main and master).
     release_branches: Option<Vec<String>>,
@@ -191,7 +204,19 @@ impl Config {
             protocol::peer::host_port(&listen).is_some(),
             "--listen {listen:?}: host:port is needed, e.g. 127.0.0.1:8888 (port 0 picks a free port)"
         );
+        let http = match cli.http.or(file.http) {
+            Some(addr) if addr == "off" => None,
+            Some(addr) => {
+                anyhow::ensure!(
+                    protocol::peer::host_port(&addr).is_some(),
+                    "--http {addr:?}: host:port or off is needed, e.g. 127.0.0.1:8080"
+                );
+                Some(Http { addr, explicit: true })
+            }
+            None => Some(Http { addr: "127.0.0.1:8080".into(), explicit: false }),
+        };
         Ok(Config {
+            http,
             tls,
             listen,
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),

@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,19 @@ const GRACE: Duration = Duration::from_secs(5);
 /// cannot be read, or the store fails while running (disk full, I/O errors):
 /// the daemon then stops, and a restart recovers from what was committed.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_web(config, listener, None, shutdown).await
+}
+
+/// Runs the dispatcher, and the web report service on `web` when given.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_web(
+    config: Config,
+    listener: TcpListener,
+    web: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let files = files::DataDir::create(&config.data_dir)?;
     let store = store::Store::open(&files.database(), config.sync)?;
     let secret = match &config.token_file {
@@ -109,6 +123,26 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         outbox,
         shutdown.clone(),
     ));
+    if let Some(web) = web {
+        let secret = match &config.token_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading token file {}", path.display()))?
+                    .trim_ascii()
+                    .to_vec(),
+            ),
+            None => None,
+        };
+        let state = web::state(
+            scheduler.clone(),
+            Arc::clone(&shared.readers),
+            shared.files.clone(),
+            secret,
+            shutdown.clone(),
+        );
+        tracing::info!(http = %web.local_addr()?, "web report service started");
+        tracker.spawn(web::serve(web, state));
+    }
     server::serve(listener, Arc::clone(&shared), &tracker).await;
     tracing::info!("stopping: no new connections");
     tracker.close();

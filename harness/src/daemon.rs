@@ -196,14 +196,27 @@ impl Daemon {
     /// When stdout was not piped or already taken, the process closes it or
     /// prints an empty line, or `patience` runs out.
     pub fn first_line(&mut self, patience: Duration) -> anyhow::Result<String> {
+        self.first_lines(patience).map(|(line, _)| line)
+    }
+
+    /// As [`Daemon::first_line`], with the other lines printed in the same
+    /// write (the dispatcher's `http: ADDR`), without waiting for more.
+    ///
+    /// # Errors
+    /// As [`Daemon::first_line`].
+    pub fn first_lines(&mut self, patience: Duration) -> anyhow::Result<(String, Vec<String>)> {
         let stdout =
             self.take_stdout().with_context(|| format!("the stdout of {} is not piped", self.name))?;
         let (line_tx, line_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
-            let _ = line_tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
+            let mut reader = BufReader::new(stdout);
+            let read = reader.read_line(&mut line).map(|_| line);
+            let rest: Vec<String> =
+                String::from_utf8_lossy(reader.buffer()).lines().map(str::to_string).collect();
+            let _ = line_tx.send(read.map(|line| (line, rest)));
         });
-        let line = match line_rx.recv_timeout(patience) {
+        let (line, rest) = match line_rx.recv_timeout(patience) {
             Ok(read) => read.with_context(|| format!("reading the stdout of {}", self.name))?,
             Err(_) => anyhow::bail!("{} printed nothing within {patience:?}", self.name),
         };
@@ -212,7 +225,7 @@ impl Daemon {
             self.ensure_running()?;
             anyhow::bail!("{} printed an empty first line", self.name);
         }
-        Ok(line)
+        Ok((line, rest))
     }
 
     fn take_stdout(&mut self) -> Option<ChildStdout> {

@@ -18,3 +18,5 @@ mod releases;
 mod security;
 mod support;
 mod tls;
+mod web;
+mod web_browser;

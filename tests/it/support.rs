@@ -104,6 +104,8 @@ pub fn daemon(program: &str, args: &[&str], env: &[(&str, &str)], log: PathBuf) 
 pub struct Dispatcher {
     pub daemon: Daemon,
     pub addr: String,
+    /// The web report service's address (`http: ADDR`, its second line).
+    pub http: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -119,6 +121,9 @@ impl Dispatcher {
         let mut all = vec!["--listen", listen, "--data-dir"];
         let data_dir_arg = data_dir.display().to_string();
         all.push(&data_dir_arg);
+        if !args.contains(&"--http") {
+            all.extend(["--http", "127.0.0.1:0"]);
+        }
         all.extend(args);
         let log = data_dir.with_extension(format!("log{}", unique()));
         Dispatcher::start_with(data_dir, &all, &[], log)
@@ -128,8 +133,10 @@ impl Dispatcher {
     /// make it keep its data in `data_dir` and listen where it prints.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Dispatcher {
         let mut daemon = start("dispatcher", "baton-dispatcher", strings(args), env, log, true);
-        let addr = ok(daemon.first_line(PATIENCE));
-        Dispatcher { daemon, addr, data_dir: data_dir.to_path_buf() }
+        let (addr, rest) = ok(daemon.first_lines(PATIENCE));
+        // The web service's address comes in the same write, when it runs.
+        let http = rest.iter().find_map(|line| line.strip_prefix("http: ")).map(str::to_string);
+        Dispatcher { daemon, addr, http, data_dir: data_dir.to_path_buf() }
     }
 
     /// Starts `baton-dispatcher --listen 0.0.0.0:0 --data-dir DIR ARGS`
@@ -144,8 +151,9 @@ impl Dispatcher {
         launch.stdout = true;
         launch.netns = Some(netns.path().to_path_buf());
         let mut daemon = start_launch(launch, &[]);
-        let addr = ok(daemon.first_line(PATIENCE));
-        Dispatcher { daemon, addr, data_dir: data_dir.to_path_buf() }
+        let (addr, rest) = ok(daemon.first_lines(PATIENCE));
+        let http = rest.iter().find_map(|line| line.strip_prefix("http: ")).map(str::to_string);
+        Dispatcher { daemon, addr, http, data_dir: data_dir.to_path_buf() }
     }
 
     /// Restarts on the same address and data dir after the old process is gone.

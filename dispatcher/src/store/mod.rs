@@ -17,6 +17,7 @@ use protocol::{
 use rusqlite::{params, OptionalExtension, Row};
 
 mod releases;
+mod web;
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");

@@ -1,0 +1,47 @@
+//! Read queries of the web report service (pagination, a commit's tasks).
+
+use anyhow::Context;
+use protocol::message::TaskInfo;
+use protocol::{CommitPrefix, RepoUrl, TaskId, TaskState};
+use rusqlite::params;
+
+use super::{task_info, Reader, TASK_COLUMNS};
+
+impl Reader {
+    /// Tasks newest first, optionally filtered, with ids below `before` (the
+    /// next page starts below the last id shown).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn tasks_page(
+        &self,
+        repo: Option<&RepoUrl>,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<TaskInfo>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR state = ?2)
+             AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![repo.map(RepoUrl::as_str), state.map(TaskState::as_str), before.map(TaskId::get), limit],
+            task_info,
+        )?;
+        rows.collect::<Result<_, _>>().context("listing tasks")
+    }
+
+    /// The tasks of the commits starting with `prefix`, newest first.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn tasks_of_commit(&self, prefix: &CommitPrefix, limit: u32) -> anyhow::Result<Vec<TaskInfo>> {
+        let upper = format!("{prefix}g");
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE commit_id >= ?1 AND commit_id < ?2 ORDER BY id DESC LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(params![prefix.as_str(), upper, limit], task_info)?;
+        rows.collect::<Result<_, _>>().context("listing a commit's tasks")
+    }
+}
