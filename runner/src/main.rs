@@ -13,6 +13,11 @@ use runner::Config;
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
+    // The test supervisor mode, before clap, threads or logging exist.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == runner::supervise::FLAG) {
+        runner::supervise::main(args.collect());
+    }
     let cli = Cli::parse();
     let config = match Config::from_cli(cli) {
         Ok(config) => config,

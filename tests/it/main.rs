@@ -8,6 +8,7 @@ mod durability;
 mod foundation;
 mod observer;
 mod operator;
+mod orphans;
 mod releases;
 mod security;
 mod support;
