@@ -94,7 +94,7 @@ fn kill_9_of_a_runner_leaves_no_process_of_its_test() {
     });
     // The script's shell, the background sleep and the setsid daemon at
     // least (the foreground python may still be starting).
-    assert!(marked(&marker).len() >= 3, "the test's processes: {:?}", marked(&marker));
+    wait_for("the test's processes to be seen", || (marked(&marker).len() >= 3).then_some(()));
 
     runner.kill9();
     assert_none_left(&marker);
