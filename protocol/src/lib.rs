@@ -24,7 +24,7 @@ pub use handshake::{Role, Secret};
 pub use types::{Branch, CommitId, CommitPrefix, Label, Name, RepoUrl, TaskId, TaskState};
 
 /// Version of the wire format; bump it on any change to a message type.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts unless configured lower (8 MiB).
 ///

@@ -5,7 +5,9 @@
 
 mod chaos;
 mod durability;
+mod flood;
 mod foundation;
+mod liveness;
 mod observer;
 mod operator;
 mod orphans;
