@@ -339,7 +339,10 @@ mod tests {
             }
             other => panic!("expected a reject, got {other:?}"),
         }
-        assert!(matches!(server.await.unwrap(), Err(Error::VersionMismatch { ours: crate::PROTOCOL_VERSION, theirs: 999 })));
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(Error::VersionMismatch { ours: crate::PROTOCOL_VERSION, theirs: 999 })
+        ));
     }
 
     #[tokio::test]

@@ -143,7 +143,10 @@ fn supervisor_program() -> io::Result<std::path::PathBuf> {
         .map(|dir| dir.join(RUNNER_BINARY))
         .find(|candidate| candidate.is_file())
         .ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("no {RUNNER_BINARY} next to {}", current.display()))
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no {RUNNER_BINARY} next to {}", current.display()),
+            )
         })
 }
 
@@ -495,7 +498,8 @@ mod tests {
             .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
                 let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                let zombie =
+                    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
                 let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
                 !zombie && environ.split(|byte| *byte == 0).any(|var| var == needle)
             })
@@ -516,7 +520,9 @@ mod tests {
              while [ ! -e {started} ]; do sleep 0.01; done",
             started = started.display()
         );
-        for (line, abort) in [(format!("{escape}; echo left"), false), (format!("{escape}; echo left; sleep 600"), true)] {
+        for (line, abort) in
+            [(format!("{escape}; echo left"), false), (format!("{escape}; echo left; sleep 600"), true)]
+        {
             let _ = std::fs::remove_file(&started);
             let marker = format!("BATON_EXEC_TEST_MARK={}-{abort}", std::process::id());
             let (name, value) = marker.split_once('=').unwrap();
@@ -543,7 +549,9 @@ mod tests {
                 assert_eq!(supervised.unwrap().cause, Some(StopCause::Abort));
             } else {
                 let supervised =
-                    supervise(&mut process, command.timeout, &mut fixture.log, &progress, &mut control).await.unwrap();
+                    supervise(&mut process, command.timeout, &mut fixture.log, &progress, &mut control)
+                        .await
+                        .unwrap();
                 assert_eq!((supervised.status.code(), supervised.cause), (Some(0), None));
             }
             assert!(started.exists(), "the daemon never started");

@@ -31,7 +31,11 @@ fn raise_fd_limit(wanted: u64) {
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0, "raising the file limit");
         }
     }
-    assert!(limit.rlim_cur >= wanted, "cannot hold {wanted} sockets: the hard file limit is {}", limit.rlim_max);
+    assert!(
+        limit.rlim_cur >= wanted,
+        "cannot hold {wanted} sockets: the hard file limit is {}",
+        limit.rlim_max
+    );
 }
 
 /// Opens a connection that never says anything; `None` if the connect

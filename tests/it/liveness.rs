@@ -1,8 +1,7 @@
-//! The runner's side of liveness (issue 12, items 3 and 4): a runner that
-//! hears nothing from its dispatcher for the heartbeat window drops the link
-//! and reconnects at once, keeping its test, which is re-adopted rather than
-//! rerun; and runners streaming output as fast as they can still answer
-//! every heartbeat in time.
+//! The runner's side of liveness (issue 12, item 3): a runner that hears
+//! nothing from its dispatcher for the heartbeat window drops the link and
+//! reconnects at once, keeping its test, which is re-adopted rather than
+//! rerun.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -130,31 +129,4 @@ fn a_runner_that_hears_nothing_reconnects_to_a_new_dispatcher_and_keeps_its_test
     let log = std::fs::read_to_string(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
     assert_eq!(log.matches("started attempt").count(), 1, "output delivered once: {log}");
     assert!(log.contains("finished attempt 1"), "{log}");
-}
-
-#[test]
-fn runners_streaming_output_as_fast_as_they_can_are_never_lost() {
-    const N_TASKS: usize = 20;
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::init(&tmp.path().join("repo"));
-    // Each test writes 4 MiB as fast as it can.
-    let baton_toml = "[test]\ncommand = \"yes baton-output-line-0123456789 | head -c 4194304; echo '1 passed, 0 failed'\"\n";
-    let commits: Vec<String> = (0..N_TASKS)
-        .map(|idx| repo.commit(&[(".baton.toml", baton_toml)], &format!("noisy {idx}")))
-        .collect();
-    let dispatcher = Dispatcher::start(&tmp.path().join("data"), &[]);
-    let _runners: Vec<support::Daemon> = ["r1", "r2", "r3", "r4"]
-        .iter()
-        .map(|name| support::runner(tmp.path(), &dispatcher.addr, name, &["--slots", "2"]))
-        .collect();
-    for commit in &commits {
-        baton_json(&dispatcher.addr, &["submit", &repo.path.display().to_string(), commit]);
-    }
-    for commit in &commits {
-        let task = wait_final(&dispatcher.addr, commit);
-        assert_eq!(task["state"], "passed", "{task:#}");
-        assert_eq!(task["attempts"], 1, "a runner was lost under output load: {task:#}");
-    }
-    let log = dispatcher.daemon.log();
-    assert!(!log.contains("runner lost"), "{log}");
 }

@@ -28,6 +28,7 @@ fn escaping_repo(root: &Path, marker: &str, timeout: Option<&str>) -> (Repo, Str
          if os.fork(): os._exit(0)\n\
          open(\"{gate}/daemon\",\"w\").close()\n\
          time.sleep(60)' </dev/null >/dev/null 2>&1\n\
+         while [ ! -e {gate}/daemon ]; do sleep 0.05; done\n\
          touch {gate}/ready\n\
          echo escaped\n\
          python3 -c 'import time; time.sleep(60)'\n"
@@ -104,13 +105,13 @@ fn kill_9_of_a_runner_leaves_no_process_of_its_test() {
 fn a_timeout_leaves_no_process_of_the_test() {
     let tmp = tempfile::tempdir().unwrap();
     let marker = unique_marker(tmp.path());
-    let (repo, commit) = escaping_repo(tmp.path(), &marker, Some("5s"));
+    let (repo, commit) = escaping_repo(tmp.path(), &marker, Some("20s"));
     // The default heartbeat: this test is not about liveness.
     let dispatcher = Dispatcher::start(&tmp.path().join("data"), &[]);
     let _runner = support::runner(tmp.path(), &dispatcher.addr, "r1", &[]);
     baton_json(&dispatcher.addr, &["submit", &repo.path.display().to_string(), &commit]);
     let task = wait_final(&dispatcher.addr, &commit);
     assert_eq!(task["state"], "failed", "{task:#}");
-    assert!(tmp.path().join("gate/daemon").exists(), "the daemon never started");
+    assert!(tmp.path().join("gate/ready").exists(), "the daemon never started");
     assert_none_left(&marker);
 }

@@ -95,7 +95,8 @@ impl State {
                 draining: false,
             },
         );
-        let heartbeat_interval_ms = self.settings.heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX);
+        let heartbeat_interval_ms =
+            self.settings.heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX);
         let heartbeat_misses = self.settings.heartbeat_misses;
         let registered = Registered { resume, forget, heartbeat_interval_ms, heartbeat_misses };
         effects.send_runner(conn, DispatcherToRunner::Registered(registered));
