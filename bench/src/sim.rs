@@ -1,4 +1,5 @@
-//! Simulated peers that speak the real protocol, for load the real daemons
+//! Simulated peers that speak the real protocol (runners built on
+//! `harness::peer`), for load the real daemons
 //! cannot make cheaply: runners that pass every task at once (and answer
 //! heartbeats), and observers that pipeline thousands of submissions.
 //!
@@ -10,10 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use protocol::handshake::Role;
+use harness::peer::{self, FakeRunner, RunnerConnection};
 use protocol::message::{
-    DispatcherToObserver, DispatcherToRunner, HostFacts, ObserverToDispatcher, Outcome, Pong, Register,
-    RunnerToDispatcher, Submit, TaskResult,
+    DispatcherToObserver, DispatcherToRunner, ObserverToDispatcher, Pong, RunnerToDispatcher, Submit,
 };
 use protocol::{Branch, CommitId, Name, RepoUrl};
 use tokio::sync::{Notify, Semaphore};
@@ -102,16 +102,10 @@ impl Fleet {
     }
 }
 
-type RunnerConnection = protocol::Connection<DispatcherToRunner, RunnerToDispatcher>;
-
 async fn register(addr: &str, name: &Name) -> anyhow::Result<RunnerConnection> {
-    let (mut conn, _welcome) = protocol::peer::dial(addr, Role::Runner, name, None, protocol::MAX_FRAME)
-        .await
-        .with_context(|| format!("simulated runner {name} dialling {addr}"))?;
-    let host = HostFacts { os: "linux".into(), arch: std::env::consts::ARCH.into(), cpus: 1 };
-    let register = Register { labels: Vec::new(), slots: 1, host, held: Vec::new() };
-    conn.send(&RunnerToDispatcher::Register(register)).await.context("sending Register")?;
-    Ok(conn)
+    let mut runner = FakeRunner::dial(addr, name.as_str()).await?;
+    runner.send(RunnerToDispatcher::Register(peer::register(Vec::new(), Vec::new()))).await?;
+    Ok(runner.conn)
 }
 
 /// Answers pings and passes every assignment at once, until disconnected.
@@ -127,18 +121,7 @@ async fn serve(mut conn: RunnerConnection, counters: &Counters) -> anyhow::Resul
             }
             DispatcherToRunner::Assign(assign) => {
                 counters.assigned.fetch_add(1, Ordering::Relaxed);
-                let result = TaskResult {
-                    task_id: assign.task_id,
-                    attempt: assign.attempt,
-                    outcome: Outcome::Passed,
-                    exit_code: Some(0),
-                    duration_ms: 0,
-                    summary: None,
-                    reason: None,
-                    output_len: 0,
-                    tag: None,
-                    failed_step: None,
-                };
+                let result = peer::passed(assign.task_id, assign.attempt);
                 conn.send(&RunnerToDispatcher::Result(result)).await?;
             }
             DispatcherToRunner::ResultAck(ack) => {
@@ -178,16 +161,7 @@ pub async fn submit_all(
     branch: &Branch,
     commits: &[CommitId],
 ) -> anyhow::Result<Submitted> {
-    let name = Name::new(name).map_err(anyhow::Error::msg)?;
-    let (conn, _welcome) = protocol::peer::dial::<DispatcherToObserver, ObserverToDispatcher>(
-        addr,
-        Role::Observer,
-        &name,
-        None,
-        protocol::MAX_FRAME,
-    )
-    .await
-    .with_context(|| format!("simulated observer {name} dialling {addr}"))?;
+    let conn = peer::dial_observer(addr, name).await?;
     let (mut receiver, mut sender) = conn.split();
     let writer = async {
         for (idx, commit) in commits.iter().enumerate() {

@@ -2,163 +2,31 @@
 //! them as [`Daemon`]s that are killed on drop, git repositories made with the
 //! git CLI, deadlines for every wait, clocks, and memory figures from procfs.
 //!
+//! The binaries, guards, repositories and deadlines themselves are the
+//! `harness` crate's, shared with the integration tests; this module adds
+//! how the bench starts each daemon and what only measuring needs.
 //! Deliberately not here: the wire protocol (`client`, `sim`) and statistics
 //! (`report`).
 
-mod git;
-
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-
-pub use self::git::Repo;
+use harness::Launch;
+pub use harness::{Bins, Daemon, Deadline, Repo};
 
 /// How long a daemon may take to print its address or register.
 pub const START_PATIENCE: Duration = Duration::from_secs(20);
 
-/// Where the Baton binaries are: next to `baton-bench` itself.
-#[derive(Clone, Debug)]
-pub struct Bins {
-    dir: PathBuf,
-}
-
-impl Bins {
-    /// The directory of the running executable.
-    ///
-    /// # Errors
-    /// When the executable's path cannot be read.
-    pub fn locate() -> anyhow::Result<Bins> {
-        let exe = std::env::current_exe().context("finding baton-bench's own path")?;
-        let dir = exe.parent().context("baton-bench has no parent directory")?.to_path_buf();
-        Ok(Bins { dir })
-    }
-
-    /// The directory the binaries are taken from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The path of binary `name`.
-    ///
-    /// # Errors
-    /// When it is missing (not built yet).
-    pub fn path(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let path = self.dir.join(name);
-        anyhow::ensure!(
-            path.is_file(),
-            "{} is missing: build the workspace's binaries first (scripts/bench.sh does)",
-            path.display()
-        );
-        Ok(path)
-    }
-}
-
-/// A started process, killed (SIGKILL) and reaped when dropped.
-pub struct Daemon {
-    name: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts `program ARGS` with stdin closed, stderr (its tracing log) to
-    /// `log`, and no inherited `BATON_*` or `RUST_LOG` variables, so the
-    /// caller's environment cannot change what is measured.
-    ///
-    /// The child gets a parent-death signal: should the bench die without
-    /// running its destructors (`kill -9`), its daemons die with it. The bench
-    /// spawns only from its main thread, which lives as long as the process.
-    ///
-    /// # Errors
-    /// When the binary is missing or cannot be started.
-    pub fn spawn(
-        bins: &Bins,
-        program: &str,
-        args: &[String],
-        log: &Path,
-        stdout: Stdio,
-    ) -> anyhow::Result<Daemon> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = Command::new(bins.path(program)?);
-        command.args(args).stdin(Stdio::null()).stdout(stdout).stderr(log_file);
-        for (key, _) in std::env::vars_os() {
-            if key.to_str().is_some_and(|key| key.starts_with("BATON_") || key == "RUST_LOG") {
-                command.env_remove(key);
-            }
-        }
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes the async-signal-safe prctl(2) call.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().with_context(|| format!("starting {program}"))?;
-        Ok(Daemon { name: program.to_string(), child: Some(child), log: log.to_path_buf() })
-    }
-
-    /// The process id (0 once it was killed).
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|child| child.id() as i32).unwrap_or(0)
-    }
-
-    /// Sends `signal` (`libc::SIGSTOP`, ...).
-    ///
-    /// # Errors
-    /// When the process is gone.
-    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
-        let pid = self.pid();
-        anyhow::ensure!(pid > 0, "{} is not running", self.name);
-        // SAFETY: kill(2) on a child we have not reaped yet; no memory involved.
-        let rc = unsafe { libc::kill(pid, signal) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("signalling {}", self.name));
-        }
-        Ok(())
-    }
-
-    /// `kill -9` and reap; a no-op when already done.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Fails, with the end of its log, when the process has exited.
-    ///
-    /// # Errors
-    /// When it exited.
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
-        let exited = match self.child.as_mut() {
-            Some(child) => child.try_wait().context("checking a child process")?,
-            None => anyhow::bail!("{} was already stopped", self.name),
-        };
-        match exited {
-            None => Ok(()),
-            Some(status) => {
-                anyhow::bail!("{} exited ({status}); its log ends:\n{}", self.name, tail(&self.log, 20))
-            }
-        }
-    }
-
-    fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
-        self.child.as_mut().and_then(|child| child.stdout.take())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts `program ARGS` with its log at `log`; the daemon dies with the
+/// bench even if the bench is killed (it spawns only from its main thread,
+/// which lives as long as the process).
+fn spawn(bins: &Bins, program: &str, args: Vec<String>, log: &Path, stdout: bool) -> anyhow::Result<Daemon> {
+    let mut launch = Launch::new(program, &args, log);
+    launch.stdout = stdout;
+    launch.die_with_parent = true;
+    Daemon::spawn(bins, launch)
 }
 
 /// A dispatcher on a free loopback port.
@@ -178,25 +46,8 @@ impl Dispatcher {
         let mut all = strings(&["--listen", "127.0.0.1:0", "--data-dir"]);
         all.push(data_dir.display().to_string());
         all.extend(strings(args));
-        let log = dir.join("dispatcher.log");
-        let mut daemon = Daemon::spawn(bins, "baton-dispatcher", &all, &log, Stdio::piped())?;
-        let stdout = daemon.take_stdout().context("the dispatcher's stdout is not piped")?;
-        let (line_tx, line_rx) = std::sync::mpsc::channel();
-        // A thread, so that a dispatcher that never prints cannot hang us.
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = line_tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
-        });
-        let line = match line_rx.recv_timeout(START_PATIENCE) {
-            Ok(Ok(line)) => line,
-            Ok(Err(err)) => return Err(err).context("reading the dispatcher's address"),
-            Err(_) => anyhow::bail!("the dispatcher printed no address within {START_PATIENCE:?}"),
-        };
-        let addr = line.trim().to_string();
-        if addr.is_empty() {
-            daemon.ensure_running()?;
-            anyhow::bail!("the dispatcher printed an empty first line");
-        }
+        let mut daemon = spawn(bins, "baton-dispatcher", all, &dir.join("dispatcher.log"), true)?;
+        let addr = daemon.first_line(START_PATIENCE).context("reading the dispatcher's address")?;
         Ok(Dispatcher { daemon, addr })
     }
 }
@@ -210,9 +61,9 @@ pub fn start_runner(bins: &Bins, dir: &Path, addr: &str, name: &str) -> anyhow::
     std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
     let mut args = strings(&["--dispatcher", addr, "--name", name, "--work-dir"]);
     args.push(work_dir.display().to_string());
-    // Appending keeps the log of a runner restarted under the same name.
+    // A new log per start keeps the log of a runner restarted under the same name.
     let log = dir.join(format!("runner-{name}-{}.log", unique()));
-    Daemon::spawn(bins, "baton-runner", &args, &log, Stdio::null())
+    spawn(bins, "baton-runner", args, &log, false)
 }
 
 /// Starts `baton-observer --watch` on `repo`, its state file and log in `dir`.
@@ -223,7 +74,7 @@ pub fn start_observer(bins: &Bins, dir: &Path, addr: &str, repo: &Path) -> anyho
     let mut args = strings(&["--dispatcher", addr, "--watch", "--state-file"]);
     args.push(dir.join("observer.state.json").display().to_string());
     args.push(repo.display().to_string());
-    Daemon::spawn(bins, "baton-observer", &args, &dir.join("observer.log"), Stdio::null())
+    spawn(bins, "baton-observer", args, &dir.join("observer.log"), false)
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -234,34 +85,6 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A point in time after which a wait fails, saying what it waited for.
-pub struct Deadline {
-    at: Instant,
-    patience: Duration,
-    what: String,
-}
-
-impl Deadline {
-    /// Fails `patience` from now.
-    pub fn after(patience: Duration, what: impl Into<String>) -> Deadline {
-        Deadline { at: Instant::now() + patience, patience, what: what.into() }
-    }
-
-    /// Fails once the deadline has passed.
-    ///
-    /// # Errors
-    /// After the deadline.
-    pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            Instant::now() < self.at,
-            "timed out after {:?} waiting for {}",
-            self.patience,
-            self.what
-        );
-        Ok(())
-    }
 }
 
 /// Nanoseconds since the Unix epoch (CLOCK_REALTIME), the clock `date +%s%N`
@@ -299,11 +122,12 @@ pub struct Memory {
     pub hwm_kib: u64,
 }
 
-/// Reads VmRSS and VmHWM of `pid`.
+/// Reads VmRSS and VmHWM of the daemon's process.
 ///
 /// # Errors
 /// When the process is gone or the file lacks the fields.
-pub fn memory(pid: i32) -> anyhow::Result<Memory> {
+pub fn memory(daemon: &Daemon) -> anyhow::Result<Memory> {
+    let pid = daemon.pid().with_context(|| format!("{} is not running", daemon.name))?;
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
@@ -337,13 +161,6 @@ pub fn raise_fd_limit() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The last `n` lines of a log file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Prints the end of every daemon log in a failed scenario's dir.
 pub fn print_log_tails(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -353,6 +170,6 @@ pub fn print_log_tails(dir: &Path) {
         .collect();
     logs.sort();
     for log in logs {
-        eprintln!("----- end of {} -----\n{}", log.display(), tail(&log, 15));
+        eprintln!("----- end of {} -----\n{}", log.display(), harness::daemon::tail(&log, 15));
     }
 }

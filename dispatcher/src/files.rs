@@ -13,6 +13,10 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 
 use anyhow::Context;
 use protocol::message::{ReleaseInfo, TaskInfo};
+/// A release as JSON: the shape of `baton releases --json`, of the files in
+/// `releases/` (without `state`) and of release notifications.
+pub use protocol::view::release as release_json;
+use protocol::view::{now_ms, rfc3339};
 use protocol::{RepoUrl, TaskId};
 
 use crate::store::{Finish, LiveTask, Store};
@@ -223,7 +227,7 @@ pub fn catch_up(store: &Store, files: &DataDir) -> anyhow::Result<()> {
     let Some(since) = files.read_watermark() else {
         // A new data dir (or one from before the writer): nothing queued
         // was lost; start counting from now.
-        return files.write_watermark(crate::time::now_ms());
+        return files.write_watermark(now_ms());
     };
     let (tasks, releases) = store.finished_since(since)?;
     if tasks.is_empty() && releases.is_empty() {
@@ -236,7 +240,7 @@ pub fn catch_up(store: &Store, files: &DataDir) -> anyhow::Result<()> {
     for release in &releases {
         files.write_release(release)?;
     }
-    files.write_watermark(crate::time::now_ms())
+    files.write_watermark(now_ms())
 }
 
 /// A directory name for a repository: its location with every character
@@ -256,30 +260,6 @@ pub fn repo_dir_name(repo: &RepoUrl) -> String {
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
     format!("{readable}-{:08x}", hash as u32)
-}
-
-fn rfc3339(ms: i64) -> serde_json::Value {
-    crate::time::rfc3339(ms).into()
-}
-
-/// A release as JSON: the shape of `baton releases --json`, of the files
-/// in `releases/` (without `state`) and of release notifications.
-pub fn release_json(release: &ReleaseInfo) -> serde_json::Value {
-    serde_json::json!({
-        "repo": release.repo.as_str(),
-        "version": format!("r{}", release.version),
-        "tag": release.tag.as_ref().map(|tag| tag.as_str()),
-        "branch": release.branch.as_str(),
-        "commit": release.commit.as_str(),
-        "task": release.task_id.map(|id| id.get()),
-        "deploy_task": release.deploy_task_id.map(|id| id.get()),
-        "created_at": rfc3339(release.created_at_ms),
-        "previous": release.previous.map(|version| format!("r{version}")),
-        "kind": release.kind,
-        "rollback_to": release.rollback_to.map(|version| format!("r{version}")),
-        "state": release.state,
-        "trigger": release.trigger,
-    })
 }
 
 /// A finished task as notifications describe it.

@@ -119,8 +119,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     drop(shared);
     drop(scheduler);
     let joined = tokio::task::spawn_blocking(move || thread.join());
+    // The scheduler logged the store's error when it stopped.
+    let mut store_failed = false;
     match tokio::time::timeout(GRACE, joined).await {
-        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Ok(Ok(())))) => {}
+        Ok(Ok(Ok(Err(_)))) => store_failed = true,
         Ok(Ok(Err(_))) => anyhow::bail!("the scheduler thread panicked"),
         Ok(Err(err)) => return Err(err.into()),
         Err(_) => tracing::warn!("scheduler did not stop in time"),
@@ -130,7 +133,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     if tokio::time::timeout(GRACE, written).await.is_err() {
         tracing::warn!("result files were still being written at exit; the next start writes them");
     }
-    if shutdown.is_cancelled() && scheduler::failed() {
+    if store_failed {
         anyhow::bail!("stopped because the store failed (see the error above)");
     }
     tracing::info!("dispatcher stopped");

@@ -11,13 +11,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::view::now_ms;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Notifier, NotifierTarget};
 use crate::readers::Readers;
-use crate::scheduler::{now_ms, Event, Handle};
+use crate::scheduler::{Event, Handle};
 use crate::store::Outgoing;
 
 /// How long one delivery may take.

@@ -17,6 +17,7 @@ pub mod message;
 pub mod peer;
 pub mod tls;
 pub mod types;
+pub mod view;
 
 pub use connection::{Connection, IntoTransport, Receiver, Sender, Transport};
 pub use error::Error;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use protocol::message::{DispatcherToObserver, ObserverToDispatcher, Submit};
-use protocol::{Branch, CommitId, Name, RepoUrl, Role};
+use protocol::{Branch, CommitId, RepoUrl};
 
 use crate::support::{self, baton_json, show, wait_final, wait_for, Dispatcher, Repo};
 
@@ -129,16 +129,7 @@ fn duplicate_observer_submissions_are_acknowledged_once() {
 pub fn observe(addr: &str, submits: &[Submit]) -> Vec<DispatcherToObserver> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let name = Name::new("test-observer").unwrap();
-        let (mut conn, _) = protocol::peer::dial::<DispatcherToObserver, ObserverToDispatcher>(
-            addr,
-            Role::Observer,
-            &name,
-            None,
-            protocol::MAX_FRAME,
-        )
-        .await
-        .unwrap();
+        let mut conn = support::ok(harness::peer::dial_observer(addr, "test-observer").await);
         let mut answers = Vec::new();
         for submit in submits {
             conn.send(&ObserverToDispatcher::Submit(submit.clone())).await.unwrap();

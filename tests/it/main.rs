@@ -6,6 +6,7 @@
 mod chaos;
 mod durability;
 mod flood;
+mod follow;
 mod foundation;
 mod liveness;
 mod observer;

@@ -1,146 +1,103 @@
-//! Helpers that start the real Baton binaries, make real git repositories,
-//! and wait for conditions against a deadline (never a fixed sleep).
+//! The tests' face of the `harness` crate: the same binaries, guards, git
+//! repositories and deadlines as the benchmark, with errors turned into
+//! panics that print the whole chain, plus what only tests need (running
+//! `baton` and reading its JSON).
 //!
 //! Every daemon gets its own directory in the test's temp dir; its stderr
 //! (the tracing log) goes to a file that is printed when the test fails.
 //! A [`Daemon`] is killed when dropped.
 
-use std::io::{BufRead, BufReader};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
+pub use harness::system::{unless_opted_out, Netns, Tmpfs};
+pub use harness::PATIENCE;
+use harness::{Bins, Launch};
 use serde_json::Value;
 
-/// How long any wait may take before the test fails. Generous: CI machines
-/// are shared and slow, and the waits poll, so passing tests are not slowed.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+/// Unwraps a harness result, panicking with the whole error chain.
+pub fn ok<T>(result: anyhow::Result<T>) -> T {
+    result.unwrap_or_else(|err| panic!("{err:#}"))
+}
 
 /// A path to one of the workspace's binaries, next to the test executable
 /// (`scripts/test.sh` builds them first).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
-    path
+    ok(Bins::locate().and_then(|bins| bins.path(name)))
 }
 
-/// A running daemon; killed (SIGKILL) when dropped.
-pub struct Daemon {
-    pub name: String,
-    child: Option<Child>,
-    log: PathBuf,
+/// A running daemon; killed (SIGKILL) when dropped. Derefs to
+/// [`harness::Daemon`] (`name`, `log()`, `log_path()`).
+pub struct Daemon(pub harness::Daemon);
+
+impl Deref for Daemon {
+    type Target = harness::Daemon;
+    fn deref(&self) -> &harness::Daemon {
+        &self.0
+    }
+}
+
+impl DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut harness::Daemon {
+        &mut self.0
+    }
 }
 
 impl Daemon {
     /// The process id.
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|child| child.id() as i32).expect("daemon running")
+        self.0.pid().expect("daemon running")
     }
 
     /// Sends a signal (for example `libc::SIGSTOP`).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) with a pid we own; no memory is involved.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+        ok(self.0.signal(signal));
     }
 
     /// `kill -9` and reap.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.kill();
     }
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.pid();
-        // SAFETY: as in `signal`.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let mut child = self.child.take().expect("daemon running");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit after SIGTERM", self.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        ok(self.0.terminate(PATIENCE))
     }
 
     /// Waits for the daemon to exit by itself (after a signal sent with
     /// [`Daemon::signal`]) and returns its status.
     pub fn wait(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("daemon running");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                self.child = Some(child);
-                panic!("{} did not exit", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The daemon's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        ok(self.0.wait(PATIENCE))
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("----- log of {} -----\n{}", self.name, self.log());
-        }
-        self.kill9();
-    }
-}
-
-fn start(name: &str, program: &str, args: &[String], log: PathBuf, stdout: Stdio) -> (Daemon, Child) {
-    start_with_env(name, program, args, &[], log, stdout)
-}
-
-/// Starts `program` with exactly `args`. `BATON_*` variables of the test's
-/// own environment are removed, so only `env` sets any.
-fn start_with_env(
+/// Starts `program` with exactly `args` and `env` (plus the tests' log
+/// filter), under `name`.
+fn start(
     name: &str,
     program: &str,
-    args: &[String],
+    args: Vec<String>,
     env: &[(&str, &str)],
     log: PathBuf,
-    stdout: Stdio,
-) -> (Daemon, Child) {
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let mut command = Command::new(bin(program));
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|key| key.starts_with("BATON_")) {
-            command.env_remove(key);
-        }
-    }
-    command
-        .args(args)
-        .env("RUST_LOG", "info,dispatcher=debug")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(log_file);
-    let child = command.spawn().unwrap_or_else(|err| panic!("starting {program}: {err}"));
-    (Daemon { name: name.to_string(), child: None, log }, child)
+    stdout: bool,
+) -> Daemon {
+    let mut launch = Launch::new(program, &args, &log);
+    launch.name = name.to_string();
+    launch.stdout = stdout;
+    start_launch(launch, env)
+}
+
+fn start_launch(mut launch: Launch, env: &[(&str, &str)]) -> Daemon {
+    launch.env.push(("RUST_LOG".into(), "info,dispatcher=debug".into()));
+    launch.env.extend(env.iter().map(|(key, value)| (key.to_string(), value.to_string())));
+    Daemon(ok(Bins::locate().and_then(|bins| harness::Daemon::spawn(&bins, launch))))
 }
 
 /// Starts a runner or an observer with exactly `args` and `env` (no
 /// `--dispatcher`, `--work-dir` or `--name` added), logging to `log`.
 pub fn daemon(program: &str, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Daemon {
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    let (mut daemon, child) = start_with_env(program, program, &args, env, log, Stdio::null());
-    daemon.child = Some(child);
-    daemon
+    start(program, program, strings(args), env, log, false)
 }
 
 /// A dispatcher on a free loopback port (or `listen`), with its data dir.
@@ -170,15 +127,24 @@ impl Dispatcher {
     /// Starts `baton-dispatcher` with exactly `args` and `env`, which must
     /// make it keep its data in `data_dir` and listen where it prints.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Dispatcher {
-        let all: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        let (mut daemon, mut child) =
-            start_with_env("dispatcher", "baton-dispatcher", &all, env, log, Stdio::piped());
-        let stdout = child.stdout.take().expect("piped stdout");
-        daemon.child = Some(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("reading the dispatcher's address");
-        let addr = line.trim().to_string();
-        assert!(!addr.is_empty(), "dispatcher printed no address; log:\n{}", daemon.log());
+        let mut daemon = start("dispatcher", "baton-dispatcher", strings(args), env, log, true);
+        let addr = ok(daemon.first_line(PATIENCE));
+        Dispatcher { daemon, addr, data_dir: data_dir.to_path_buf() }
+    }
+
+    /// Starts `baton-dispatcher --listen 0.0.0.0:0 --data-dir DIR ARGS`
+    /// inside `netns`; its printed address is `0.0.0.0:PORT`.
+    pub fn start_in(netns: &Netns, data_dir: &Path, args: &[&str]) -> Dispatcher {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let mut all = strings(&["--listen", "0.0.0.0:0", "--data-dir", &data_dir.display().to_string()]);
+        all.extend(strings(args));
+        let log = data_dir.with_extension(format!("log{}", unique()));
+        let mut launch = Launch::new("baton-dispatcher", &all, &log);
+        launch.name = "dispatcher".into();
+        launch.stdout = true;
+        launch.netns = Some(netns.path().to_path_buf());
+        let mut daemon = start_launch(launch, &[]);
+        let addr = ok(daemon.first_line(PATIENCE));
         Dispatcher { daemon, addr, data_dir: data_dir.to_path_buf() }
     }
 
@@ -191,6 +157,10 @@ impl Dispatcher {
     }
 }
 
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| arg.to_string()).collect()
+}
+
 fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -201,35 +171,21 @@ fn unique() -> String {
 pub fn runner(root: &Path, addr: &str, name: &str, args: &[&str]) -> Daemon {
     let work_dir = root.join(format!("runner-{name}"));
     std::fs::create_dir_all(&work_dir).expect("work dir");
-    let mut all = vec![
-        "--dispatcher".to_string(),
-        addr.to_string(),
-        "--work-dir".to_string(),
-        work_dir.display().to_string(),
-        "--name".to_string(),
-        name.to_string(),
-    ];
-    all.extend(args.iter().map(|arg| arg.to_string()));
+    let work_dir = work_dir.display().to_string();
+    let mut all = strings(&["--dispatcher", addr, "--work-dir", &work_dir, "--name", name]);
+    all.extend(strings(args));
     let log = root.join(format!("runner-{name}.log{}", unique()));
-    let (mut daemon, child) = start(&format!("runner {name}"), "baton-runner", &all, log, Stdio::null());
-    daemon.child = Some(child);
-    daemon
+    start(&format!("runner {name}"), "baton-runner", all, &[], log, false)
 }
 
 /// Starts `baton-observer` on `repo`, keeping its state under `root`.
 pub fn observer(root: &Path, addr: &str, repo: &Path, args: &[&str]) -> Daemon {
-    let mut all = vec![
-        "--dispatcher".to_string(),
-        addr.to_string(),
-        "--state-file".to_string(),
-        root.join("observer.state.json").display().to_string(),
-    ];
-    all.extend(args.iter().map(|arg| arg.to_string()));
+    let state_file = root.join("observer.state.json").display().to_string();
+    let mut all = strings(&["--dispatcher", addr, "--state-file", &state_file]);
+    all.extend(strings(args));
     all.push(repo.display().to_string());
     let log = root.join(format!("observer.log{}", unique()));
-    let (mut daemon, child) = start("observer", "baton-observer", &all, log, Stdio::null());
-    daemon.child = Some(child);
-    daemon
+    start("observer", "baton-observer", all, &[], log, false)
 }
 
 /// Runs `baton --dispatcher ADDR ARGS`.
@@ -239,14 +195,15 @@ pub fn baton(addr: &str, args: &[&str]) -> Output {
 
 /// As [`baton`], with extra environment variables (`BATON_TOKEN_FILE`).
 pub fn baton_with_env(addr: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(bin("baton"))
-        .arg("--dispatcher")
-        .arg(addr)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("running baton")
+    baton_command(addr, args, env).output().expect("running baton")
+}
+
+/// The command [`baton_with_env`] runs, for callers that change it further
+/// (run it inside a [`Netns`]).
+pub fn baton_command(addr: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(bin("baton"));
+    command.arg("--dispatcher").arg(addr).args(args).envs(env.iter().copied()).stdin(Stdio::null());
+    command
 }
 
 /// Runs `baton ... --json` and parses its output; panics with the full
@@ -278,15 +235,8 @@ pub fn show(addr: &str, task: &str) -> Option<Value> {
 
 /// Polls `check` every 25 ms until it returns `Some`, failing the test with
 /// `what` after [`PATIENCE`].
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    ok(harness::wait_for(what, PATIENCE, check))
 }
 
 /// Waits until the task (id or commit) is in a final state and returns it.
@@ -297,39 +247,31 @@ pub fn wait_final(addr: &str, task: &str) -> Value {
     })
 }
 
-/// A git repository with a working tree, made with the git CLI.
-pub struct Repo {
-    pub path: PathBuf,
+/// A git repository with a working tree, made with the git CLI. Derefs to
+/// [`harness::Repo`] (`path`, `run`, `run_with_input`).
+pub struct Repo(pub harness::Repo);
+
+impl Deref for Repo {
+    type Target = harness::Repo;
+    fn deref(&self) -> &harness::Repo {
+        &self.0
+    }
 }
 
 impl Repo {
     /// `git init -b main` with an identity.
     pub fn init(path: &Path) -> Repo {
-        std::fs::create_dir_all(path).expect("repo dir");
-        let repo = Repo { path: path.to_path_buf() };
-        repo.git(&["init", "-q", "-b", "main"]);
-        repo.git(&["config", "user.email", "ci@example.com"]);
-        repo.git(&["config", "user.name", "Baton Test"]);
-        repo
+        Repo(ok(harness::Repo::init(path)))
     }
 
     /// Runs git in the repository and returns trimmed stdout.
     pub fn git(&self, args: &[&str]) -> String {
-        let output = Command::new("git").arg("-C").arg(&self.path).args(args).output().expect("git");
-        assert!(output.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        ok(self.0.run(args))
     }
 
     /// Writes files and commits them; returns the commit id.
     pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
-        for (name, content) in files {
-            let path = self.path.join(name);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
-            std::fs::write(&path, content).expect("write");
-        }
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
-        self.git(&["rev-parse", "HEAD"])
+        ok(self.0.commit(files, message)).as_str().to_string()
     }
 }
 

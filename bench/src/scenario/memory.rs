@@ -94,7 +94,7 @@ async fn dispatcher_with_runners(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Re
         "the dispatcher sees {} idle runners, expected {RUNNERS}",
         status.runners_idle
     );
-    let memory = support::memory(dispatcher.daemon.pid())?;
+    let memory = support::memory(&dispatcher.daemon)?;
     Ok((memory.rss_kib as f64 / KIB_PER_MIB, memory.hwm_kib as f64 / KIB_PER_MIB))
 }
 
@@ -111,7 +111,7 @@ async fn idle_daemons(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<[f64; 
     client.wait_idle_runners(1, PATIENCE).await?;
     tokio::time::sleep(SETTLE).await;
     runner.ensure_running()?;
-    let fresh = support::memory(runner.pid())?;
+    let fresh = support::memory(&runner)?;
 
     let mut observer = support::start_observer(&ctx.bins, dir, &dispatcher.addr, &origin.path)?;
     let task = client.wait_final(&commit, PATIENCE).await?;
@@ -119,7 +119,7 @@ async fn idle_daemons(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<[f64; 
     tokio::time::sleep(SETTLE).await;
     runner.ensure_running()?;
     observer.ensure_running()?;
-    let after = support::memory(runner.pid())?;
-    let watching = support::memory(observer.pid())?;
+    let after = support::memory(&runner)?;
+    let watching = support::memory(&observer)?;
     Ok([fresh, after, watching].map(|memory| memory.rss_kib as f64 / KIB_PER_MIB))
 }

@@ -2,11 +2,9 @@
 //! or the scheduler's memory, commands sent to the scheduler, and console
 //! output streamed from the log files.
 
-use std::io::SeekFrom;
-
 use protocol::message::{ClientToDispatcher, DispatcherToClient, LogRequest, Selector, TaskInfo};
 use protocol::{Connection, Sender, TaskId};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{Event, Stopped};
@@ -191,6 +189,12 @@ fn stopped(err: Stopped) -> String {
 
 /// Sends a task's output: what the log holds, then, with `follow`, what is
 /// appended until the task ends; then `LogEnd` with the task.
+///
+/// A follower reads each attempt's log through one open handle, and only up
+/// to the length the scheduler published for that attempt: the scheduler
+/// renames `logs/<id>.log` when a new attempt starts, and a handle opened by
+/// name at the wrong moment would read the next attempt's bytes at the
+/// previous attempt's offset (issue 11).
 async fn stream_log(
     sender: &mut Sender<DispatcherToClient>,
     shared: &Shared,
@@ -208,22 +212,25 @@ async fn stream_log(
         None
     };
     let path = shared.files.log_path(task_id);
-    let mut offset = 0u64;
+    let mut log = AttemptLog::default();
     if let Some(mut progress) = progress {
         let mut attempt = progress.borrow().attempt;
         loop {
             let now = *progress.borrow_and_update();
             if now.attempt != attempt {
+                // The earlier attempt's log is complete: send what is left
+                // of it, then say that a new one starts.
+                log.send(sender, &path, None).await?;
                 // Attempt 0 is a task that had not started: no restart.
                 let restarted = attempt > 0;
                 attempt = now.attempt;
-                offset = 0;
+                log = AttemptLog::default();
                 if restarted {
                     let marker = format!("\n[baton: task restarted as attempt {attempt}]\n");
                     sender.send(&DispatcherToClient::LogChunk(marker.into_bytes())).await?;
                 }
             }
-            offset = send_file(sender, &path, offset, Some(now.len)).await?;
+            log.send(sender, &path, Some(now.len)).await?;
             if now.ended {
                 break;
             }
@@ -233,43 +240,59 @@ async fn stream_log(
             }
         }
     }
-    send_file(sender, &path, offset, None).await?;
+    log.send(sender, &path, None).await?;
     let task = read_task(shared, task_id).await?.unwrap_or(task);
     sender.send(&DispatcherToClient::LogEnd(Box::new(task))).await?;
     Ok(())
 }
 
-async fn read_task(shared: &Shared, task_id: TaskId) -> anyhow::Result<Option<TaskInfo>> {
-    shared.readers.query(move |reader| reader.task(task_id)).await
+/// One attempt's log as a follower reads it: opened once (a missing log is
+/// an empty one until it appears), read in order.
+#[derive(Default)]
+struct AttemptLog {
+    file: Option<tokio::fs::File>,
+    /// Bytes sent so far.
+    offset: u64,
 }
 
-/// Sends the log from `offset` up to `end` (or its current end), returning
-/// the new offset. A missing log is an empty one.
-async fn send_file(
-    sender: &mut Sender<DispatcherToClient>,
-    path: &std::path::Path,
-    mut offset: u64,
-    end: Option<u64>,
-) -> anyhow::Result<u64> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
-        Err(err) => return Err(err.into()),
-    };
-    file.seek(SeekFrom::Start(offset)).await?;
-    let mut buffer = vec![0u8; LOG_CHUNK];
-    loop {
-        let want = match end {
-            Some(end) if offset >= end => break,
-            Some(end) => LOG_CHUNK.min((end - offset) as usize),
-            None => LOG_CHUNK,
-        };
-        let read = file.read(&mut buffer[..want]).await?;
-        if read == 0 {
-            break;
+impl AttemptLog {
+    /// Sends the log from where the last call stopped up to `end` (or its
+    /// current end).
+    async fn send(
+        &mut self,
+        sender: &mut Sender<DispatcherToClient>,
+        path: &std::path::Path,
+        end: Option<u64>,
+    ) -> anyhow::Result<()> {
+        if end.is_some_and(|end| self.offset >= end) {
+            return Ok(());
         }
-        offset += read as u64;
-        sender.send(&DispatcherToClient::LogChunk(buffer[..read].to_vec())).await?;
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => match tokio::fs::File::open(path).await {
+                Ok(file) => self.file.insert(file),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(err) => return Err(err.into()),
+            },
+        };
+        let mut buffer = vec![0u8; LOG_CHUNK];
+        loop {
+            let want = match end {
+                Some(end) if self.offset >= end => break,
+                Some(end) => LOG_CHUNK.min((end - self.offset) as usize),
+                None => LOG_CHUNK,
+            };
+            let read = file.read(&mut buffer[..want]).await?;
+            if read == 0 {
+                break;
+            }
+            self.offset += read as u64;
+            sender.send(&DispatcherToClient::LogChunk(buffer[..read].to_vec())).await?;
+        }
+        Ok(())
     }
-    Ok(offset)
+}
+
+async fn read_task(shared: &Shared, task_id: TaskId) -> anyhow::Result<Option<TaskInfo>> {
+    shared.readers.query(move |reader| reader.task(task_id)).await
 }

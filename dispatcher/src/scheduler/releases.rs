@@ -1,33 +1,69 @@
-//! Releases and notifications: a passed test of a release branch appends a
-//! release record (and, when deploy steps are configured, a deploy task); a
-//! failed deploy may roll back; events go to the outbox in the same
-//! transaction as the change they report, so none is lost across a restart.
+//! Releases and notifications, the part of the scheduler that gives a
+//! finished task its meaning beyond its own state: a passed test of a
+//! release branch appends a release record (and, when deploy steps are
+//! configured, a deploy task); a failed deploy may roll back; events go to
+//! the outbox in the same transaction as the change they report, so none is
+//! lost across a restart.
+//!
+//! The task life calls in through one entry, [`Releases::task_finished`], and
+//! gets back the deploy tasks to queue: nothing here calls back into the
+//! life of a task.
+
+use std::sync::Arc;
 
 use protocol::message::{Deploy, Job, ReleaseInfo};
 use protocol::{Label, RepoUrl, TaskState};
 
-use super::{now_ms, State};
+use super::{now_ms, tasks, Effects};
+use crate::config::Notifier;
 use crate::files::{release_json, task_event_json, FileJob};
 use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Trigger, Tx};
 
 /// States of a release that was good once, and so may be returned to.
 const GOOD: [&str; 3] = ["deployed", "recorded", "rolled_back"];
 
-impl State {
-    /// What a finished task means beyond its own state.
-    pub(super) fn after_finish(
-        &mut self,
+/// The release settings and the notifiers.
+pub(crate) struct Releases {
+    settings: crate::config::Releases,
+    notifiers: Arc<Vec<Notifier>>,
+}
+
+/// Deploy tasks a release step inserted, for the life of a task to queue.
+pub(crate) type Deploys = Vec<LiveTask>;
+
+impl Releases {
+    pub(crate) fn new(settings: crate::config::Releases, notifiers: Arc<Vec<Notifier>>) -> Releases {
+        Releases { settings, notifiers }
+    }
+
+    /// What a finished task means beyond its own state: notifications,
+    /// release records, deploy state, rollbacks.
+    ///
+    /// # Returns
+    /// The deploy tasks inserted, to queue.
+    pub(crate) fn task_finished(
+        &self,
         tx: &Tx<'_>,
+        effects: &mut Effects,
+        task: &LiveTask,
+        finish: &Finish,
+    ) -> anyhow::Result<Deploys> {
+        let mut deploys = Vec::new();
+        match task.kind {
+            TaskKind::Test => self.after_test(tx, effects, &mut deploys, task, finish)?,
+            TaskKind::Deploy => self.after_deploy(tx, effects, &mut deploys, task, finish)?,
+        }
+        Ok(deploys)
+    }
+
+    fn after_test(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        deploys: &mut Deploys,
         task: &LiveTask,
         finish: &Finish,
     ) -> anyhow::Result<()> {
-        match task.kind {
-            TaskKind::Test => self.after_test(tx, task, finish),
-            TaskKind::Deploy => self.after_deploy(tx, task, finish),
-        }
-    }
-
-    fn after_test(&mut self, tx: &Tx<'_>, task: &LiveTask, finish: &Finish) -> anyhow::Result<()> {
         let event = match finish.state {
             TaskState::Failed => Some("task_failed"),
             TaskState::Error => Some("task_error"),
@@ -38,11 +74,9 @@ impl State {
             _ => None,
         };
         if let Some(event) = event {
-            self.notify(tx, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
+            self.notify(tx, effects, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
         }
-        if finish.state == TaskState::Passed
-            && self.settings.releases.is_release_branch(&task.repo, &task.branch)
-        {
+        if finish.state == TaskState::Passed && self.settings.is_release_branch(&task.repo, &task.branch) {
             let release = NewRelease {
                 repo: task.repo.clone(),
                 tag: finish.tag.clone(),
@@ -54,12 +88,19 @@ impl State {
                 state: "recorded",
                 trigger: format!("task {}", task.id),
             };
-            self.record_release(tx, release)?;
+            self.record_release(tx, effects, deploys, release)?;
         }
         Ok(())
     }
 
-    fn after_deploy(&mut self, tx: &Tx<'_>, task: &LiveTask, finish: &Finish) -> anyhow::Result<()> {
+    fn after_deploy(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        deploys: &mut Deploys,
+        task: &LiveTask,
+        finish: &Finish,
+    ) -> anyhow::Result<()> {
         let Some(release) = task.release_id.map(|id| tx.release(id)).transpose()?.flatten() else {
             return Ok(());
         };
@@ -76,15 +117,16 @@ impl State {
             "task": task_event_json(task, finish),
             "failed_step": finish.failed_step,
         });
-        self.notify(tx, "deploy_failed", event)?;
-        let auto = self.settings.releases.repo(&task.repo).is_some_and(|settings| settings.auto_rollback);
+        self.notify(tx, effects, "deploy_failed", event)?;
+        let auto = self.settings.repo(&task.repo).is_some_and(|settings| settings.auto_rollback);
         if auto && finish.failed_step.as_deref() == Some("post_deploy") {
             let releases = tx.releases_of(&task.repo)?;
             let target =
                 releases.iter().find(|r| r.info.version < version && GOOD.contains(&r.info.state.as_str()));
             match target {
                 Some(target) => {
-                    self.roll_back(tx, None, target, format!("auto-rollback of r{version}"))?;
+                    let trigger = format!("auto-rollback of r{version}");
+                    self.roll_back(tx, effects, deploys, None, target, trigger)?;
                 }
                 None => {
                     tracing::warn!(repo = %task.repo, release = version, "no earlier good release to roll back to")
@@ -96,12 +138,17 @@ impl State {
 
     /// `baton rollback REPO [--to VERSION]`: by default, the release before
     /// the current one.
-    pub(super) fn rollback(
-        &mut self,
+    ///
+    /// # Returns
+    /// The rollback's release record and its deploy tasks to queue, or why
+    /// there is nothing to roll back to.
+    pub(crate) fn rollback(
+        &self,
         tx: &Tx<'_>,
+        effects: &mut Effects,
         repo: &RepoUrl,
         to: Option<u32>,
-    ) -> anyhow::Result<Result<ReleaseInfo, String>> {
+    ) -> anyhow::Result<Result<(ReleaseInfo, Deploys), String>> {
         let releases = tx.releases_of(repo)?;
         let current =
             releases.iter().find(|r| matches!(r.info.state.as_str(), "deployed" | "recorded" | "deploying"));
@@ -127,13 +174,16 @@ impl State {
                 }
             }
         };
-        let release = self.roll_back(tx, current, target, "baton rollback".into())?;
-        Ok(Ok(release.info))
+        let mut deploys = Vec::new();
+        let release = self.roll_back(tx, effects, &mut deploys, current, target, "baton rollback".into())?;
+        Ok(Ok((release.info, deploys)))
     }
 
     fn roll_back(
-        &mut self,
+        &self,
         tx: &Tx<'_>,
+        effects: &mut Effects,
+        deploys: &mut Deploys,
         current: Option<&Release>,
         target: &Release,
         trigger: String,
@@ -152,19 +202,24 @@ impl State {
             state: "recorded",
             trigger,
         };
-        self.record_release(tx, release)
+        self.record_release(tx, effects, deploys, release)
     }
 
     /// Appends a release record, its JSON file, its deploy task if deploy
     /// steps are configured, and its notification.
-    fn record_release(&mut self, tx: &Tx<'_>, mut release: NewRelease) -> anyhow::Result<Release> {
-        let deploys =
-            self.settings.releases.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
-        if deploys {
+    fn record_release(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        deploys: &mut Deploys,
+        mut release: NewRelease,
+    ) -> anyhow::Result<Release> {
+        let deployed = self.settings.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
+        if deployed {
             release.state = "deploying";
         }
         let mut record = tx.insert_release(&release, now_ms())?;
-        if deploys {
+        if deployed {
             let deploy = NewTask {
                 repo: release.repo.clone(),
                 branch: release.branch.clone(),
@@ -174,25 +229,26 @@ impl State {
                 kind: TaskKind::Deploy,
                 release_id: Some(record.id),
             };
-            let accepted = self.submit(tx, deploy)?;
+            let (accepted, queued) = tasks::insert(tx, deploy, now_ms())?;
+            deploys.extend(queued);
             tx.set_release_deploy_task(record.id, accepted.task_id)?;
             record.info.deploy_task_id = Some(accepted.task_id);
         }
         tracing::info!(repo = %record.info.repo, release = record.info.version, commit = %record.info.commit,
             kind = %record.info.kind, trigger = %record.info.trigger, "release recorded");
-        self.file_jobs.push(FileJob::Release(Box::new(record.info.clone())));
+        effects.file(FileJob::Release(Box::new(record.info.clone())));
         let event = if record.info.kind == "rollback" { "rollback" } else { "release_recorded" };
-        self.notify(tx, event, serde_json::json!({ "release": release_json(&record.info) }))?;
+        self.notify(tx, effects, event, serde_json::json!({ "release": release_json(&record.info) }))?;
         Ok(record)
     }
 
     /// The job of a deploy task, or `None` when its release or the
     /// repository's deploy steps are gone.
-    pub(super) fn deploy_job(&self, tx: &Tx<'_>, task: &LiveTask) -> anyhow::Result<Option<Job>> {
+    pub(crate) fn deploy_job(&self, tx: &Tx<'_>, task: &LiveTask) -> anyhow::Result<Option<Job>> {
         let Some(release) = task.release_id.map(|id| tx.release(id)).transpose()?.flatten() else {
             return Ok(None);
         };
-        let Some(settings) = self.settings.releases.repo(&task.repo).filter(|s| !s.steps.is_empty()) else {
+        let Some(settings) = self.settings.repo(&task.repo).filter(|s| !s.steps.is_empty()) else {
             return Ok(None);
         };
         let previous_commit = match release.info.previous {
@@ -211,15 +267,20 @@ impl State {
     }
 
     /// Queues `event` for every notifier that wants it.
-    fn notify(&mut self, tx: &Tx<'_>, event: &str, mut body: serde_json::Value) -> anyhow::Result<()> {
+    fn notify(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        event: &str,
+        mut body: serde_json::Value,
+    ) -> anyhow::Result<()> {
         body["event"] = event.into();
         body["at"] = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().into();
         let text = body.to_string();
-        let notifiers = std::sync::Arc::clone(&self.settings.notifiers);
-        for (idx, notifier) in notifiers.iter().enumerate() {
+        for (idx, notifier) in self.notifiers.iter().enumerate() {
             if notifier.wants(event) {
                 tx.enqueue_notification(idx, &text, now_ms())?;
-                self.outbox_changed = true;
+                effects.outbox_changed = true;
             }
         }
         Ok(())

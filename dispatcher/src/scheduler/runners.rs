@@ -1,219 +1,268 @@
-//! Runners coming, going and heartbeating: registration and re-adoption of
-//! held attempts, pings, and what happens to the tasks of a lost runner.
+//! The runners as data: every runner seen since the start (by name), its
+//! current connection (by connection id), the tasks it runs, and what the
+//! dispatcher has heard from it. Which runner is lost, and what happens to
+//! its tasks, is decided in `reactor`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
 
-use protocol::message::{
-    DispatcherToRunner, Forget, Ping, Register, Registered, Resume, RunnerInfo, RunnerState,
-    RunnerToDispatcher,
-};
-use protocol::{Name, TaskId};
+use protocol::message::{DispatcherToRunner, HostFacts, RunnerInfo, RunnerState};
+use protocol::{Label, Name, TaskId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::{printable, ConnId, Effects, Runner, State};
-use crate::store::Tx;
+use super::ConnId;
 
-/// Host facts are shown, never interpreted: keep them short.
-const MAX_FACT_LEN: usize = 64;
+/// The runners and their connections.
+pub(crate) struct Runners {
+    by_name: BTreeMap<Name, Runner>,
+    conns: HashMap<ConnId, Conn>,
+    /// The sequence number of the next ping round.
+    next_ping: u64,
+    /// When the last ping round was sent.
+    last_ping: Instant,
+}
 
-impl State {
-    pub(super) fn register(
-        &mut self,
-        tx: &Tx<'_>,
-        effects: &mut Effects,
-        conn: ConnId,
-        name: Name,
-        address: String,
-        register: Register,
-    ) -> anyhow::Result<()> {
-        let held: Vec<(TaskId, u32)> =
-            register.held.iter().map(|held| (held.task_id, held.attempt)).collect();
-        // A runner registering under a name whose old connection is still
-        // open (it restarted faster than the kernel told us, or a frozen
-        // process came back) replaces that connection.
-        let previous = self.runners.get(&name).and_then(|runner| runner.conn);
+/// One runner connection (a runner reconnecting gets a new one).
+pub(crate) struct Conn {
+    pub(crate) runner: Name,
+    /// The runner's writer task; a full one means the runner is not reading.
+    pub(crate) outbox: mpsc::Sender<DispatcherToRunner>,
+    /// Drops the connection.
+    pub(crate) kill: CancellationToken,
+}
+
+/// A runner the dispatcher has seen since it started.
+pub(crate) struct Runner {
+    pub(crate) name: Name,
+    /// `None` once the runner is lost.
+    pub(crate) conn: Option<ConnId>,
+    pub(crate) address: String,
+    pub(crate) labels: Vec<Label>,
+    pub(crate) slots: u32,
+    pub(crate) host: HostFacts,
+    /// The tasks it runs, at most `slots`.
+    pub(crate) tasks: Vec<TaskId>,
+    pub(crate) liveness: Liveness,
+    /// It said it is stopping: it keeps its tasks and gets no new ones.
+    pub(crate) draining: bool,
+}
+
+/// What the dispatcher has heard from a runner, to tell a live runner from a
+/// dead one.
+pub(crate) struct Liveness {
+    /// Wall-clock time of the last frame, for people (`baton runners`).
+    pub(crate) last_seen: SystemTime,
+    /// Monotonic time of the last frame, for judging silence.
+    pub(crate) last_heard: Instant,
+}
+
+impl Liveness {
+    fn new(now: Instant) -> Liveness {
+        Liveness { last_seen: SystemTime::now(), last_heard: now }
+    }
+
+    /// Any frame from the runner is a sign of life.
+    pub(crate) fn heard(&mut self, now: Instant) {
+        self.last_seen = SystemTime::now();
+        self.last_heard = now;
+    }
+
+    /// How long the runner has been silent.
+    pub(crate) fn silent_for(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.last_heard)
+    }
+}
+
+/// A runner that just registered.
+pub(crate) struct Registration {
+    pub(crate) name: Name,
+    pub(crate) conn: ConnId,
+    pub(crate) address: String,
+    pub(crate) labels: Vec<Label>,
+    pub(crate) slots: u32,
+    pub(crate) host: HostFacts,
+}
+
+impl Runners {
+    pub(crate) fn new(now: Instant) -> Runners {
+        Runners { by_name: BTreeMap::new(), conns: HashMap::new(), next_ping: 1, last_ping: now }
+    }
+
+    /// Adds a connection before its runner registers; a connection its
+    /// runner later replaces is closed then.
+    pub(crate) fn connect(&mut self, conn_id: ConnId, conn: Conn) {
+        self.conns.insert(conn_id, conn);
+    }
+
+    /// The connection a runner had before `conn`, if still open: closed and
+    /// forgotten (a runner restarted faster than the kernel told us, or a
+    /// frozen process came back).
+    pub(crate) fn replace_connection(&mut self, name: &Name, conn: ConnId) {
+        let previous = self.by_name.get(name).and_then(|runner| runner.conn);
         if let Some(old) = previous.filter(|old| *old != conn) {
             if let Some(old_conn) = self.conns.remove(&old) {
                 old_conn.kill.cancel();
             }
         }
-        // Tasks the dispatcher thinks this runner has but that it does not
-        // hold any more are lost with its previous life.
-        let owned: Vec<TaskId> = self
-            .running
-            .iter()
-            .filter(|(_, running)| running.task.runner.as_ref() == Some(&name))
-            .map(|(id, _)| *id)
-            .collect();
-        for task_id in owned {
-            let attempt = self.running[&task_id].task.attempts;
-            if !held.contains(&(task_id, attempt)) {
-                self.requeue_or_fail(tx, task_id, "runner restarted without the task")?;
-            }
-        }
-        let mut resume = Vec::new();
-        let mut forget = Vec::new();
-        let mut tasks = Vec::new();
-        for (task_id, attempt) in held {
-            match self.running.get_mut(&task_id) {
-                Some(running)
-                    if running.task.attempts == attempt && running.task.runner.as_ref() == Some(&name) =>
-                {
-                    running.orphaned_at = None;
-                    resume.push(Resume { task_id, attempt, output_offset: running.log_len });
-                    tasks.push(task_id);
-                    tracing::info!(runner = %name, task_id = %task_id, attempt, "runner re-adopted its task");
-                }
-                _ => {
-                    tracing::info!(runner = %name, task_id = %task_id, attempt, "runner holds a task that is no longer its own");
-                    forget.push(Forget {
-                        task_id,
-                        attempt,
-                        reason: "the attempt is no longer current (reassigned or finished)".into(),
-                    });
-                }
-            }
-        }
-        let host = protocol::message::HostFacts {
-            os: printable(&register.host.os, MAX_FACT_LEN),
-            arch: printable(&register.host.arch, MAX_FACT_LEN),
-            cpus: register.host.cpus,
+    }
+
+    /// Records a registered runner (replacing what was known of it) with the
+    /// tasks it re-adopted.
+    pub(crate) fn register(&mut self, registration: Registration, tasks: Vec<TaskId>, now: Instant) {
+        let Registration { name, conn, address, labels, slots, host } = registration;
+        let runner = Runner {
+            name: name.clone(),
+            conn: Some(conn),
+            address,
+            labels,
+            slots: slots.max(1),
+            host,
+            tasks,
+            liveness: Liveness::new(now),
+            draining: false,
         };
-        tracing::info!(runner = %name, address = %address, labels = ?register.labels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
-            slots = register.slots, resumed = resume.len(), "runner registered");
-        self.runners.insert(
-            name.clone(),
-            Runner {
-                name,
-                conn: Some(conn),
-                address,
-                labels: register.labels,
-                slots: register.slots.max(1),
-                host,
-                tasks,
-                last_seen: SystemTime::now(),
-                last_heard: Instant::now(),
-                draining: false,
-            },
-        );
-        let heartbeat_interval_ms =
-            self.settings.heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX);
-        let heartbeat_misses = self.settings.heartbeat_misses;
-        let registered = Registered { resume, forget, heartbeat_interval_ms, heartbeat_misses };
-        effects.send_runner(conn, DispatcherToRunner::Registered(registered));
-        Ok(())
+        self.by_name.insert(name, runner);
     }
 
-    pub(super) fn runner_message(
-        &mut self,
-        tx: &Tx<'_>,
-        effects: &mut Effects,
-        conn: ConnId,
-        message: RunnerToDispatcher,
-    ) -> anyhow::Result<()> {
-        let Some(name) = self.conns.get(&conn).map(|c| c.runner.clone()) else {
-            // A message that was in flight when the connection was dropped.
-            return Ok(());
-        };
-        if let Some(runner) = self.runners.get_mut(&name) {
-            runner.last_seen = SystemTime::now();
-            runner.last_heard = Instant::now();
-        }
-        match message {
-            RunnerToDispatcher::Pong(_) => {}
-            RunnerToDispatcher::Output(output) => self.output(&name, output),
-            RunnerToDispatcher::Result(result) => self.result(tx, effects, conn, &name, result)?,
-            RunnerToDispatcher::Draining => {
-                tracing::info!(runner = %name, "runner is draining; assigning it nothing more");
-                if let Some(runner) = self.runners.get_mut(&name) {
-                    runner.draining = true;
-                }
-            }
-            RunnerToDispatcher::Register(_) => {
-                tracing::warn!(runner = %name, "second register on one connection; dropping it");
-                if let Some(conn) = self.conns.get(&conn) {
-                    conn.kill.cancel();
-                }
-            }
-        }
-        Ok(())
+    /// The runner a connection belongs to.
+    pub(crate) fn name_of(&self, conn: ConnId) -> Option<&Name> {
+        self.conns.get(&conn).map(|conn| &conn.runner)
     }
 
-    /// A runner's connection closed: the process died or its host is gone.
-    pub(super) fn connection_lost(&mut self, tx: &Tx<'_>, conn: ConnId, reason: &str) -> anyhow::Result<()> {
-        let Some(closed) = self.conns.remove(&conn) else { return Ok(()) };
-        let is_current = self.runners.get(&closed.runner).is_some_and(|runner| runner.conn == Some(conn));
-        if is_current {
-            self.lose_runner(tx, &closed.runner, reason)?;
-        }
-        Ok(())
+    pub(crate) fn get(&self, name: &Name) -> Option<&Runner> {
+        self.by_name.get(name)
     }
 
-    /// Marks a runner dead and sends its tasks elsewhere.
-    fn lose_runner(&mut self, tx: &Tx<'_>, name: &Name, reason: &str) -> anyhow::Result<()> {
-        let Some(runner) = self.runners.get_mut(name) else { return Ok(()) };
+    pub(crate) fn get_mut(&mut self, name: &Name) -> Option<&mut Runner> {
+        self.by_name.get_mut(name)
+    }
+
+    /// The runner's current connection, if it is connected.
+    pub(crate) fn conn_of(&self, name: &Name) -> Option<ConnId> {
+        self.by_name.get(name).and_then(|runner| runner.conn)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_connected(&self, name: &Name) -> bool {
+        self.conn_of(name).is_some()
+    }
+
+    /// The writer of a connection, if it is still open.
+    pub(crate) fn conn(&self, conn: ConnId) -> Option<&Conn> {
+        self.conns.get(&conn)
+    }
+
+    /// Closes a connection (the reader reports `RunnerDown` afterwards).
+    pub(crate) fn kill(&self, conn: ConnId) {
+        if let Some(conn) = self.conns.get(&conn) {
+            conn.kill.cancel();
+        }
+    }
+
+    /// Forgets a closed connection.
+    ///
+    /// # Returns
+    /// The runner it belonged to, if it was that runner's current connection.
+    pub(crate) fn disconnected(&mut self, conn: ConnId) -> Option<Name> {
+        let closed = self.conns.remove(&conn)?;
+        let is_current = self.by_name.get(&closed.runner).is_some_and(|runner| runner.conn == Some(conn));
+        is_current.then_some(closed.runner)
+    }
+
+    /// Marks a runner dead, closing its connection.
+    ///
+    /// # Returns
+    /// The tasks it was running.
+    pub(crate) fn lose(&mut self, name: &Name) -> Vec<TaskId> {
+        let Some(runner) = self.by_name.get_mut(name) else { return Vec::new() };
         if let Some(conn) = runner.conn.take().and_then(|conn| self.conns.remove(&conn)) {
             conn.kill.cancel();
         }
-        let tasks = std::mem::take(&mut runner.tasks);
-        tracing::warn!(runner = %name, reason, tasks = tasks.len(), "runner lost");
-        for task_id in tasks {
-            self.requeue_or_fail(tx, task_id, &format!("runner {name} lost: {reason}"))?;
-        }
-        Ok(())
+        std::mem::take(&mut runner.tasks)
     }
 
-    /// Heartbeats: pings every interval, declares silent runners dead, and
-    /// requeues tasks whose runner did not come back after a restart.
-    pub(super) fn tick(&mut self, tx: &Tx<'_>, effects: &mut Effects) -> anyhow::Result<()> {
-        let now = Instant::now();
-        let dead_after = self.settings.dead_after();
-        let silent: Vec<Name> = self
-            .runners
+    /// Adds a task to a connected runner's list.
+    pub(crate) fn add_task(&mut self, name: &Name, task_id: TaskId) {
+        if let Some(runner) = self.by_name.get_mut(name) {
+            runner.tasks.push(task_id);
+        }
+    }
+
+    /// Removes a task from a runner's list.
+    pub(crate) fn remove_task(&mut self, name: &Name, task_id: TaskId) {
+        if let Some(runner) = self.by_name.get_mut(name) {
+            runner.tasks.retain(|id| *id != task_id);
+        }
+    }
+
+    /// Connected, non-draining runners with free slots, most free first.
+    pub(crate) fn with_free_slots(&self) -> Vec<(Name, usize)> {
+        let mut free: Vec<(Name, usize)> = self
+            .by_name
             .values()
-            .filter(|runner| runner.conn.is_some() && now.duration_since(runner.last_heard) > dead_after)
+            .filter(|runner| runner.conn.is_some() && !runner.draining)
+            .filter_map(|runner| {
+                let free_slots = (runner.slots as usize).saturating_sub(runner.tasks.len());
+                (free_slots > 0).then(|| (runner.name.clone(), free_slots))
+            })
+            .collect();
+        // Least-loaded first spreads work over the runners.
+        free.sort_by_key(|(_, free_slots)| std::cmp::Reverse(*free_slots));
+        free
+    }
+
+    /// Connected runners silent for longer than `window`.
+    pub(crate) fn silent(&self, now: Instant, window: std::time::Duration) -> Vec<Name> {
+        self.by_name
+            .values()
+            .filter(|runner| runner.conn.is_some() && runner.liveness.silent_for(now) > window)
             .map(|runner| runner.name.clone())
-            .collect();
-        for name in silent {
-            let reason = format!("missed {} heartbeats", self.settings.heartbeat_misses);
-            self.lose_runner(tx, &name, &reason)?;
+            .collect()
+    }
+
+    /// The next ping round, if one is due: its sequence number and the
+    /// connections to send it to.
+    pub(crate) fn ping_round(
+        &mut self,
+        now: Instant,
+        interval: std::time::Duration,
+    ) -> Option<(u64, Vec<ConnId>)> {
+        if now.saturating_duration_since(self.last_ping) < interval {
+            return None;
         }
-        let orphans: Vec<TaskId> = self
-            .running
-            .iter()
-            .filter(|(_, running)| running.orphaned_at.is_some_and(|at| now.duration_since(at) > dead_after))
-            .map(|(id, _)| *id)
-            .collect();
-        for task_id in orphans {
-            self.requeue_or_fail(tx, task_id, "runner did not come back after a dispatcher restart")?;
-        }
-        if now.duration_since(self.last_ping) >= self.settings.heartbeat_interval {
-            self.last_ping = now;
-            let seq = self.next_ping;
-            self.next_ping += 1;
-            for runner in self.runners.values() {
-                if let Some(conn) = runner.conn {
-                    effects.send_runner(conn, DispatcherToRunner::Ping(Ping { seq }));
-                }
+        self.last_ping = now;
+        let seq = self.next_ping;
+        self.next_ping += 1;
+        Some((seq, self.by_name.values().filter_map(|runner| runner.conn).collect()))
+    }
+
+    /// Idle, busy and dead runners.
+    pub(crate) fn counts(&self) -> (u32, u32, u32) {
+        let (mut idle, mut busy, mut dead) = (0, 0, 0);
+        for runner in self.by_name.values() {
+            match runner.state() {
+                RunnerState::Dead => dead += 1,
+                RunnerState::Idle => idle += 1,
+                RunnerState::Busy => busy += 1,
             }
         }
-        Ok(())
+        (idle, busy, dead)
     }
 
-    pub(super) fn runner_infos(&self) -> Vec<RunnerInfo> {
-        self.runners
+    /// The runners as `baton runners` shows them.
+    pub(crate) fn infos(&self) -> Vec<RunnerInfo> {
+        self.by_name
             .values()
             .map(|runner| RunnerInfo {
                 name: runner.name.clone(),
                 address: runner.address.clone(),
                 labels: runner.labels.clone(),
-                state: match runner.conn {
-                    None => RunnerState::Dead,
-                    Some(_) if runner.tasks.is_empty() => RunnerState::Idle,
-                    Some(_) => RunnerState::Busy,
-                },
+                state: runner.state(),
                 slots: runner.slots,
                 tasks: runner.tasks.clone(),
                 last_seen_ms: runner
+                    .liveness
                     .last_seen
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64)
@@ -221,5 +270,50 @@ impl State {
                 host: runner.host.clone(),
             })
             .collect()
+    }
+
+    /// The runners that list `task_id`.
+    #[cfg(test)]
+    pub(crate) fn listing(&self, task_id: TaskId) -> impl Iterator<Item = &Name> {
+        self.by_name.values().filter(move |runner| runner.tasks.contains(&task_id)).map(|runner| &runner.name)
+    }
+
+    /// Every (runner, task) pair the runners list.
+    #[cfg(test)]
+    pub(crate) fn all_listed(&self) -> impl Iterator<Item = (&Name, TaskId)> {
+        self.by_name
+            .values()
+            .flat_map(|runner| runner.tasks.iter().map(move |task_id| (&runner.name, *task_id)))
+    }
+
+    /// What holds within the runners alone.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        for (name, runner) in &self.by_name {
+            assert_eq!(*name, runner.name);
+            assert!(runner.tasks.len() <= runner.slots as usize, "runner {name} runs more than its slots");
+            let mut tasks = runner.tasks.clone();
+            tasks.sort();
+            tasks.dedup();
+            assert_eq!(tasks.len(), runner.tasks.len(), "runner {name} lists a task twice");
+            match runner.conn {
+                Some(conn) => assert_eq!(
+                    self.conns.get(&conn).map(|c| &c.runner),
+                    Some(name),
+                    "runner {name}'s connection {conn} is not open as its own"
+                ),
+                None => assert!(runner.tasks.is_empty(), "dead runner {name} still lists tasks"),
+            }
+        }
+    }
+}
+
+impl Runner {
+    fn state(&self) -> RunnerState {
+        match self.conn {
+            None => RunnerState::Dead,
+            Some(_) if self.tasks.is_empty() => RunnerState::Idle,
+            Some(_) => RunnerState::Busy,
+        }
     }
 }

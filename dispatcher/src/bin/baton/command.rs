@@ -3,19 +3,19 @@
 //!
 //! This is the only module that pairs a request with the answers it may get;
 //! an answer that does not fit the request is an error, never a guess. What
-//! the output looks like lives in `render` and `json`, the connection in
+//! the output looks like lives in `render` and `protocol::view`, the connection in
 //! `session`, and exit codes in `main`.
 
 use std::io::Write;
 
 use anyhow::Context;
 use protocol::message::{Accepted, ClientToDispatcher, DispatcherToClient, Selector};
+use protocol::view::{self, now_ms};
 
 use crate::render::Style;
 use crate::request::Invocation;
 use crate::session::{Session, ANSWER_TIMEOUT};
-use crate::time::now_ms;
-use crate::{json, log, render};
+use crate::{log, render};
 
 /// Where output goes and how it will be seen.
 pub struct Console<'a> {
@@ -64,26 +64,26 @@ fn present(
     console: &mut Console<'_>,
 ) -> anyhow::Result<String> {
     let style = console.style;
-    let json_text = |value: serde_json::Value| json::to_text(&value, style.terminal) + "\n";
+    let json_text = |value: serde_json::Value| json_to_text(&value, style.terminal) + "\n";
     let text = match (request, answer) {
         (_, DispatcherToClient::Error(reason)) => anyhow::bail!(reason),
         (ClientToDispatcher::Status, DispatcherToClient::Status(report)) => {
             if as_json {
-                json_text(json::status(&report))
+                json_text(view::status(&report))
             } else {
                 render::status(&report, style)
             }
         }
         (ClientToDispatcher::Runners, DispatcherToClient::Runners(runners)) => {
             if as_json {
-                json_text(runners.iter().map(json::runner).collect())
+                json_text(runners.iter().map(view::runner).collect())
             } else {
                 render::runners(&runners, now_ms(), style)
             }
         }
         (ClientToDispatcher::Tasks(_), DispatcherToClient::Tasks(tasks)) => {
             if as_json {
-                json_text(tasks.iter().map(json::task).collect())
+                json_text(tasks.iter().map(view::task).collect())
             } else {
                 render::tasks(&tasks, now_ms(), style)
             }
@@ -96,14 +96,14 @@ fn present(
                 }
             };
             if as_json {
-                json_text(json::task(&task))
+                json_text(view::task(&task))
             } else {
                 render::task(&task, now_ms(), style)
             }
         }
         (ClientToDispatcher::Abort(_), DispatcherToClient::Aborted(task)) => {
             if as_json {
-                json_text(json::task(&task))
+                json_text(view::task(&task))
             } else {
                 render::task(&task, now_ms(), style)
             }
@@ -113,7 +113,7 @@ fn present(
             DispatcherToClient::Accepted(accepted),
         ) => {
             if as_json {
-                json_text(json::accepted(&accepted))
+                json_text(view::accepted(&accepted))
             } else {
                 note_duplicate(&accepted, console);
                 format!("{}\n", accepted.task_id)
@@ -121,14 +121,14 @@ fn present(
         }
         (ClientToDispatcher::Releases(_), DispatcherToClient::Releases(releases)) => {
             if as_json {
-                json_text(releases.iter().map(dispatcher::files::release_json).collect())
+                json_text(releases.iter().map(view::release).collect())
             } else {
                 render::releases(&releases, now_ms(), style)
             }
         }
         (ClientToDispatcher::Rollback(_), DispatcherToClient::Release(release)) => {
             if as_json {
-                json_text(dispatcher::files::release_json(&release))
+                json_text(view::release(&release))
             } else {
                 render::releases(std::slice::from_ref(&release), now_ms(), style)
             }
@@ -148,6 +148,15 @@ fn note_duplicate(accepted: &Accepted, console: &mut Console<'_>) {
             accepted.task_id
         );
     }
+}
+
+/// The text printed for a JSON value: indented for a person at a terminal,
+/// one line for a pipe (one object or array per line suits `jq` and `grep`
+/// alike).
+fn json_to_text(value: &serde_json::Value, pretty: bool) -> String {
+    let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
+    // Serialising a `Value` cannot fail: its map keys are always strings.
+    text.expect("a serde_json::Value always serialises")
 }
 
 /// The error for an answer that does not belong to the request sent: a
@@ -175,13 +184,13 @@ mod tests {
     use clap::Parser;
     use protocol::handshake::Role;
     use protocol::message::{ManualSubmit, TaskInfo};
+    use protocol::view::fixtures;
     use protocol::{Branch, CommitId, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 
     use super::*;
     use crate::cli::Cli;
-    use crate::fixtures;
     use crate::session::ConnectionFailed;
 
     /// A dispatcher that admits one client, reads one request, sends the
@@ -264,7 +273,7 @@ mod tests {
         assert_eq!(ran.request, ClientToDispatcher::Show(Selector::Id(TaskId::new(7).unwrap())));
         assert_eq!(*ran.result.as_ref().unwrap(), Outcome::Success);
         let printed: serde_json::Value = serde_json::from_str(ran.stdout()).unwrap();
-        assert_eq!(printed, json::task(&fixtures::task_info()));
+        assert_eq!(printed, view::task(&fixtures::task_info()));
         assert!(ran.stdout().ends_with("}\n") && ran.stdout().lines().count() == 1, "{}", ran.stdout());
     }
 
@@ -372,5 +381,12 @@ mod tests {
         .await;
         assert_eq!(ran.request, ClientToDispatcher::Status);
         assert!(ran.stdout().starts_with("version: 0.1.0\n"), "{}", ran.stdout());
+    }
+
+    #[test]
+    fn json_is_pretty_at_a_terminal_and_one_line_in_a_pipe() {
+        let value = serde_json::json!({ "id": 4, "duplicate": true });
+        assert_eq!(json_to_text(&value, false), r#"{"duplicate":true,"id":4}"#);
+        assert_eq!(json_to_text(&value, true), "{\n  \"duplicate\": true,\n  \"id\": 4\n}");
     }
 }

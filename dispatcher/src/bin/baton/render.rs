@@ -11,10 +11,8 @@ use std::io::IsTerminal;
 
 use comfy_table::{presets, Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
 use protocol::message::{ReleaseInfo, RunnerInfo, RunnerState, StatusReport, Summary, TaskInfo};
+use protocol::view::{count, duration, relative, rfc3339};
 use protocol::TaskState;
-
-use crate::json::count;
-use crate::time::{duration, relative, rfc3339};
 
 /// Commits in tables are cut to this many characters; `show` prints them whole.
 const SHORT_COMMIT: usize = 10;
@@ -332,10 +330,10 @@ fn finish(table: &Table) -> String {
 #[cfg(test)]
 mod tests {
     use protocol::message::HostFacts;
+    use protocol::view::fixtures::{self, NOON_MS};
     use protocol::{Name, TaskId};
 
     use super::*;
-    use crate::fixtures::{self, NOON_MS};
 
     #[test]
     fn tasks_table() {

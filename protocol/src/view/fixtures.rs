@@ -1,7 +1,9 @@
-//! Canned protocol values for the unit tests of every module; test-only.
+//! Canned protocol values for unit tests of code that shows them (this
+//! module's own tests and the client's); compiled only for tests and with the
+//! `fixtures` feature, which only dev-dependencies turn on.
 
-use protocol::message::{HostFacts, RunnerInfo, RunnerState, StatusReport, Summary, TaskInfo};
-use protocol::{Branch, CommitId, Label, Name, RepoUrl, TaskId, TaskState};
+use crate::message::{HostFacts, ReleaseInfo, RunnerInfo, RunnerState, StatusReport, Summary, TaskInfo};
+use crate::{Branch, CommitId, Label, Name, RepoUrl, TaskId, TaskState};
 
 /// A full commit id.
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -79,5 +81,24 @@ pub fn status_report() -> StatusReport {
             (TaskState::Passed, 40),
             (TaskState::Failed, 2),
         ],
+    }
+}
+
+/// A deployed release of `task_info`'s commit, the third of its repository.
+pub fn release_info() -> ReleaseInfo {
+    ReleaseInfo {
+        repo: RepoUrl::new("/srv/app.git").unwrap(),
+        version: 3,
+        tag: Some(Branch::new("v1.2").unwrap()),
+        branch: Branch::new("main").unwrap(),
+        commit: CommitId::new(COMMIT).unwrap(),
+        task_id: Some(TaskId::new(7).unwrap()),
+        deploy_task_id: None,
+        created_at_ms: NOON_MS,
+        previous: Some(2),
+        kind: "release".into(),
+        rollback_to: None,
+        state: "deployed".into(),
+        trigger: "task 7".into(),
     }
 }

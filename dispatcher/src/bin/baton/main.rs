@@ -3,27 +3,19 @@
 //! This file only parses the command line, runs the command on a one-thread
 //! runtime and maps how it ended to an exit code: 0 success, 1 a failed
 //! request, 2 a dispatcher that cannot be reached (clap also exits 2 for a
-//! malformed command line). The modules live in `baton/` next to this file.
+//! malformed command line).
+//!
+//! The client is a program of its own that happens to live in the
+//! dispatcher's package (SPEC §1): of Baton's crates it uses `protocol` only
+//! (the wire, and `protocol::view` for JSON shapes and times), never the
+//! dispatcher's library; a test below keeps it so.
 
-#[path = "baton/cli.rs"]
 mod cli;
-#[path = "baton/command.rs"]
 mod command;
-#[cfg(test)]
-#[path = "baton/fixtures.rs"]
-mod fixtures;
-#[path = "baton/json.rs"]
-mod json;
-#[path = "baton/log.rs"]
 mod log;
-#[path = "baton/render.rs"]
 mod render;
-#[path = "baton/request.rs"]
 mod request;
-#[path = "baton/session.rs"]
 mod session;
-#[path = "baton/time.rs"]
-mod time;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -85,5 +77,18 @@ mod tests {
         assert!(is_broken_pipe(&broken));
         let other = anyhow::Error::from(io::Error::from(io::ErrorKind::PermissionDenied)).context("writing");
         assert!(!is_broken_pipe(&other));
+    }
+
+    /// The client shares the wire and its views with the dispatcher, not the
+    /// dispatcher's internals (ARCHITECTURE.md).
+    #[test]
+    fn the_client_uses_no_dispatcher_code() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/baton");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let source = std::fs::read_to_string(&path).unwrap();
+            let forbidden = ["dispatcher", "::"].concat();
+            assert!(!source.contains(&forbidden), "{} uses the dispatcher library", path.display());
+        }
     }
 }

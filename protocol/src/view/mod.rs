@@ -1,16 +1,24 @@
-//! The `--json` objects of SPEC §6, built from the protocol's types by hand.
+//! How Baton's values look outside the wire: the `--json` objects of SPEC §6
+//! (tasks, runners, status, releases) and times as RFC 3339 text.
 //!
-//! These shapes are a public contract for scripts, separate from the wire
-//! types on purpose: a field added to `TaskInfo` for the dispatcher's sake
-//! does not leak into anyone's `jq` filter, and a renamed Rust field does not
-//! rename a JSON key. serde_json's default map sorts keys, so the output is
-//! stable. Times are RFC 3339 in UTC with milliseconds, or `null`.
+//! One module for every reader of these shapes: the `baton` client prints
+//! them, the dispatcher writes them to `releases/` and into notifications,
+//! and a web page serves them. They are built from the protocol's types by
+//! hand and are a public contract for scripts, separate from the wire types
+//! on purpose: a field added to `TaskInfo` for the dispatcher's sake does not
+//! leak into anyone's `jq` filter, and a renamed Rust field does not rename a
+//! JSON key. serde_json's default map sorts keys, so the output is stable.
+//! Times are RFC 3339 in UTC with milliseconds, or `null`.
 
-use protocol::message::{Accepted, RunnerInfo, StatusReport, Summary, TaskInfo};
-use protocol::TaskState;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
+mod time;
+
 use serde_json::{json, Value};
 
-use crate::time::rfc3339;
+pub use self::time::{duration, now_ms, relative, rfc3339};
+use crate::message::{Accepted, ReleaseInfo, RunnerInfo, StatusReport, Summary, TaskInfo};
+use crate::TaskState;
 
 /// One task: `show --json`, an element of `tasks --json`, `abort --json`.
 pub fn task(task: &TaskInfo) -> Value {
@@ -85,20 +93,30 @@ pub fn accepted(accepted: &Accepted) -> Value {
     json!({ "id": accepted.task_id.get(), "duplicate": accepted.duplicate })
 }
 
-/// The text printed: indented for a person at a terminal, one line for a
-/// pipe (one object or array per line suits `jq` and `grep` alike).
-pub fn to_text(value: &Value, pretty: bool) -> String {
-    let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
-    // Serialising a `Value` cannot fail: its map keys are always strings.
-    text.expect("a serde_json::Value always serialises")
+/// A release: an element of `releases --json`, `rollback --json`, the files
+/// in `releases/` (which leave out `state`) and release notifications.
+pub fn release(release: &ReleaseInfo) -> Value {
+    json!({
+        "repo": release.repo.as_str(),
+        "version": format!("r{}", release.version),
+        "tag": release.tag.as_ref().map(|tag| tag.as_str()),
+        "branch": release.branch.as_str(),
+        "commit": release.commit.as_str(),
+        "task": release.task_id.map(|id| id.get()),
+        "deploy_task": release.deploy_task_id.map(|id| id.get()),
+        "created_at": rfc3339(release.created_at_ms),
+        "previous": release.previous.map(|version| format!("r{version}")),
+        "kind": release.kind,
+        "rollback_to": release.rollback_to.map(|version| format!("r{version}")),
+        "state": release.state,
+        "trigger": release.trigger,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use protocol::message::RunnerState;
-
     use super::*;
-    use crate::fixtures;
+    use crate::message::RunnerState;
 
     fn keys(value: &Value) -> Vec<&str> {
         let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
@@ -209,9 +227,33 @@ mod tests {
     }
 
     #[test]
-    fn accepted_and_text() {
-        let value = accepted(&Accepted { task_id: protocol::TaskId::new(4).unwrap(), duplicate: true });
-        assert_eq!(to_text(&value, false), r#"{"duplicate":true,"id":4}"#);
-        assert_eq!(to_text(&value, true), "{\n  \"duplicate\": true,\n  \"id\": 4\n}");
+    fn accepted_has_the_id_and_whether_it_was_a_duplicate() {
+        let value = super::accepted(&Accepted { task_id: crate::TaskId::new(4).unwrap(), duplicate: true });
+        assert_eq!(value, json!({ "id": 4, "duplicate": true }));
+    }
+
+    #[test]
+    fn a_release_has_every_key_and_versions_read_r_n() {
+        let value = release(&fixtures::release_info());
+        assert_eq!(
+            value,
+            json!({
+                "repo": "/srv/app.git",
+                "version": "r3",
+                "tag": "v1.2",
+                "branch": "main",
+                "commit": fixtures::COMMIT,
+                "task": 7,
+                "deploy_task": null,
+                "created_at": "2026-05-01T12:00:00.000Z",
+                "previous": "r2",
+                "kind": "release",
+                "rollback_to": null,
+                "state": "deployed",
+                "trigger": "task 7",
+            })
+        );
+        let out_of_range = ReleaseInfo { created_at_ms: i64::MIN, ..fixtures::release_info() };
+        assert_eq!(release(&out_of_range)["created_at"], Value::Null);
     }
 }

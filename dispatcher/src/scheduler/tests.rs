@@ -1,0 +1,540 @@
+//! The scheduler as data: scripted events against a [`Core`] and a temp-dir
+//! store, with [`Core::check_invariants`] after every step (hyperqueue's
+//! `sanity_check`). No process, no socket: each test runs in milliseconds.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::message::{
+    Accepted, DeployStep, DispatcherToRunner, Held, HostFacts, Job, Outcome, Output, Pong, Register,
+    ReleaseInfo, RunnerToDispatcher, TaskInfo, TaskResult,
+};
+use protocol::{Branch, CommitId, Label, Name, RepoUrl, TaskId, TaskState};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    life, printable, reactor, step, ConnId, Core, Effects, Event, LogProgress, Settings, Sinks, StateChange,
+};
+use crate::config::{Releases, RepoSettings};
+use crate::files::{DataDir, FileJob};
+use crate::store::{NewTask, Store, TaskKind, Trigger};
+
+const REPO: &str = "/srv/git/app";
+
+/// A scheduler core on a temp-dir store, and the far ends of everything it
+/// talks to.
+struct Harness {
+    dir: tempfile::TempDir,
+    settings: Settings,
+    store: Store,
+    core: Core,
+    sinks: Sinks,
+    files: Receiver<FileJob>,
+    changes: broadcast::Receiver<StateChange>,
+    /// Each runner connection's queue, as its writer task would read it.
+    runners: HashMap<ConnId, mpsc::Receiver<DispatcherToRunner>>,
+    next_conn: ConnId,
+    next_commit: u32,
+}
+
+fn settings() -> Settings {
+    Settings {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_misses: 3,
+        max_attempts: 3,
+        output_cap: 1 << 20,
+        releases: Releases::default(),
+        notifiers: Arc::new(Vec::new()),
+    }
+}
+
+fn name(text: &str) -> Name {
+    Name::new(text).unwrap()
+}
+
+impl Harness {
+    fn new(settings: Settings) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let files = DataDir::create(dir.path()).unwrap();
+        let store = Store::open(&files.database(), crate::store::Sync::Normal).unwrap();
+        let core = Core::recover(&store, files, settings.clone()).unwrap();
+        let (file_writer, file_jobs) = sync_channel(4096);
+        let (changes, change_receiver) = broadcast::channel(4096);
+        let sinks = Sinks { outbox: Arc::new(Notify::new()), file_writer, changes };
+        let harness = Harness {
+            dir,
+            settings,
+            store,
+            core,
+            sinks,
+            files: file_jobs,
+            changes: change_receiver,
+            runners: HashMap::new(),
+            next_conn: 1,
+            next_commit: 1,
+        };
+        harness.check();
+        harness
+    }
+
+    fn check(&self) {
+        self.core.check_invariants(&self.store);
+    }
+
+    /// One batch: events, a scheduling pass, the commit, the effects, and
+    /// the invariants.
+    fn step(&mut self, events: Vec<Event>) {
+        let effects = step(&mut self.core, &mut self.store, events.into_iter()).unwrap();
+        self.perform(effects);
+    }
+
+    fn perform(&mut self, effects: Effects) {
+        effects.perform(&mut self.core, &self.sinks);
+        while self.files.try_recv().is_ok() {}
+        self.check();
+    }
+
+    /// A heartbeat tick at `now`.
+    fn tick_at(&mut self, now: Instant) {
+        let mut effects = Effects::default();
+        let tx = self.store.begin().unwrap();
+        reactor::on_tick(&mut self.core, &tx, &mut effects, now).unwrap();
+        life::schedule(&mut self.core, &tx, &mut effects).unwrap();
+        tx.commit().unwrap();
+        self.perform(effects);
+    }
+
+    fn ask<T>(&mut self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> T {
+        let (reply, mut answer) = oneshot::channel();
+        self.step(vec![make(reply)]);
+        answer.try_recv().expect("answered after the commit")
+    }
+
+    /// A dispatcher restart: the live state rebuilt from the store; every
+    /// runner connection is gone.
+    fn restart(&mut self) {
+        let files = DataDir::create(self.dir.path()).unwrap();
+        self.core = Core::recover(&self.store, files, self.settings.clone()).unwrap();
+        self.runners.clear();
+        self.check();
+    }
+
+    fn new_task(&mut self, branch: &str) -> NewTask {
+        let commit = format!("{:040x}", self.next_commit);
+        self.next_commit += 1;
+        NewTask {
+            repo: RepoUrl::new(REPO).unwrap(),
+            branch: Branch::new(branch).unwrap(),
+            commit: CommitId::new(commit).unwrap(),
+            labels: Vec::new(),
+            trigger: Trigger::Observer,
+            kind: TaskKind::Test,
+            release_id: None,
+        }
+    }
+
+    fn submit(&mut self) -> TaskId {
+        let task = self.new_task("feature");
+        self.submit_task(task)
+    }
+
+    fn submit_task(&mut self, task: NewTask) -> TaskId {
+        let accepted: Result<Accepted, String> = self.ask(|reply| Event::Submit { task, reply });
+        accepted.unwrap().task_id
+    }
+
+    /// A runner connection registering with `held` attempts.
+    fn connect(&mut self, runner: &str, slots: u32, labels: &[&str], held: &[(TaskId, u32)]) -> ConnId {
+        let (conn, event) = self.register(runner, slots, labels, held);
+        self.step(vec![event]);
+        conn
+    }
+
+    /// A new connection and its registration event, for a batch.
+    fn register(
+        &mut self,
+        runner: &str,
+        slots: u32,
+        labels: &[&str],
+        held: &[(TaskId, u32)],
+    ) -> (ConnId, Event) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let (outbox, queue) = mpsc::channel(super::RUNNER_OUTBOX);
+        self.runners.insert(conn, queue);
+        let register = Register {
+            labels: labels.iter().map(|label| Label::new(*label).unwrap()).collect(),
+            slots,
+            host: HostFacts { os: "linux".into(), arch: "x86_64".into(), cpus: 2 },
+            held: held
+                .iter()
+                .map(|(task_id, attempt)| Held { task_id: *task_id, attempt: *attempt })
+                .collect(),
+        };
+        let event = Event::RunnerUp {
+            conn,
+            name: name(runner),
+            address: "127.0.0.1:1".into(),
+            register,
+            outbox,
+            kill: CancellationToken::new(),
+        };
+        (conn, event)
+    }
+
+    fn runner_says(&mut self, conn: ConnId, message: RunnerToDispatcher) {
+        self.step(vec![Event::FromRunner { conn, message }]);
+    }
+
+    fn down(&mut self, conn: ConnId) {
+        self.step(vec![Event::RunnerDown { conn, reason: "connection closed".into() }]);
+    }
+
+    /// What the dispatcher sent down a connection since the last look.
+    fn sent(&mut self, conn: ConnId) -> Vec<DispatcherToRunner> {
+        let queue = self.runners.get_mut(&conn).expect("a known connection");
+        std::iter::from_fn(|| queue.try_recv().ok()).collect()
+    }
+
+    /// The assignments among what was sent, as (task, attempt, job).
+    fn assigned(&mut self, conn: ConnId) -> Vec<(TaskId, u32, Job)> {
+        self.sent(conn)
+            .into_iter()
+            .filter_map(|message| match message {
+                DispatcherToRunner::Assign(assign) => Some((assign.task_id, assign.attempt, assign.job)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn result(&mut self, conn: ConnId, task_id: TaskId, attempt: u32, outcome: Outcome) {
+        let result = TaskResult {
+            task_id,
+            attempt,
+            outcome,
+            exit_code: Some(0),
+            duration_ms: 5,
+            summary: None,
+            reason: None,
+            output_len: 0,
+            tag: None,
+            failed_step: None,
+        };
+        self.runner_says(conn, RunnerToDispatcher::Result(result));
+    }
+
+    fn output(&mut self, conn: ConnId, task_id: TaskId, attempt: u32, offset: u64, data: &[u8]) {
+        let output = Output { task_id, attempt, offset, data: data.to_vec() };
+        self.runner_says(conn, RunnerToDispatcher::Output(output));
+    }
+
+    fn task(&self, task_id: TaskId) -> TaskInfo {
+        let tx_store = crate::store::Reader::open(&self.core.files.database()).unwrap();
+        tx_store.task(task_id).unwrap().expect("a stored task")
+    }
+
+    fn log(&self, task_id: TaskId) -> Vec<u8> {
+        std::fs::read(self.core.files.log_path(task_id)).unwrap_or_default()
+    }
+
+    fn acks(&mut self, conn: ConnId) -> Vec<(TaskId, bool)> {
+        self.sent(conn)
+            .into_iter()
+            .filter_map(|message| match message {
+                DispatcherToRunner::ResultAck(ack) => Some((ack.task_id, ack.accepted)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn changes(&mut self) -> Vec<(TaskId, TaskState, u32)> {
+        std::iter::from_fn(|| self.changes.try_recv().ok())
+            .map(|change| (change.task_id, change.state, change.attempt))
+            .collect()
+    }
+}
+
+#[test]
+fn runner_text_is_made_printable_and_bounded() {
+    assert_eq!(printable("linux", 64), "linux");
+    assert_eq!(printable("a\u{1b}[2Jb\n", 64), "a\u{fffd}[2Jb\u{fffd}");
+    assert_eq!(printable("ééé", 5), "éé");
+}
+
+#[test]
+fn a_task_is_submitted_assigned_streamed_and_passed() {
+    let mut h = Harness::new(settings());
+    let task = h.submit();
+    assert_eq!(h.task(task).state, TaskState::Pending);
+    let conn = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(conn), vec![(task, 1, Job::Test)]);
+    assert_eq!(h.task(task).state, TaskState::Running);
+
+    h.output(conn, task, 1, 0, b"hello ");
+    // A resend after a reconnect overlaps what is stored; only the new
+    // bytes are kept.
+    h.output(conn, task, 1, 3, b"lo world\n");
+    h.output(conn, task, 1, 0, b"hel");
+    assert_eq!(h.log(task), b"hello world\n");
+
+    h.runner_says(conn, RunnerToDispatcher::Pong(Pong { seq: 1 }));
+    h.result(conn, task, 1, Outcome::Passed);
+    assert_eq!(h.acks(conn), vec![(task, true)]);
+    let info = h.task(task);
+    assert_eq!((info.state, info.attempts), (TaskState::Passed, 1));
+    assert_eq!(
+        h.changes(),
+        vec![(task, TaskState::Pending, 0), (task, TaskState::Running, 1), (task, TaskState::Passed, 1)]
+    );
+}
+
+#[test]
+fn a_duplicate_observer_submission_is_acknowledged_not_queued() {
+    let mut h = Harness::new(settings());
+    let task = h.new_task("main");
+    let first: Result<Accepted, String> = h.ask(|reply| Event::Submit { task: task.clone(), reply });
+    let second: Result<Accepted, String> = h.ask(|reply| Event::Submit { task, reply });
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!((first.task_id, first.duplicate, second.duplicate), (second.task_id, false, true));
+    assert_eq!(h.core.tasks.count(TaskState::Pending), 1);
+}
+
+#[test]
+fn work_goes_to_free_slots_with_the_right_labels_and_not_to_a_draining_runner() {
+    let mut h = Harness::new(settings());
+    let mut gpu_task = h.new_task("feature");
+    gpu_task.labels = vec![Label::new("gpu").unwrap()];
+    let gpu_task = h.submit_task(gpu_task);
+    let plain = [h.submit(), h.submit(), h.submit()];
+    let r1 = h.connect("r1", 2, &[], &[]);
+    let assigned: Vec<TaskId> = h.assigned(r1).into_iter().map(|(task, _, _)| task).collect();
+    assert_eq!(assigned, vec![plain[0], plain[1]], "oldest first, never a task needing a missing label");
+    // A runner that says it is draining in the batch it registers in.
+    let (r2, register) = h.register("r2", 2, &["gpu"], &[]);
+    h.step(vec![register, Event::FromRunner { conn: r2, message: RunnerToDispatcher::Draining }]);
+    assert!(h.assigned(r2).is_empty(), "a draining runner gets nothing");
+    let r3 = h.connect("r3", 1, &["gpu"], &[]);
+    assert_eq!(h.assigned(r3), vec![(gpu_task, 1, Job::Test)]);
+    assert_eq!(h.core.tasks.pending(plain[2]).map(|t| t.id), Some(plain[2]));
+}
+
+#[test]
+fn a_lost_runner_requeues_its_task_until_the_attempts_are_spent() {
+    let mut h = Harness::new(Settings { max_attempts: 2, ..settings() });
+    let task = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(r1).len(), 1);
+    h.down(r1);
+    assert_eq!(h.task(task).state, TaskState::Pending);
+    let r2 = h.connect("r2", 1, &[], &[]);
+    assert_eq!(h.assigned(r2), vec![(task, 2, Job::Test)]);
+    // A silent runner is lost after the window, on the scheduler's clock.
+    h.tick_at(Instant::now() + Duration::from_secs(10));
+    let info = h.task(task);
+    assert_eq!((info.state, info.attempts), (TaskState::Error, 2));
+    assert!(info.reason.unwrap().starts_with("gave up after 2 attempts; last: runner r2 lost"));
+}
+
+#[test]
+fn pings_go_to_connected_runners_each_interval() {
+    let mut h = Harness::new(settings());
+    let r1 = h.connect("r1", 1, &[], &[]);
+    h.sent(r1);
+    h.tick_at(Instant::now() + Duration::from_millis(1500));
+    assert!(matches!(h.sent(r1).as_slice(), [DispatcherToRunner::Ping(_)]));
+    h.runner_says(r1, RunnerToDispatcher::Pong(Pong { seq: 1 }));
+    h.tick_at(Instant::now() + Duration::from_millis(1600));
+    assert!(h.sent(r1).is_empty(), "one round per interval");
+}
+
+#[test]
+fn after_a_restart_a_runner_re_adopts_its_task_and_an_absent_one_is_requeued() {
+    let mut h = Harness::new(settings());
+    let kept = h.submit();
+    let abandoned = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let r2 = h.connect("r2", 1, &[], &[]);
+    assert_eq!(h.assigned(r1), vec![(kept, 1, Job::Test)]);
+    assert_eq!(h.assigned(r2), vec![(abandoned, 1, Job::Test)]);
+    h.output(r1, kept, 1, 0, b"before the restart\n");
+
+    h.restart();
+    let r1 = h.connect("r1", 1, &[], &[(kept, 1)]);
+    let sent = h.sent(r1);
+    let DispatcherToRunner::Registered(registered) = &sent[0] else { panic!("{sent:?}") };
+    assert_eq!(registered.resume.len(), 1);
+    assert_eq!((registered.resume[0].task_id, registered.resume[0].output_offset), (kept, 19));
+    h.output(r1, kept, 1, 19, b"after\n");
+    assert_eq!(h.log(kept), b"before the restart\nafter\n");
+
+    // r2 does not come back within the window (counted from the restart):
+    // its task runs again; r1, heard since, is not lost.
+    let restarted = h.core.tasks.running(abandoned).and_then(|running| running.orphaned_at).unwrap();
+    h.tick_at(restarted + h.settings.dead_after() + Duration::from_nanos(1));
+    assert_eq!(h.task(abandoned).state, TaskState::Pending);
+    h.result(r1, kept, 1, Outcome::Passed);
+    assert_eq!(h.assigned(r1), vec![(abandoned, 2, Job::Test)]);
+}
+
+#[test]
+fn a_runner_restarted_without_its_task_loses_it() {
+    let mut h = Harness::new(settings());
+    let task = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(r1).len(), 1);
+    // The same runner registers again (its old connection not yet closed)
+    // holding nothing: the task ran in its previous life and is requeued,
+    // then handed to it again as attempt 2.
+    let again = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(again), vec![(task, 2, Job::Test)]);
+    // The old connection's close is not the runner's.
+    h.down(r1);
+    assert_eq!(h.task(task).state, TaskState::Running);
+}
+
+#[test]
+fn a_stale_attempt_is_forgotten_and_its_output_and_result_refused() {
+    let mut h = Harness::new(settings());
+    let task = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(r1).len(), 1);
+    h.down(r1);
+    let r2 = h.connect("r2", 1, &[], &[]);
+    assert_eq!(h.assigned(r2), vec![(task, 2, Job::Test)]);
+
+    // r1 comes back holding attempt 1.
+    let r1 = h.connect("r1", 1, &[], &[(task, 1)]);
+    let sent = h.sent(r1);
+    let DispatcherToRunner::Registered(registered) = &sent[0] else { panic!("{sent:?}") };
+    assert_eq!((registered.forget.len(), registered.resume.len()), (1, 0));
+    h.output(r1, task, 1, 0, b"stale");
+    h.result(r1, task, 1, Outcome::Failed);
+    assert_eq!(h.acks(r1), vec![(task, false)]);
+    assert_eq!(h.log(task), b"");
+    assert_eq!(h.task(task).state, TaskState::Running);
+
+    h.result(r2, task, 2, Outcome::Passed);
+    assert_eq!(h.acks(r2), vec![(task, true)]);
+    // A resend of a recorded result is acknowledged and not recorded twice.
+    h.result(r2, task, 2, Outcome::Failed);
+    assert_eq!(h.acks(r2), vec![(task, true)]);
+    assert_eq!(h.task(task).state, TaskState::Passed);
+}
+
+#[test]
+fn a_refused_assignment_goes_back_to_the_queue() {
+    let mut h = Harness::new(settings());
+    let task = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(r1).len(), 1);
+    h.result(r1, task, 1, Outcome::Refused);
+    // FIXME(issue 12): a refusal spends an attempt and the same runner is
+    // asked again at once, in the batch that acknowledges the refusal.
+    let sent = h.sent(r1);
+    assert!(matches!(&sent[0], DispatcherToRunner::ResultAck(ack) if ack.accepted), "{sent:?}");
+    assert!(matches!(&sent[1], DispatcherToRunner::Assign(assign) if assign.attempt == 2), "{sent:?}");
+}
+
+#[test]
+fn abort_ends_a_queued_task_at_once_and_a_running_one_through_its_runner() {
+    let mut h = Harness::new(settings());
+    let queued = h.submit();
+    let aborted: Result<TaskInfo, String> = h.ask(|reply| Event::Abort { task_id: queued, reply });
+    assert_eq!(aborted.unwrap().state, TaskState::Aborted);
+
+    let running = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(r1).len(), 1);
+    let answer: Result<TaskInfo, String> = h.ask(|reply| Event::Abort { task_id: running, reply });
+    assert_eq!(answer.unwrap().state, TaskState::Running);
+    assert!(matches!(h.sent(r1).as_slice(), [DispatcherToRunner::Abort(_)]));
+    // The runner is lost before it reports: the task ends aborted anyway.
+    h.down(r1);
+    assert_eq!(h.task(running).state, TaskState::Aborted);
+
+    let again: Result<TaskInfo, String> = h.ask(|reply| Event::Abort { task_id: running, reply });
+    assert!(again.unwrap_err().contains("already ended"));
+    let rerun: Result<Accepted, String> = h.ask(|reply| Event::Rerun { task_id: running, reply });
+    assert_ne!(rerun.unwrap().task_id, running);
+}
+
+#[test]
+fn followers_hear_of_a_new_attempt_output_and_the_end_after_the_commit() {
+    let mut h = Harness::new(settings());
+    let task = h.submit();
+    let follower: Option<watch::Receiver<LogProgress>> =
+        h.ask(|reply| Event::Follow { task_id: task, reply });
+    let mut follower = follower.expect("a live task");
+    assert_eq!(*follower.borrow_and_update(), LogProgress { attempt: 0, len: 0, ended: false });
+    let r1 = h.connect("r1", 1, &[], &[]);
+    assert_eq!(*follower.borrow_and_update(), LogProgress { attempt: 1, len: 0, ended: false });
+    h.output(r1, task, 1, 0, b"abc");
+    assert_eq!(*follower.borrow_and_update(), LogProgress { attempt: 1, len: 3, ended: false });
+    h.result(r1, task, 1, Outcome::Passed);
+    assert_eq!(*follower.borrow_and_update(), LogProgress { attempt: 1, len: 3, ended: true });
+    let late: Option<watch::Receiver<LogProgress>> = h.ask(|reply| Event::Follow { task_id: task, reply });
+    assert!(late.is_none(), "an ended task has no follower");
+}
+
+#[test]
+fn output_past_the_cap_is_cut_with_a_marker() {
+    let mut h = Harness::new(Settings { output_cap: 4, ..settings() });
+    let task = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    h.sent(r1);
+    h.output(r1, task, 1, 0, b"abcdef");
+    h.output(r1, task, 1, 6, b"gh");
+    assert_eq!(h.log(task), b"abcd\n[baton: output truncated at 4 bytes]\n");
+    assert_eq!(h.core.tasks.running(task).unwrap().log_len, 8, "resume offsets count the runner's bytes");
+}
+
+#[test]
+fn a_passed_release_branch_deploys_and_rolls_back() {
+    let steps = vec![DeployStep { name: "deploy".into(), command: "true".into() }];
+    let repo = RepoSettings {
+        url: RepoUrl::new(REPO).unwrap(),
+        release_branches: None,
+        steps,
+        auto_rollback: false,
+    };
+    let releases = Releases { repos: vec![repo], ..Releases::default() };
+    let mut h = Harness::new(Settings { releases, ..settings() });
+    let deployer = h.connect("deployer", 1, &["deploy"], &[]);
+    for _ in 0..2 {
+        let task = h.new_task("main");
+        let task = h.submit_task(task);
+        let assigned = h.assigned(deployer);
+        assert_eq!(assigned[0].0, task);
+        h.result(deployer, task, 1, Outcome::Passed);
+        // The release's deploy task goes to the runner with the label.
+        let deploys = h.assigned(deployer);
+        let [(deploy, 1, Job::Deploy(job))] = deploys.as_slice() else { panic!("{deploys:?}") };
+        assert_eq!(h.task(*deploy).kind, "deploy");
+        h.result(deployer, *deploy, 1, Outcome::Passed);
+        assert!(job.release.starts_with('r'));
+    }
+    let repo_url = RepoUrl::new(REPO).unwrap();
+    let rolled: Result<ReleaseInfo, String> =
+        h.ask(|reply| Event::Rollback { repo: repo_url.clone(), to: None, reply });
+    let rolled = rolled.unwrap();
+    assert_eq!((rolled.kind.as_str(), rolled.rollback_to), ("rollback", Some(1)));
+    let deploy = rolled.deploy_task_id.expect("a rollback with deploy steps deploys");
+    assert!(matches!(h.assigned(deployer).as_slice(), [(id, 1, Job::Deploy(_))] if *id == deploy));
+    let none: Result<ReleaseInfo, String> =
+        h.ask(|reply| Event::Rollback { repo: repo_url, to: Some(9), reply });
+    assert!(none.unwrap_err().contains("no release r9"));
+}
+
+#[test]
+fn two_cores_live_in_one_process() {
+    // No process globals: two schedulers side by side keep to themselves.
+    let mut one = Harness::new(settings());
+    let mut two = Harness::new(settings());
+    one.submit();
+    one.submit();
+    two.submit();
+    assert_eq!((one.core.tasks.count(TaskState::Pending), two.core.tasks.count(TaskState::Pending)), (2, 1));
+}
