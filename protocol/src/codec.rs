@@ -1,5 +1,6 @@
-//! Frame and payload encoding: the only place that knows about bincode and
-//! `LengthDelimitedCodec`.
+//! Frame and payload encoding: the only place that knows about bincode, and
+//! the one that builds the `LengthDelimitedCodec` (`connection` frames its
+//! streams with what [`frame_codec`] returns).
 //!
 //! Every decode runs with a size limit: without it, a 13-byte frame whose
 //! string-length prefix claims 2^63 bytes makes bincode try to allocate that

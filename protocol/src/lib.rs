@@ -6,8 +6,14 @@
 //! dispatcher's verdict. After the handshake the connection is re-typed for the
 //! peer's role and carries that role's messages ([`message`]).
 //!
-//! This crate does no I/O policy of its own: no retries, no timeouts beyond the
-//! handshake deadline, no logging of message contents. Daemons decide those.
+//! The wire modules (`codec`, `connection`, `handshake`, `message`, `types`,
+//! `tls`) have no I/O policy of their own: no retries, no timeouts beyond the
+//! handshake deadline, no logging of message contents. Two modules are here
+//! only because every binary shares them and binaries must not depend on each
+//! other: [`peer`] is the daemons' common ground around a connection (dialling
+//! with reconnect back-off, tracing set-up, the stop signal), so it does log
+//! and retry; [`view`] is how the protocol's values look to scripts and people
+//! (`--json` shapes, RFC 3339 times).
 
 pub mod codec;
 pub mod connection;

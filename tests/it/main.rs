@@ -4,6 +4,7 @@
 //! --json`, files in the data dir).
 
 mod chaos;
+mod client;
 mod durability;
 mod flood;
 mod follow;

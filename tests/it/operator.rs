@@ -780,8 +780,10 @@ fn an_abort_the_runner_never_saw_still_ends_the_task_when_the_runner_dies() {
 
     runner.signal(libc::SIGSTOP);
     wait_for("the runner to stop", || stopped(runner.pid()).then_some(()));
+    // `abort` waits briefly for the end: the frozen runner never acts, but
+    // its loss may be noticed within that wait.
     let answer = baton_json(&dispatcher.addr, &["abort", &id]);
-    assert_eq!(answer["state"], "running", "the runner has yet to act: {answer:#}");
+    assert!(matches!(answer["state"].as_str(), Some("running" | "aborted")), "{answer:#}");
     runner.kill9();
 
     let task = wait_for("the runner's loss to be noticed", || {

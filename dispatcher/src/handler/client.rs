@@ -154,6 +154,13 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -
             .await
             .map(DispatcherToClient::Releases)
             .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Commits(query) => shared
+            .readers
+            // Two are enough to tell one answer from an ambiguous prefix.
+            .query(move |reader| reader.commits_with_prefix(&query.repo, &query.prefix, 2))
+            .await
+            .map(DispatcherToClient::Commits)
+            .map_err(|err| format!("{err:#}")),
         ClientToDispatcher::Rollback(request) => {
             let (repo, to) = (request.repo, request.to);
             match scheduler.ask(|reply| Event::Rollback { repo, to, reply }).await {

@@ -469,6 +469,28 @@ impl Reader {
         ))?;
         stmt.query_row(params![prefix.as_str(), upper], task_info).optional().context("reading a task")
     }
+
+    /// Up to `limit` distinct commits of `repo`'s tasks that start with
+    /// `prefix`, in commit order.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn commits_with_prefix(
+        &self,
+        repo: &RepoUrl,
+        prefix: &CommitPrefix,
+        limit: u32,
+    ) -> anyhow::Result<Vec<CommitId>> {
+        let upper = format!("{prefix}g");
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT commit_id FROM tasks WHERE commit_id >= ?1 AND commit_id < ?2 AND repo = ?3 \
+             ORDER BY commit_id LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![prefix.as_str(), upper, repo.as_str(), limit], |row| {
+            parse(row, 0, |s: String| CommitId::new(s))
+        })?;
+        rows.collect::<rusqlite::Result<_>>().context("reading commits")
+    }
 }
 
 const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \

@@ -305,6 +305,17 @@ pub enum ClientToDispatcher {
     Releases(ReleaseQuery),
     /// Redeploy an earlier release.
     Rollback(RollbackRequest),
+    /// The commits of a repository's tasks that start with a prefix
+    /// (`baton submit REPO PREFIX` when the client cannot read the
+    /// repository itself); answered with `Commits`.
+    Commits(CommitQuery),
+}
+
+/// A commit prefix within one repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitQuery {
+    pub repo: RepoUrl,
+    pub prefix: CommitPrefix,
 }
 
 /// Filters for `baton releases`.
@@ -373,6 +384,9 @@ pub enum DispatcherToClient {
     Releases(Vec<ReleaseInfo>),
     /// Answer to `Rollback`: the rollback record.
     Release(Box<ReleaseInfo>),
+    /// Answer to `Commits`: the matching commits, at most two (one is the
+    /// answer; two say the prefix is ambiguous).
+    Commits(Vec<CommitId>),
 }
 
 /// A release record.

@@ -215,6 +215,13 @@ fn client_messages_golden() {
             ClientToDispatcher::Rollback(RollbackRequest { repo: RepoUrl::new("/r").unwrap(), to: Some(2) }),
             "09 022f72 01 02",
         ),
+        (
+            ClientToDispatcher::Commits(CommitQuery {
+                repo: RepoUrl::new("/r").unwrap(),
+                prefix: CommitPrefix::new("abcd").unwrap(),
+            }),
+            "0a 022f72 0461626364",
+        ),
     ];
     for (message, expected) in requests {
         assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
@@ -258,6 +265,10 @@ fn client_messages_golden() {
     }
     assert_eq!(round_trip(&DispatcherToClient::Task(None)), "0300");
     assert_eq!(round_trip(&DispatcherToClient::Error("e".into())), "080165");
+    assert_eq!(
+        round_trip(&DispatcherToClient::Commits(vec![commit()])),
+        format!("0b01{}", hex(commit().as_str()))
+    );
 }
 
 fn hex(text: &str) -> String {

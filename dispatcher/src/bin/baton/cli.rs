@@ -154,7 +154,9 @@ pub struct SubmitArgs {
     #[arg(value_name = "REPO")]
     pub repo: String,
 
-    /// The full commit id (40 or 64 lowercase hex digits).
+    /// The commit: its full id, or an unambiguous prefix of at least 4 hex
+    /// digits (resolved by git in a local repository, else among the
+    /// dispatcher's tasks of REPO).
     #[arg(value_name = "COMMIT")]
     pub commit: String,
 

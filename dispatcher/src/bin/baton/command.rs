@@ -7,10 +7,12 @@
 //! `session`, and exit codes in `main`.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::Context;
-use protocol::message::{Accepted, ClientToDispatcher, DispatcherToClient, Selector};
+use protocol::message::{Accepted, ClientToDispatcher, CommitQuery, DispatcherToClient, Selector, TaskInfo};
 use protocol::view::{self, now_ms};
+use protocol::CommitId;
 
 use crate::render::Style;
 use crate::request::Invocation;
@@ -46,14 +48,82 @@ pub enum Outcome {
 /// request, or a failed write to stdout.
 pub async fn run(invocation: &Invocation, console: &mut Console<'_>) -> anyhow::Result<Outcome> {
     let mut session = Session::open(&invocation.address, &invocation.credentials).await?;
-    session.send(&invocation.request).await?;
-    if let ClientToDispatcher::Log(request) = &invocation.request {
+    let request = match (&invocation.request, &invocation.then_submit) {
+        (ClientToDispatcher::Commits(query), Some(rest)) => {
+            ClientToDispatcher::Submit(rest.with(resolve_commit(&mut session, query).await?))
+        }
+        (request, _) => request.clone(),
+    };
+    session.send(&request).await?;
+    if let ClientToDispatcher::Log(request) = &request {
         return log::stream(&mut session, request, console).await;
     }
-    let answer = session.answer(Some(ANSWER_TIMEOUT)).await?;
-    let text = present(&invocation.request, answer, invocation.json, console)?;
+    let answer = match session.answer(Some(ANSWER_TIMEOUT)).await? {
+        DispatcherToClient::Aborted(task) => {
+            DispatcherToClient::Aborted(Box::new(wait_aborted(&mut session, *task).await?))
+        }
+        answer => answer,
+    };
+    let text = present(&request, answer, invocation.json, console)?;
     console.out.write_all(text.as_bytes()).and_then(|()| console.out.flush()).context("writing to stdout")?;
     Ok(Outcome::Success)
+}
+
+/// How long `abort` waits for a running task to end: its runner kills the
+/// test's process group at once, so this is ample unless the runner is gone.
+const ABORT_WAIT: Duration = Duration::from_secs(3);
+
+/// How often `abort` asks whether the task has ended.
+const ABORT_POLL: Duration = Duration::from_millis(50);
+
+/// The task `abort` answered with, or, when it was still running (its
+/// runner had been told to stop it), the task as it is once it has ended or
+/// [`ABORT_WAIT`] has passed.
+///
+/// # Errors
+/// A broken connection or an answer of the wrong kind.
+async fn wait_aborted(session: &mut Session, mut task: TaskInfo) -> anyhow::Result<TaskInfo> {
+    let deadline = tokio::time::Instant::now() + ABORT_WAIT;
+    while !task.state.is_final() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(ABORT_POLL).await;
+        session.send(&ClientToDispatcher::Show(Selector::Id(task.id))).await?;
+        match session.answer(Some(ANSWER_TIMEOUT)).await? {
+            DispatcherToClient::Task(Some(now)) => task = *now,
+            DispatcherToClient::Task(None) => anyhow::bail!("task {} vanished while being aborted", task.id),
+            DispatcherToClient::Error(reason) => anyhow::bail!("{reason}"),
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(task)
+}
+
+/// The one commit of the query's repository that the dispatcher knows by the
+/// query's prefix.
+///
+/// # Errors
+/// None or several such commits, the dispatcher's `Error`, or a broken
+/// connection.
+async fn resolve_commit(session: &mut Session, query: &CommitQuery) -> anyhow::Result<CommitId> {
+    session.send(&ClientToDispatcher::Commits(query.clone())).await?;
+    let (prefix, repo) = (&query.prefix, &query.repo);
+    match session.answer(Some(ANSWER_TIMEOUT)).await? {
+        DispatcherToClient::Commits(mut commits) => match commits.len() {
+            0 => anyhow::bail!(
+                "no task of {repo} has a commit starting with {prefix}, and the repository is not readable \
+                 here: give the full commit id"
+            ),
+            1 => Ok(commits.remove(0)),
+            _ => {
+                let listed: Vec<&str> = commits.iter().map(CommitId::as_str).collect();
+                anyhow::bail!(
+                    "commit {prefix} is ambiguous in {repo}: {}; give more digits",
+                    listed.join(", ")
+                )
+            }
+        },
+        DispatcherToClient::Error(reason) => anyhow::bail!("{reason}"),
+        other => Err(unexpected(&other)),
+    }
 }
 
 /// The text for stdout, for every request but `Log`.
@@ -102,6 +172,17 @@ fn present(
             }
         }
         (ClientToDispatcher::Abort(_), DispatcherToClient::Aborted(task)) => {
+            // Said on stderr in both modes: a `running` task would otherwise
+            // read as an abort that failed.
+            let _ = if task.state.is_final() {
+                writeln!(console.err, "task {} {}", task.id, task.state)
+            } else {
+                writeln!(
+                    console.err,
+                    "aborting: task {} is still {}; it ends aborted once its runner has stopped it",
+                    task.id, task.state
+                )
+            };
             if as_json {
                 json_text(view::task(&task))
             } else {
@@ -175,6 +256,7 @@ pub fn unexpected(answer: &DispatcherToClient) -> anyhow::Error {
         DispatcherToClient::Error(_) => "Error",
         DispatcherToClient::Releases(_) => "Releases",
         DispatcherToClient::Release(_) => "Release",
+        DispatcherToClient::Commits(_) => "Commits",
     };
     anyhow::anyhow!("unexpected answer from the dispatcher: {kind}")
 }
@@ -185,7 +267,7 @@ mod tests {
     use protocol::handshake::Role;
     use protocol::message::{ManualSubmit, TaskInfo};
     use protocol::view::fixtures;
-    use protocol::{Branch, CommitId, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
+    use protocol::{Branch, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 

@@ -51,13 +51,23 @@ pub async fn stream(
                         .context("writing the log to stdout")?;
                 }
                 console.out.flush().context("writing the log to stdout")?;
-                if !request.follow {
-                    return Ok(Outcome::Success);
-                }
                 // On a terminal the two streams share the screen: end the
                 // output's last line so the verdict starts a line of its own.
                 let newline = if console.style.terminal && !at_line_start { "\n" } else { "" };
-                let _ = writeln!(console.err, "{newline}task {} ended: {}", task.id, task.state);
+                // Why a task has no (or little) output is its reason: say it,
+                // on stderr so that stdout stays the log's exact bytes.
+                // A plain dump says only that; a follower always hears the end.
+                let reason = task.reason.as_deref().filter(|_| task.state.is_final());
+                let verdict = match reason {
+                    Some(reason) => format!("task {} ended: {}: {reason}", task.id, task.state),
+                    None => format!("task {} ended: {}", task.id, task.state),
+                };
+                if request.follow || reason.is_some() {
+                    let _ = writeln!(console.err, "{newline}{verdict}");
+                }
+                if !request.follow {
+                    return Ok(Outcome::Success);
+                }
                 return Ok(if task.state == TaskState::Passed {
                     Outcome::Success
                 } else {

@@ -12,6 +12,7 @@
 
 mod cli;
 mod command;
+mod git;
 mod log;
 mod render;
 mod request;

@@ -1,23 +1,28 @@
 //! From the command line to the one request sent: every argument is turned
 //! into the protocol's checked types here, before any connection is made.
 //!
-//! Owns the two rules a user can trip over: `show` reads a short all-digit
-//! argument as a task id and anything else as a commit, and a repository given
-//! as a relative local path is made absolute. It does no I/O beyond resolving
-//! that path and reading the token file.
+//! Owns the rules a user can trip over: `show` reads a short all-digit
+//! argument as a task id and anything else as a commit, a repository given as
+//! a relative local path is made absolute, and `submit` takes a short commit
+//! id, resolved by git when the repository is a local directory and by the
+//! dispatcher otherwise (the request is then a `Commits` query, and
+//! [`Invocation::then_submit`] what to submit once it is answered). It does no
+//! I/O beyond resolving that path, asking git, and reading the token file.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
 use protocol::message::{
-    ClientToDispatcher, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest, Selector, TaskQuery,
+    ClientToDispatcher, CommitQuery, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest, Selector,
+    TaskQuery,
 };
 use protocol::peer::Credentials;
 use protocol::tls::ClientTls;
 use protocol::{Branch, CommitId, CommitPrefix, Label, RepoUrl, Secret, TaskId, TaskState};
 
 use crate::cli::{Cli, Command};
+use crate::git;
 
 /// `show` reads an all-digit argument shorter than this as a task id.
 ///
@@ -37,6 +42,29 @@ pub struct Invocation {
     pub json: bool,
     /// The request to send.
     pub request: ClientToDispatcher,
+    /// For `submit` of a commit prefix the dispatcher resolves (`request` is
+    /// then its `Commits` query): the rest of the submission.
+    pub then_submit: Option<SubmitRest>,
+}
+
+/// A submission without its commit, which the dispatcher names first.
+#[derive(Debug)]
+pub struct SubmitRest {
+    pub repo: RepoUrl,
+    pub branch: Branch,
+    pub labels: Vec<Label>,
+}
+
+impl SubmitRest {
+    /// The submission of `commit`.
+    pub fn with(&self, commit: CommitId) -> ManualSubmit {
+        ManualSubmit {
+            repo: self.repo.clone(),
+            branch: self.branch.clone(),
+            commit,
+            labels: self.labels.clone(),
+        }
+    }
 }
 
 impl Invocation {
@@ -50,6 +78,14 @@ impl Invocation {
     /// that does not exist, or an unreadable or empty token file.
     pub fn from_cli(cli: Cli, cwd: &Path) -> anyhow::Result<Invocation> {
         let request = build(&cli.command, cwd)?;
+        let then_submit = match (&request, &cli.command) {
+            (ClientToDispatcher::Commits(query), Command::Submit(args)) => Some(SubmitRest {
+                repo: query.repo.clone(),
+                branch: parse_branch(&args.branch)?,
+                labels: parse_labels(&args.labels)?,
+            }),
+            _ => None,
+        };
         let secret = match &cli.token_file {
             Some(path) => Some(read_secret(path)?),
             None => None,
@@ -62,7 +98,7 @@ impl Invocation {
             None => None,
         };
         let credentials = Credentials { secret, tls };
-        Ok(Invocation { address: cli.dispatcher, credentials, json: cli.json, request })
+        Ok(Invocation { address: cli.dispatcher, credentials, json: cli.json, request, then_submit })
     }
 }
 
@@ -95,16 +131,17 @@ pub fn build(command: &Command, cwd: &Path) -> anyhow::Result<ClientToDispatcher
         Command::Log(args) => {
             ClientToDispatcher::Log(LogRequest { task_id: parse_task_id(&args.id)?, follow: args.follow })
         }
-        Command::Submit(args) => ClientToDispatcher::Submit(ManualSubmit {
-            repo: resolve_repo(&args.repo, cwd)?,
-            branch: Branch::new(args.branch.as_str()).map_err(anyhow::Error::msg)?,
-            commit: CommitId::new(args.commit.as_str()).map_err(anyhow::Error::msg)?,
-            labels: args
-                .labels
-                .iter()
-                .map(|label| Label::new(label.as_str()).map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<_>>()?,
-        }),
+        Command::Submit(args) => {
+            let repo = resolve_repo(&args.repo, cwd)?;
+            let (branch, labels) = (parse_branch(&args.branch)?, parse_labels(&args.labels)?);
+            match resolve_commit(&repo, &args.commit)? {
+                Some(commit) => ClientToDispatcher::Submit(ManualSubmit { repo, branch, commit, labels }),
+                None => ClientToDispatcher::Commits(CommitQuery {
+                    repo,
+                    prefix: CommitPrefix::new(args.commit.as_str()).map_err(anyhow::Error::msg)?,
+                }),
+            }
+        }
         Command::Rerun(args) => ClientToDispatcher::Rerun(parse_task_id(&args.id)?),
         Command::Abort(args) => ClientToDispatcher::Abort(parse_task_id(&args.id)?),
         Command::Releases(args) => ClientToDispatcher::Releases(ReleaseQuery {
@@ -116,6 +153,31 @@ pub fn build(command: &Command, cwd: &Path) -> anyhow::Result<ClientToDispatcher
         }),
     };
     Ok(request)
+}
+
+/// The commit `submit` names: a full id as given, or a prefix of at least
+/// four hex digits resolved by git in a local repository; `None` when only
+/// the dispatcher can resolve the prefix.
+fn resolve_commit(repo: &RepoUrl, raw: &str) -> anyhow::Result<Option<CommitId>> {
+    let full_error = match CommitId::new(raw) {
+        Ok(commit) => return Ok(Some(commit)),
+        Err(err) => err,
+    };
+    let Ok(prefix) = CommitPrefix::new(raw) else {
+        anyhow::bail!("{full_error} (a commit id, or an unambiguous prefix of at least 4 hex digits)")
+    };
+    match git::local_directory(repo) {
+        Some(dir) => git::resolve(&dir, &prefix),
+        None => Ok(None),
+    }
+}
+
+fn parse_branch(raw: &str) -> anyhow::Result<Branch> {
+    Branch::new(raw).map_err(anyhow::Error::msg)
+}
+
+fn parse_labels(raw: &[String]) -> anyhow::Result<Vec<Label>> {
+    raw.iter().map(|label| Label::new(label.as_str()).map_err(anyhow::Error::msg)).collect()
 }
 
 /// A release version: `r3` or `3`.
@@ -278,10 +340,21 @@ mod tests {
         };
         assert_eq!(submit.branch.as_str(), "main");
         assert_eq!(submit.repo.as_str(), "git@host:team/app.git");
+        // A prefix of a repository the client cannot read is the dispatcher's
+        // to resolve; something that is not even a prefix is refused here.
         assert_eq!(
-            error(&["submit", "/srv/app.git", "abc123"]),
-            "invalid commit id \"abc123\": expected 40 or 64 lowercase hex digits"
+            request(&["submit", "/srv/app.git", "abc123"]).unwrap(),
+            ClientToDispatcher::Commits(CommitQuery {
+                repo: RepoUrl::new("/srv/app.git").unwrap(),
+                prefix: CommitPrefix::new("abc123").unwrap(),
+            })
         );
+        assert_eq!(
+            error(&["submit", "/srv/app.git", "abc"]),
+            "invalid commit id \"abc\": expected 40 or 64 lowercase hex digits \
+             (a commit id, or an unambiguous prefix of at least 4 hex digits)"
+        );
+        assert!(error(&["submit", "/srv/app.git", "main"]).starts_with("invalid commit id"));
         assert!(error(&["submit", "/srv/app.git", COMMIT, "--branch", "a..b"]).starts_with("invalid branch"));
         assert!(error(&["submit", "/srv/app.git", COMMIT, "--label", "a b"]).starts_with("invalid name"));
         assert!(error(&["submit", "/srv/../etc", COMMIT]).contains("must not contain '..' components"));
