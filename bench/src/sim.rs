@@ -181,9 +181,13 @@ pub async fn submit_all(
     };
     let reader = async {
         let mut submitted = Submitted { accepted: 0, duplicates: 0, last_answer: Instant::now() };
-        for _ in commits {
+        let mut n_answers = 0;
+        while n_answers < commits.len() {
             match receiver.recv().await.context("reading submission answers")? {
+                // Heartbeats come only after a second without answers.
+                Some(DispatcherToObserver::Ping(_)) => continue,
                 Some(DispatcherToObserver::Accepted(accepted)) => {
+                    n_answers += 1;
                     submitted.accepted += 1;
                     submitted.duplicates += u64::from(accepted.duplicate);
                 }

@@ -94,8 +94,10 @@ pub async fn run_with_web(
         shutdown.clone(),
     )?;
     let readers = readers::Readers::new(files.database());
-    let shared =
-        Arc::new(server::Shared::new(scheduler.clone(), readers, files, secret, tls, shutdown.clone()));
+    let shared = Arc::new(
+        server::Shared::new(scheduler.clone(), readers, files, secret, tls, shutdown.clone())
+            .with_heartbeat(config.settings.heartbeat_interval, config.settings.heartbeat_misses),
+    );
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "dispatcher started");
 
     let tracker = TaskTracker::new();

@@ -116,11 +116,15 @@ async fn serve(mut link: Link, ledger: &Ledger, shutdown: &CancellationToken) ->
             // went away before the next commit needs it.
             tokio::select! {
                 () = ledger.queued() => continue,
-                res = link.receiver.recv() => return Err(match res {
-                    Ok(None) => anyhow!("the dispatcher closed the connection"),
-                    Ok(Some(message)) => anyhow!("unexpected message {message:?}"),
-                    Err(err) => err.into(),
-                }),
+                res = link.receiver.recv() => match res {
+                    Ok(Some(DispatcherToObserver::Ping(ping))) => {
+                        answer_ping(&mut link, ping.seq).await?;
+                        continue;
+                    }
+                    Ok(None) => return Err(anyhow!("the dispatcher closed the connection")),
+                    Ok(Some(message)) => return Err(anyhow!("unexpected message {message:?}")),
+                    Err(err) => return Err(err.into()),
+                },
                 () = shutdown.cancelled() => break,
             }
         }
@@ -158,7 +162,10 @@ async fn submit(
         // cancel-safe, and the answers in flight are still worth having.
         let answer = loop {
             tokio::select! {
-                res = timeout_at(deadline, link.receiver.recv()) => break res,
+                res = timeout_at(deadline, link.receiver.recv()) => match res {
+                    Ok(Ok(Some(DispatcherToObserver::Ping(ping)))) => answer_ping(link, ping.seq).await?,
+                    res => break res,
+                },
                 () = shutdown.cancelled(), if !stopping => {
                     stopping = true;
                     deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
@@ -183,12 +190,23 @@ async fn submit(
                 ledger.answered(pending.seq);
                 tracing::error!(repo = %submit.repo, branch = %submit.branch, commit = %submit.commit, reason = %refused.reason, "submission refused");
             }
+            // Pings are answered while waiting, above.
+            Some(DispatcherToObserver::Ping(_)) => return Err(anyhow!("unexpected ping")),
         }
         if !stopping {
             deadline = Instant::now() + ANSWER_TIMEOUT;
         }
     }
     Ok(())
+}
+
+/// Answers a heartbeat; the dispatcher closes observers that do not.
+async fn answer_ping(link: &mut Link, seq: u64) -> anyhow::Result<()> {
+    let pong = ObserverToDispatcher::Pong(protocol::message::Pong { seq });
+    timeout(ANSWER_TIMEOUT, link.sender.send(&pong))
+        .await
+        .map_err(|_| anyhow!("the dispatcher takes no frames"))?
+        .context("answering a ping")
 }
 
 #[cfg(test)]
@@ -219,7 +237,15 @@ mod tests {
     async fn next_submit(connection: &mut FakeConnection) -> Submit {
         match connection.recv().await.unwrap().expect("a submission") {
             ObserverToDispatcher::Submit(submit) => submit,
+            other => panic!("expected a submission, got {other:?}"),
         }
+    }
+
+    /// Pings and expects the pong, whatever the link is doing.
+    async fn ping(connection: &mut FakeConnection, seq: u64) {
+        connection.send(&DispatcherToObserver::Ping(protocol::message::Ping { seq })).await.unwrap();
+        let answer = connection.recv().await.unwrap().expect("a pong");
+        assert_eq!(answer, ObserverToDispatcher::Pong(protocol::message::Pong { seq }));
     }
 
     fn accepted(task_id: i64) -> DispatcherToObserver {
@@ -275,6 +301,8 @@ mod tests {
         let mut connection = accept(&listener).await;
         assert_eq!(next_submit(&mut connection).await.commit, commit('3'));
         assert_eq!(cursor(&ledger), Some(commit('2')));
+        // A heartbeat between the last submission and its answer is answered.
+        ping(&mut connection, 5).await;
         let refused = DispatcherToObserver::Refused(Refused { reason: "not today".into() });
         connection.send(&refused).await.unwrap();
 
@@ -284,6 +312,8 @@ mod tests {
             assert!(Instant::now() < deadline, "cursor stuck at {:?}", cursor(&ledger));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // An idle link answers heartbeats too.
+        ping(&mut connection, 6).await;
         shutdown.cancel();
         link.await.unwrap();
         assert_eq!(ledger.len(), 0);

@@ -390,8 +390,9 @@ fn forget() -> impl Strategy<Value = Forget> {
 fn dispatcher_to_runner() -> BoxedStrategy<DispatcherToRunner> {
     let resume = (task_id(), any::<u32>(), any::<u64>())
         .prop_map(|(task_id, attempt, output_offset)| Resume { task_id, attempt, output_offset });
-    let registered = (prop::collection::vec(resume, 0..3), prop::collection::vec(forget(), 0..3))
-        .prop_map(|(resume, forget)| Registered { resume, forget });
+    let registered = (prop::collection::vec(resume, 0..3), prop::collection::vec(forget(), 0..3)).prop_map(
+        |(resume, forget)| Registered { resume, forget, heartbeat_interval_ms: 1000, heartbeat_misses: 3 },
+    );
     let step = (text(), text()).prop_map(|(name, command)| DeployStep { name, command });
     let deploy = (text(), prop::option::of(commit()), prop::collection::vec(step, 0..4)).prop_map(
         |(release, previous_commit, steps)| Job::Deploy(Deploy { release, previous_commit, steps }),

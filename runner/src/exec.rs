@@ -1,12 +1,14 @@
-//! Running the test process: its own process group, a parent-death signal,
-//! output copied into the spool as it is produced, a timeout, and stops on
-//! request.
+//! Running the test process under its supervisor, output copied into the
+//! spool as it is produced, a timeout, and stops on request.
 //!
-//! The test leads its own process group, so a timeout or an abort kills
-//! everything it started, and it carries a parent-death signal, so a runner
-//! killed with `kill -9` leaves no test behind. Stray members of the group
-//! are killed when the leader exits. This module decides no outcome (see
-//! `task`) and knows nothing of git or the dispatcher.
+//! Every test runs under `baton-runner --supervise` (see `supervise`), which
+//! leads the test's process group, is a child subreaper and carries a
+//! parent-death signal: a runner killed with `kill -9` leaves no test behind,
+//! not even a grandchild that called `setsid`. This module stops a test by
+//! signalling the supervisor, which kills the whole tree; a supervisor that
+//! does not end in time gets `SIGKILL` on the whole group as a last resort.
+//! This module decides no outcome (see `task`) and knows nothing of git or
+//! the dispatcher.
 
 use std::io;
 use std::path::Path;
@@ -20,9 +22,15 @@ use tokio::sync::{mpsc, watch};
 use crate::attempts::{Control, Progress};
 use crate::command::{Program, TestCommand};
 use crate::spool::{AttemptKey, OutputLog};
+use crate::supervise;
 
-/// Time between SIGTERM and SIGKILL when a test is stopped.
-const KILL_GRACE: Duration = Duration::from_secs(5);
+/// The runner binary's name, which `--supervise` is run with.
+const RUNNER_BINARY: &str = "baton-runner";
+
+/// How long after a stop request the runner waits for the supervisor (which
+/// itself gives the test [`supervise::KILL_GRACE`]) before it kills the
+/// group itself.
+const KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// How long output pipes are still read after the test exited and its group
 /// was killed; only a process that left the group can hold them longer.
@@ -57,11 +65,12 @@ pub struct Supervised {
 #[derive(Debug)]
 pub struct Process {
     child: Child,
-    /// The test's process group, whose id is the leader's pid.
+    /// The test's process group, whose id is the supervisor's pid.
     pub pgid: i32,
 }
 
-/// Starts `command` in `dir` as the leader of a new process group.
+/// Starts `command` in `dir` under its supervisor, the leader of a new
+/// process group.
 ///
 /// Must be called from an async task on a runtime worker thread, never from
 /// `spawn_blocking`: the parent-death signal fires when the *thread* that
@@ -69,23 +78,21 @@ pub struct Process {
 /// would kill a healthy test. Worker threads live as long as the runtime.
 ///
 /// # Errors
-/// The program cannot be started.
+/// The supervisor cannot be found or started.
 pub fn spawn(command: &TestCommand, dir: &Path, env: &[(&str, String)]) -> io::Result<Process> {
-    let mut cmd = match &command.program {
+    let mut cmd = Command::new(supervisor_program()?);
+    cmd.arg(supervise::FLAG).arg("--");
+    match &command.program {
         Program::Shell(line) => {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c").arg(line);
-            cmd
+            cmd.arg("sh").arg("-c").arg(line);
         }
         Program::Argv(argv) => {
-            let (program, args) = argv
-                .split_first()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-            let mut cmd = Command::new(program);
-            cmd.args(args);
-            cmd
+            if argv.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+            }
+            cmd.args(argv);
         }
-    };
+    }
     // The runner's own settings (BATON_TOKEN_FILE, ...) are none of the test's business.
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(|name| name.starts_with("BATON_")) {
@@ -103,7 +110,9 @@ pub fn spawn(command: &TestCommand, dir: &Path, env: &[(&str, String)]) -> io::R
     // async-signal-safe functions (prctl, getppid, _exit).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            // SIGTERM, not SIGKILL: the supervisor must live to kill the
+            // processes that left its group.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // The runner may have died between fork and prctl; then no
@@ -117,6 +126,28 @@ pub fn spawn(command: &TestCommand, dir: &Path, env: &[(&str, String)]) -> io::R
     let child = cmd.spawn()?;
     let pid = child.id().ok_or_else(|| io::Error::other("the test exited before it was seen"))?;
     Ok(Process { child, pgid: pid as i32 })
+}
+
+/// The `baton-runner` executable: this process when it is the runner, or the
+/// one next to it (the runner as a library in a test or a benchmark binary,
+/// which cargo puts one directory below).
+fn supervisor_program() -> io::Result<std::path::PathBuf> {
+    let current = std::env::current_exe()?;
+    if current.file_name().is_some_and(|name| name == RUNNER_BINARY) {
+        return Ok(current);
+    }
+    current
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(RUNNER_BINARY))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no {RUNNER_BINARY} next to {}", current.display()),
+            )
+        })
 }
 
 /// Copies the test's output into `log` until it ends, enforcing `timeout`
@@ -150,7 +181,7 @@ pub async fn supervise(
             *cause = Some(why);
         }
         if kill_at.is_none() {
-            signal_group(pgid, libc::SIGTERM);
+            signal_process(pgid, libc::SIGTERM);
             *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
         }
     };
@@ -161,21 +192,22 @@ pub async fn supervise(
         tokio::select! {
             read = read_some(&mut stdout, &mut stdout_buf), if stdout.is_some() => {
                 if let Some(err) = copy(read, &mut stdout, &stdout_buf, log, progress) {
-                    signal_group(pgid, libc::SIGKILL);
+                    kill_now(pgid, &mut kill_at);
                     cause = Some(StopCause::OutputFailed(err));
                 }
             }
             read = read_some(&mut stderr, &mut stderr_buf), if stderr.is_some() => {
                 if let Some(err) = copy(read, &mut stderr, &stderr_buf, log, progress) {
-                    signal_group(pgid, libc::SIGKILL);
+                    kill_now(pgid, &mut kill_at);
                     cause = Some(StopCause::OutputFailed(err));
                 }
             }
             exited = process.child.wait(), if status.is_none() => {
                 status = Some(exited?);
-                // Whatever the leader left running goes with it. The group id
-                // cannot have been reused: pids are not recycled for
-                // microseconds' worth of wrap-around.
+                // The supervisor killed everything before it exited; this
+                // only matters if it was itself killed. The group id cannot
+                // have been reused: pids are not recycled for microseconds'
+                // worth of wrap-around.
                 signal_group(pgid, libc::SIGKILL);
                 drain_until = Some(tokio::time::Instant::now() + PIPE_DRAIN);
             }
@@ -188,7 +220,7 @@ pub async fn supervise(
                 stop(StopCause::Timeout, &mut cause, &mut kill_at);
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if status.is_none() && kill_at.is_some() => {
-                tracing::warn!("test still running after SIGTERM, sending SIGKILL");
+                tracing::warn!("the test's supervisor did not stop it in time, killing its group");
                 signal_group(pgid, libc::SIGKILL);
                 kill_at = Some(far_future);
             }
@@ -203,7 +235,7 @@ pub async fn supervise(
                 }
                 Control::Abandon => {
                     cause = Some(StopCause::Discard);
-                    signal_group(pgid, libc::SIGKILL);
+                    kill_now(pgid, &mut kill_at);
                 }
                 Control::Ack { .. } => tracing::warn!("acknowledgement for a running attempt ignored"),
             },
@@ -250,15 +282,30 @@ fn copy<R>(
     }
 }
 
+/// Tells the supervisor to kill the whole test now, and arms the last-resort
+/// kill of the group in case it does not.
+fn kill_now(supervisor: i32, kill_at: &mut Option<tokio::time::Instant>) {
+    signal_process(supervisor, libc::SIGUSR1);
+    if kill_at.is_none() {
+        *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
+    }
+}
+
 /// Sends `signal` to every process of the group; a group already gone is
 /// not an error.
 fn signal_group(pgid: i32, signal: libc::c_int) {
+    signal_process(-pgid, signal);
+}
+
+/// Sends `signal` to `pid` (a group when negative); one already gone is not
+/// an error.
+fn signal_process(pid: i32, signal: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(-pgid, signal) };
+    let rc = unsafe { libc::kill(pid, signal) };
     if rc != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::ESRCH) {
-            tracing::warn!(pgid, signal, error = %err, "cannot signal the test's process group");
+            tracing::warn!(pid, signal, error = %err, "cannot signal the test");
         }
     }
 }
@@ -407,7 +454,7 @@ mod tests {
         let supervised = supervise(&mut process, command.timeout, &mut fixture.log, &progress, &mut control)
             .await
             .unwrap();
-        assert!(started.elapsed() < KILL_GRACE, "SIGTERM was enough");
+        assert!(started.elapsed() < supervise::KILL_GRACE, "SIGTERM was enough");
         assert_eq!(supervised.cause, Some(StopCause::Timeout));
         assert_eq!(std::fs::read(fixture.spool.output_path(fixture.key)).unwrap(), b"started\n");
         // Killed members linger as zombies until init reaps them, which some
@@ -441,6 +488,75 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!((supervised.status.signal(), supervised.cause), (Some(libc::SIGKILL), None));
+    }
+
+    /// Pids of living processes whose environment holds `marker`.
+    fn marked(marker: &str) -> Vec<i32> {
+        let needle = marker.as_bytes();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie =
+                    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                !zombie && environ.split(|byte| *byte == 0).any(|var| var == needle)
+            })
+            .collect()
+    }
+
+    /// A daemon that double-forked and called `setsid` left the group; the
+    /// supervisor still finds it, whether the test ends or is aborted.
+    #[tokio::test]
+    async fn an_escaped_daemon_dies_with_its_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = dir.path().join("daemon-started");
+        // The shell waits until the daemon is up, so that it cannot be
+        // killed before it escaped.
+        let escape = format!(
+            "python3 -c 'import os,time\nif os.fork(): os._exit(0)\nos.setsid()\nif os.fork(): os._exit(0)\n\
+             open(\"{started}\",\"w\").close()\ntime.sleep(600)' </dev/null >/dev/null 2>&1; \
+             while [ ! -e {started} ]; do sleep 0.01; done",
+            started = started.display()
+        );
+        for (line, abort) in
+            [(format!("{escape}; echo left"), false), (format!("{escape}; echo left; sleep 600"), true)]
+        {
+            let _ = std::fs::remove_file(&started);
+            let marker = format!("BATON_EXEC_TEST_MARK={}-{abort}", std::process::id());
+            let (name, value) = marker.split_once('=').unwrap();
+            let mut fixture = fixture();
+            let (progress, _) = watch::channel(Progress::default());
+            let (control_tx, mut control) = mpsc::channel(1);
+            let command = shell(&line, Duration::from_secs(600));
+            let mut process = spawn(&command, Path::new("/"), &[(name, value.to_string())]).unwrap();
+            if abort {
+                let spool_path = fixture.spool.output_path(fixture.key);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let log = &mut fixture.log;
+                let supervised = tokio::select! {
+                    supervised = supervise(&mut process, command.timeout, log, &progress, &mut control) => supervised,
+                    () = async {
+                        while std::fs::read(&spool_path).unwrap_or_default().is_empty() {
+                            assert!(Instant::now() < deadline, "the test never started");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        control_tx.send(Control::Abort).await.unwrap();
+                        std::future::pending::<()>().await;
+                    } => unreachable!(),
+                };
+                assert_eq!(supervised.unwrap().cause, Some(StopCause::Abort));
+            } else {
+                let supervised =
+                    supervise(&mut process, command.timeout, &mut fixture.log, &progress, &mut control)
+                        .await
+                        .unwrap();
+                assert_eq!((supervised.status.code(), supervised.cause), (Some(0), None));
+            }
+            assert!(started.exists(), "the daemon never started");
+            assert_eq!(marked(&marker), Vec::<i32>::new(), "a process of the test survived (abort: {abort})");
+        }
     }
 
     #[tokio::test]

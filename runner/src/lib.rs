@@ -5,6 +5,7 @@
 //! every attempt and the task that owns it; `task` takes one attempt from
 //! assignment to result, with `git` for the checkout, `command` for the test
 //! command, `exec` for the test process and `summary` for the test counts;
+//! `supervise` is the hidden `--supervise` mode every test runs under;
 //! `spool` is the on-disk state that survives restarts; `cli` and `config`
 //! turn flags into a [`Config`].
 //!
@@ -23,6 +24,7 @@ mod link;
 pub mod manager;
 mod spool;
 mod summary;
+pub mod supervise;
 mod task;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,12 @@
 //! the receiving half and turns each message into an action on the attempts;
 //! one writer task owns the sending half; one shipper per attempt per
 //! connection streams the attempt's output from the spool, then its result.
+//! The link applies the mirror rule of the dispatcher's liveness check:
+//! `Registered` says how often the dispatcher pings and how many pings a
+//! runner may miss, and no frame at all from the dispatcher for twice
+//! `interval × misses` means the link is dead (a frozen dispatcher, a host
+//! that vanished, a cut without a reset): the link drops it and dials again
+//! at once, and the new registration re-adopts the running attempts.
 //! When the connection drops, tests keep running and everything this
 //! connection started stops; the next connection's `Registered` says where
 //! shipping resumes. On failure the link waits with capped exponential
@@ -32,8 +38,10 @@ use tracing::Instrument;
 use crate::attempts::{Control, Progress, Shared};
 use crate::spool::AttemptKey;
 
-/// Messages that must not wait behind output (register, pongs, draining).
-/// Few are ever queued: one pong per ping.
+/// Messages that must not wait behind output (register, pongs, draining):
+/// the writer always drains this lane first, so a heartbeat answer waits for
+/// at most the one frame being written. Few are ever queued: one pong per
+/// ping.
 const URGENT_CAPACITY: usize = 16;
 
 /// Output chunks and results waiting for the socket. Results share this
@@ -47,11 +55,16 @@ const CHUNK: u64 = 64 * 1024;
 /// How long a closing connection may take to send what is queued.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
 
-/// How long the link waits for any message before it declares the
-/// dispatcher gone. The dispatcher pings every second by default; this only
-/// catches a connection silently cut (a host that vanished), so it is
-/// generous.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the link waits for `Registered` (and any frame before it)
+/// before it declares the dispatcher gone; after it, the dispatcher's own
+/// heartbeat window applies.
+const UNREGISTERED_IDLE: Duration = Duration::from_secs(30);
+
+/// Bounds on the heartbeat window a dispatcher may announce: a hostile or
+/// misconfigured value must neither make the link reconnect in a loop nor
+/// switch the check off.
+const MIN_IDLE: Duration = Duration::from_millis(100);
+const MAX_IDLE: Duration = Duration::from_secs(3600);
 
 /// Keeps the runner connected to the dispatcher until `stop` is cancelled.
 pub async fn run(shared: Arc<Shared>, credentials: Credentials, stop: CancellationToken) {
@@ -114,6 +127,7 @@ async fn session(
         connection: connection_token.clone(),
         held_at_register: HashSet::new(),
         registered: false,
+        idle: UNREGISTERED_IDLE,
     };
     let ended = async {
         link.register().await?;
@@ -148,9 +162,10 @@ async fn session(
                     link.send_urgent(RunnerToDispatcher::SlotFreed(SlotFreed { free_slots })).await?;
                 }
                 _ = stop.cancelled() => return Ok(()),
-                received = tokio::time::timeout(IDLE_TIMEOUT, receiver.recv()) => {
+                received = tokio::time::timeout(link.idle, receiver.recv()) => {
+                    let idle = link.idle;
                     let message = received
-                        .map_err(|_| anyhow::anyhow!("no message from the dispatcher for {IDLE_TIMEOUT:?}"))?
+                        .map_err(|_| anyhow::anyhow!("no message from the dispatcher for {idle:?}: the link is dead"))?
                         .context("receiving")?
                         .ok_or_else(|| anyhow::anyhow!("closed by the dispatcher"))?;
                     link.handle(message, backoff).await?;
@@ -183,6 +198,8 @@ struct Link {
     /// What `Register` named; anything `Registered` leaves out is forgotten.
     held_at_register: HashSet<AttemptKey>,
     registered: bool,
+    /// How long the dispatcher may stay silent before the link is dropped.
+    idle: Duration,
 }
 
 impl Link {
@@ -260,7 +277,8 @@ impl Link {
             return;
         }
         self.registered = true;
-        tracing::info!(resume = registered.resume.len(), forget = registered.forget.len(), "registered");
+        self.idle = heartbeat_window(registered.heartbeat_interval_ms, registered.heartbeat_misses);
+        tracing::info!(resume = registered.resume.len(), forget = registered.forget.len(), window = ?self.idle, "registered");
         let resume: HashMap<AttemptKey, u64> = registered
             .resume
             .iter()
@@ -370,6 +388,16 @@ async fn ship(
     }
 }
 
+/// The silence after which the dispatcher is judged gone: twice its own
+/// window, within sane bounds. The margin is for the dispatcher's own
+/// stalls (a slow fsync, a busy scheduler thread), which it forgives itself
+/// for up to a window; a runner that dropped the link then would turn a
+/// stall into a lost runner.
+fn heartbeat_window(interval_ms: u64, misses: u32) -> Duration {
+    let window = Duration::from_millis(interval_ms).saturating_mul(misses.max(1)).saturating_mul(2);
+    window.clamp(MIN_IDLE, MAX_IDLE)
+}
+
 /// Owns the sending half: urgent messages first, then output and results.
 /// Ends when every queue is closed and drained.
 async fn write_loop(
@@ -385,5 +413,18 @@ async fn write_loop(
             else => return Ok(()),
         };
         sender.send(&message).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_the_dispatchers_within_bounds() {
+        assert_eq!(heartbeat_window(1000, 3), Duration::from_secs(6));
+        assert_eq!(heartbeat_window(200, 0), Duration::from_millis(400));
+        assert_eq!(heartbeat_window(0, 3), MIN_IDLE);
+        assert_eq!(heartbeat_window(u64::MAX, u32::MAX), MAX_IDLE);
     }
 }

@@ -13,6 +13,11 @@ use runner::Config;
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
+    // The test supervisor mode, before clap, threads or logging exist.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == runner::supervise::FLAG) {
+        runner::supervise::main(args.collect());
+    }
     let cli = Cli::parse();
     // The work directory is made here so that an unusable one (a file, no
     // permission) ends the runner at once, not after it registered.

@@ -160,7 +160,12 @@ async fn runs_an_assignment_and_delivers_its_output_and_result() {
     assert_eq!((register.slots, register.held.len(), register.labels[0].as_str()), (1, 0, "linux"));
     assert_eq!(register.host.os, std::env::consts::OS);
     connection
-        .send(&DispatcherToRunner::Registered(Registered { resume: vec![], forget: vec![] }))
+        .send(&DispatcherToRunner::Registered(Registered {
+            resume: vec![],
+            forget: vec![],
+            heartbeat_interval_ms: 1000,
+            heartbeat_misses: 3,
+        }))
         .await
         .unwrap();
     connection.send(&DispatcherToRunner::Ping(Ping { seq: 7 })).await.unwrap();
@@ -212,7 +217,12 @@ async fn a_test_keeps_running_across_a_reconnect_and_resumes_at_the_offset() {
     let runner = tokio::spawn(crate::run(config(&dispatcher, work.path(), &[]), stop.clone()));
 
     let mut connection = dispatcher.accept().await;
-    assert!(register(&mut connection, Registered { resume: vec![], forget: vec![] }).await.is_empty());
+    assert!(register(
+        &mut connection,
+        Registered { resume: vec![], forget: vec![], heartbeat_interval_ms: 1000, heartbeat_misses: 3 }
+    )
+    .await
+    .is_empty());
     connection.send(&assign(1, &repo, &commit)).await.unwrap();
     let RunnerToDispatcher::Output(first) = recv(&mut connection).await else { panic!("no output") };
     assert_eq!((first.offset, first.data.as_slice()), (0, &b"first\n"[..]));
@@ -220,7 +230,11 @@ async fn a_test_keeps_running_across_a_reconnect_and_resumes_at_the_offset() {
 
     let mut connection = dispatcher.accept().await;
     let resume = Resume { task_id: TaskId::new(1).unwrap(), attempt: 1, output_offset: 6 };
-    let held = register(&mut connection, Registered { resume: vec![resume], forget: vec![] }).await;
+    let held = register(
+        &mut connection,
+        Registered { resume: vec![resume], forget: vec![], heartbeat_interval_ms: 1000, heartbeat_misses: 3 },
+    )
+    .await;
     assert_eq!(held, [Held { task_id: TaskId::new(1).unwrap(), attempt: 1 }]);
     std::fs::write(&go, "").unwrap();
     let (output, result) = until_result(&mut connection, 6).await;
@@ -253,7 +267,11 @@ async fn recovery_abort_and_an_abandoning_drain() {
     // The dispatcher resumes 6 and names neither: 5 is forgotten.
     let mut connection = dispatcher.accept().await;
     let resume = Resume { task_id: TaskId::new(6).unwrap(), attempt: 1, output_offset: 0 };
-    let held = register(&mut connection, Registered { resume: vec![resume], forget: vec![] }).await;
+    let held = register(
+        &mut connection,
+        Registered { resume: vec![resume], forget: vec![], heartbeat_interval_ms: 1000, heartbeat_misses: 3 },
+    )
+    .await;
     assert_eq!(held.len(), 2);
     let (_, result) = until_result(&mut connection, 0).await;
     assert_eq!((result.task_id.get(), result.outcome), (6, Outcome::Error));

@@ -133,8 +133,15 @@ pub fn observe(addr: &str, submits: &[Submit]) -> Vec<DispatcherToObserver> {
         let mut answers = Vec::new();
         for submit in submits {
             conn.send(&ObserverToDispatcher::Submit(submit.clone())).await.unwrap();
-            let answer = tokio::time::timeout(Duration::from_secs(30), conn.recv()).await;
-            answers.push(answer.unwrap().unwrap().unwrap());
+            let answer = loop {
+                let answer = tokio::time::timeout(Duration::from_secs(30), conn.recv()).await;
+                match answer.unwrap().unwrap().unwrap() {
+                    // Heartbeats of an idle connection are not answers.
+                    DispatcherToObserver::Ping(_) => continue,
+                    answer => break answer,
+                }
+            };
+            answers.push(answer);
         }
         answers
     })

@@ -6,14 +6,17 @@
 mod chaos;
 mod client;
 mod durability;
+mod flood;
 mod follow;
 mod foundation;
 mod full_disk;
 mod liveness;
 mod manager;
 mod newcomer;
+mod runner_liveness;
 mod observer;
 mod operator;
+mod orphans;
 mod releases;
 mod security;
 mod support;

@@ -167,7 +167,10 @@ fn on_register(
         forgets,
     };
     core.runners.register(registration, tasks);
-    effects.send_runner(conn, DispatcherToRunner::Registered(Registered { resume, forget }));
+    let heartbeat_interval_ms = core.settings.heartbeat_interval.as_millis().try_into().unwrap_or(u64::MAX);
+    let heartbeat_misses = core.settings.heartbeat_misses;
+    let registered = Registered { resume, forget, heartbeat_interval_ms, heartbeat_misses };
+    effects.send_runner(conn, DispatcherToRunner::Registered(registered));
     Ok(())
 }
 

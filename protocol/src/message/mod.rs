@@ -22,6 +22,9 @@ use crate::types::{
 pub enum ObserverToDispatcher {
     /// Queue a test of `commit` unless this (repository, commit) is known.
     Submit(Submit),
+    /// Answer to a [`DispatcherToObserver::Ping`] with the same sequence
+    /// number: the dispatcher closes an observer that stays silent.
+    Pong(Pong),
 }
 
 /// A commit seen on a branch of a repository.
@@ -41,6 +44,9 @@ pub enum DispatcherToObserver {
     Accepted(Accepted),
     /// The submission was refused and will never be accepted as it is.
     Refused(Refused),
+    /// Heartbeat, sent every heartbeat interval between the answers; answer
+    /// with an [`ObserverToDispatcher::Pong`].
+    Ping(Ping),
 }
 
 /// A submission recorded, or recognised as already recorded.
@@ -214,6 +220,11 @@ pub struct Resend {
 pub struct Registered {
     pub resume: Vec<Resume>,
     pub forget: Vec<Forget>,
+    /// How often the dispatcher pings, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Pings a runner may miss before it is lost; the runner applies the
+    /// mirror rule: no frame for `interval × misses` means the link is dead.
+    pub heartbeat_misses: u32,
 }
 
 /// Keep going with an attempt; send its output from byte `output_offset`.

@@ -100,6 +100,8 @@ fn observer_messages_golden() {
     assert_eq!(round_trip(&accepted), "000e01");
     let refused = DispatcherToObserver::Refused(Refused { reason: "no".into() });
     assert_eq!(round_trip(&refused), "01026e6f");
+    assert_eq!(round_trip(&DispatcherToObserver::Ping(Ping { seq: 4 })), "0204");
+    assert_eq!(round_trip(&ObserverToDispatcher::Pong(Pong { seq: 4 })), "0104");
 }
 
 #[test]
@@ -149,8 +151,10 @@ fn runner_messages_golden() {
             DispatcherToRunner::Registered(Registered {
                 resume: vec![Resume { task_id: task_id(), attempt: 1, output_offset: 4 }],
                 forget: vec![],
+                heartbeat_interval_ms: 1000,
+                heartbeat_misses: 3,
             }),
-            "00 01 0e 01 04 00",
+            "00 01 0e 01 04 00 fbe803 03",
         ),
         (DispatcherToRunner::Ping(Ping { seq: 9 }), "0109"),
         (
