@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local demo, in the spirit of "500 Lines or Less": a test repository with
-# a passing and a failing test, the dispatcher, two runners and the observer
-# on loopback, a few commits, and the results as `baton` shows them.
+# a passing and a failing test, the dispatcher, a runner manager that brings
+# runners with the work (a pool of 1 to 2) and the observer on loopback, a few commits, and the results as `baton` shows them.
 # Everything it starts is stopped when it exits; its files live in a temp dir.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +15,11 @@ work=$(mktemp -d -t baton-demo.XXXXXX)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Managed runners outlive their manager on purpose (a restarted manager
+  # adopts them): stop them by their pid files.
+  for f in "$work"/runners/*/manager.pid; do
+    [ -e "$f" ] && kill "$(cut -d' ' -f1 "$f")" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "==> files kept in $work"; else rm -rf "$work"; fi
 }
@@ -55,7 +60,7 @@ git -C "$repo" add -A
 git -C "$repo" commit -q -m "two passing tests"
 first=$(git -C "$repo" rev-parse HEAD)
 
-echo "==> starting baton-dispatcher, two baton-runners and baton-observer --watch"
+echo "==> starting baton-dispatcher, baton-runner-manager (pool demo: 1 to 2 runners) and baton-observer --watch"
 "$bin/baton-dispatcher" --listen 127.0.0.1:0 --data-dir "$work/data" \
   >"$work/dispatcher.addr" 2>"$work/dispatcher.log" &
 pids+=($!)
@@ -67,10 +72,11 @@ echo "    dispatcher listening on $addr"
 # 127.0.0.1:8080 unless it is taken, printed as the second line.
 http=$(sed -n 's/^http: //p' "$work/dispatcher.addr")
 [ -n "$http" ] && echo "    web report at http://$http/ (open it: it updates live)"
-for name in runner-a runner-b; do
-  "$bin/baton-runner" --dispatcher "$addr" --work-dir "$work/$name" --name "$name" 2>"$work/$name.log" &
-  pids+=($!)
-done
+# The manager starts runners demo-1, demo-2 as tasks wait, and drains the
+# second one after 10 s of idleness (each runner logs to its work dir).
+"$bin/baton-runner-manager" --dispatcher "$addr" --work-root "$work/runners" \
+  --pool demo::1:2 --idle-timeout 10s 2>"$work/manager.log" &
+pids+=($!)
 "$bin/baton-observer" --dispatcher "$addr" --watch --state-file "$work/observer.json" "$repo" \
   2>"$work/observer.log" &
 pids+=($!)
@@ -95,7 +101,7 @@ git -C "$repo" commit -q -am "fix the failing test"
 fixed=$(git -C "$repo" rev-parse HEAD)
 wait_done "$fixed"
 
-echo "==> a slow test: kill -9 the runner running it, and watch it finish on the other"
+echo "==> a slow test: kill -9 the runner running it; the manager replaces it and the task runs again"
 cat > "$repo/.baton.toml" <<'TOML'
 [test]
 command = "sleep 2; python3 -m unittest discover -s tests -v"
@@ -104,13 +110,13 @@ git -C "$repo" add -A
 git -C "$repo" commit -q -m "a slow test run"
 slow=$(git -C "$repo" rev-parse HEAD)
 for _ in $(seq 300); do
-  runner=$(baton show "$slow" --json 2>/dev/null | sed -nE 's/.*"runner": ?"([a-z-]+)".*/\1/p' | head -n 1)
+  runner=$(baton show "$slow" --json 2>/dev/null | sed -nE 's/.*"runner": ?"([a-z0-9-]+)".*/\1/p' | head -n 1)
   [ -n "$runner" ] && break
   sleep 0.05
 done
 echo "    task is running on $runner; kill -9 it"
-if [ "$runner" = runner-a ]; then victim=${pids[1]}; else victim=${pids[2]}; fi
-{ kill -9 "$victim"; wait "$victim"; } 2>/dev/null || true
+victim=$(cut -d' ' -f1 "$work/runners/$runner/manager.pid")
+kill -9 "$victim" 2>/dev/null || true
 wait_done "$slow"
 baton show "${slow:0:10}" | grep -E '^(state|attempts|runner):'
 
@@ -139,3 +145,10 @@ baton status
 echo
 echo "==> result files in the data dir:"
 ls "$work/data/test_results"
+
+# On a terminal, keep everything running so the web report can be explored.
+if [ -t 0 ] && [ -n "${http:-}" ]; then
+  echo
+  echo "==> the daemons keep running: open http://$http/ (press Enter to stop them)"
+  read -r _ || true
+fi

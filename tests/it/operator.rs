@@ -202,6 +202,12 @@ fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The process group of a live process.
+fn pgid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
+}
+
 #[test]
 fn abort_of_a_running_test_kills_its_whole_process_group() {
     let tmp = tempfile::tempdir().unwrap();
@@ -216,21 +222,22 @@ fn abort_of_a_running_test_kills_its_whole_process_group() {
     let shell_pid: i32 = wait_for("the test to record its pid", || {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     });
-    // The test's shell leads its own group, and the sleep is in it.
+    // The test's supervisor leads its own group; the shell and the sleep
+    // are in it.
+    let group = pgid_of(shell_pid).expect("the shell's process group");
+    assert_ne!(group, shell_pid, "the supervisor, not the shell, leads the group");
     let members = wait_for("the sleep to join the test's group", || {
-        let members = group_members(shell_pid);
-        (members.len() >= 2).then_some(members)
+        let members = group_members(group);
+        (members.len() >= 3).then_some(members)
     });
-    assert!(members.contains(&shell_pid), "the shell leads the group: {members:?}");
+    assert!(members.contains(&shell_pid) && members.contains(&group), "{members:?}");
 
     let answer = baton_json(&dispatcher.addr, &["abort", &id]);
     assert_eq!(answer["id"].as_i64().unwrap().to_string(), id, "{answer:#}");
     let task = wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "aborted", "{task:#}");
     assert_eq!(task["exit_code"], Value::Null, "{task:#}");
-    wait_for("every process of the test's group to die", || {
-        group_members(shell_pid).is_empty().then_some(())
-    });
+    wait_for("every process of the test's group to die", || group_members(group).is_empty().then_some(()));
     wait_runner(&dispatcher.addr, "r1", "idle");
 }
 
@@ -722,12 +729,13 @@ fn past_its_drain_timeout_a_stopping_runner_kills_its_test() {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     });
 
+    let group = pgid_of(shell_pid).expect("the shell's process group");
+    wait_for("the sleep to join the test's group", || (group_members(group).len() >= 3).then_some(()));
+
     runner.signal(libc::SIGTERM);
     let status = runner.wait();
     assert!(status.success(), "the runner exited {status}");
-    wait_for("every process of the test's group to die", || {
-        group_members(shell_pid).is_empty().then_some(())
-    });
+    wait_for("every process of the test's group to die", || group_members(group).is_empty().then_some(()));
     // The abandoned attempt has no result: the task waits for another runner.
     let task = wait_for("the task to be requeued", || {
         show(&dispatcher.addr, &id).filter(|task| task["state"] == "pending")
@@ -736,7 +744,7 @@ fn past_its_drain_timeout_a_stopping_runner_kills_its_test() {
 }
 
 #[test]
-fn a_restarted_runner_kills_what_its_killed_predecessor_left_running() {
+fn a_runner_killed_outright_takes_its_test_s_whole_group_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let pid_file = tmp.path().join("test.pid");
     let command = format!("sleep 600 & echo $$ > {pid_file}; wait", pid_file = pid_file.display());
@@ -747,18 +755,14 @@ fn a_restarted_runner_kills_what_its_killed_predecessor_left_running() {
     let shell_pid: i32 = wait_for("the test to record its pid", || {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     });
-    wait_for("the sleep to join the test's group", || (group_members(shell_pid).len() >= 2).then_some(()));
+    let group = pgid_of(shell_pid).expect("the shell's process group");
+    wait_for("the sleep to join the test's group", || (group_members(group).len() >= 3).then_some(()));
 
+    // The parent-death signal reaches the supervisor, which kills the whole
+    // group (and any descendant that left it) before it exits: no restarted
+    // runner is needed for that any more (issue 12, item 5).
     runner.kill9();
-    // The parent-death signal reaches the group's leader only.
-    wait_for("the test's shell to die", || (!group_members(shell_pid).contains(&shell_pid)).then_some(()));
-    // FIXME: the rest of the group outlives a runner killed outright until
-    // a runner starts on the same work dir (under systemd, KillMode= kills
-    // it at once); expected: no process of the group is left.
-    assert!(!group_members(shell_pid).is_empty(), "the sleep died with the runner");
-
-    let _runner = support::runner(tmp.path(), &dispatcher.addr, "r1", &[]);
-    wait_for("the restarted runner to kill the group", || group_members(shell_pid).is_empty().then_some(()));
+    wait_for("every process of the test's group to die", || group_members(group).is_empty().then_some(()));
 }
 
 /// Whether the process is stopped (SIGSTOP).
