@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod files;
+pub mod follow;
 pub mod handler;
 pub mod notify;
 pub mod readers;

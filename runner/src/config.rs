@@ -79,6 +79,21 @@ struct FileConfig {
     log_format: Option<String>,
 }
 
+/// Reads a `--config` TOML file (the defaults when there is none) and the
+/// folder its relative paths are relative to.
+///
+/// # Errors
+/// An unreadable or invalid file, naming it.
+pub(crate) fn read_file<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+) -> anyhow::Result<(T, PathBuf)> {
+    let Some(path) = path else { return Ok((T::default(), PathBuf::new())) };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let file = toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    Ok((file, path.parent().map(Path::to_path_buf).unwrap_or_default()))
+}
+
 impl Config {
     /// Merges the command line with the file it names, applies defaults and
     /// validates everything.
@@ -87,16 +102,7 @@ impl Config {
     /// An unreadable or invalid config file, a missing work directory, or any
     /// invalid value, with the setting's name in the message.
     pub fn from_cli(cli: Cli) -> anyhow::Result<Config> {
-        let (file, file_dir) = match &cli.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                let file: FileConfig = toml::from_str(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?;
-                (file, path.parent().map(Path::to_path_buf).unwrap_or_default())
-            }
-            None => (FileConfig::default(), PathBuf::new()),
-        };
+        let (file, file_dir): (FileConfig, PathBuf) = read_file(cli.config.as_deref())?;
         let from_file = |path: PathBuf| file_dir.join(path);
 
         let dispatcher = cli.dispatcher.or(file.dispatcher).unwrap_or_else(|| DEFAULT_DISPATCHER.to_string());

@@ -4,7 +4,6 @@
 
 use protocol::message::{ClientToDispatcher, DispatcherToClient, LogRequest, Selector, TaskInfo};
 use protocol::{Connection, Sender, TaskId};
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{Event, Stopped};
@@ -16,8 +15,6 @@ const MAX_LIMIT: u32 = 10_000;
 /// How long an admitted client may sit between requests before its
 /// connection is closed, so idle clients do not hold connection slots.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
-/// Bytes of console output per `LogChunk`.
-const LOG_CHUNK: usize = 256 * 1024;
 
 /// Serves one client until it disconnects or the dispatcher stops.
 pub async fn serve(
@@ -222,89 +219,33 @@ async fn stream_log(
         sender.send(&DispatcherToClient::Error(format!("no task {task_id}"))).await?;
         return Ok(());
     };
-    let progress = if request.follow && !task.state.is_final() {
-        shared.scheduler.ask(|reply| Event::Follow { task_id, reply }).await.ok().flatten()
-    } else {
-        None
-    };
-    let path = shared.files.log_path(task_id);
-    let mut log = AttemptLog::default();
-    if let Some(mut progress) = progress {
-        let mut attempt = progress.borrow().attempt;
-        loop {
-            let now = *progress.borrow_and_update();
-            if now.attempt != attempt {
-                // The earlier attempt's log is complete: send what is left
-                // of it, then say that a new one starts.
-                log.send(sender, &path, None).await?;
-                // Attempt 0 is a task that had not started: no restart.
-                let restarted = attempt > 0;
-                attempt = now.attempt;
-                log = AttemptLog::default();
-                if restarted {
-                    let marker = format!("\n[baton: task restarted as attempt {attempt}]\n");
-                    sender.send(&DispatcherToClient::LogChunk(marker.into_bytes())).await?;
-                }
-            }
-            log.send(sender, &path, Some(now.len)).await?;
-            if now.ended {
-                break;
-            }
-            tokio::select! {
-                _ = token.cancelled() => return Ok(()),
-                changed = progress.changed() => if changed.is_err() { break },
-            }
-        }
+    let follow = request.follow && !task.state.is_final();
+    let read = crate::follow::read_log(
+        &shared.scheduler,
+        &shared.files,
+        task_id,
+        follow,
+        token.cancelled(),
+        &mut Client(sender),
+    )
+    .await?;
+    if read == crate::follow::Read::Stopped {
+        return Ok(());
     }
-    log.send(sender, &path, None).await?;
     let task = read_task(shared, task_id).await?.unwrap_or(task);
     sender.send(&DispatcherToClient::LogEnd(Box::new(task))).await?;
     Ok(())
 }
 
-/// One attempt's log as a follower reads it: opened once (a missing log is
-/// an empty one until it appears), read in order.
-#[derive(Default)]
-struct AttemptLog {
-    file: Option<tokio::fs::File>,
-    /// Bytes sent so far.
-    offset: u64,
-}
+/// A client connection reading a log.
+struct Client<'a>(&'a mut Sender<DispatcherToClient>);
 
-impl AttemptLog {
-    /// Sends the log from where the last call stopped up to `end` (or its
-    /// current end).
-    async fn send(
-        &mut self,
-        sender: &mut Sender<DispatcherToClient>,
-        path: &std::path::Path,
-        end: Option<u64>,
-    ) -> anyhow::Result<()> {
-        if end.is_some_and(|end| self.offset >= end) {
-            return Ok(());
-        }
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => match tokio::fs::File::open(path).await {
-                Ok(file) => self.file.insert(file),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(err) => return Err(err.into()),
-            },
-        };
-        let mut buffer = vec![0u8; LOG_CHUNK];
-        loop {
-            let want = match end {
-                Some(end) if self.offset >= end => break,
-                Some(end) => LOG_CHUNK.min((end - self.offset) as usize),
-                None => LOG_CHUNK,
-            };
-            let read = file.read(&mut buffer[..want]).await?;
-            if read == 0 {
-                break;
-            }
-            self.offset += read as u64;
-            sender.send(&DispatcherToClient::LogChunk(buffer[..read].to_vec())).await?;
-        }
+impl crate::follow::Sink for Client<'_> {
+    /// Large frames: `baton log` of a big log is bound by per-frame costs.
+    const CHUNK: usize = 256 * 1024;
+
+    async fn chunk(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.0.send(&DispatcherToClient::LogChunk(bytes)).await?;
         Ok(())
     }
 }

@@ -1,7 +1,6 @@
 //! `GET /api/v1/tasks/ID/log`: a task's console output as raw bytes; with
 //! `?follow=1`, streamed until the task ends, through the same follow path as
-//! `baton log --follow` (the scheduler's `Event::Follow` progress, then the
-//! log file up to the length it reports).
+//! `baton log --follow` (`crate::follow`).
 //!
 //! Bounded per follower: the producer reads the file only as fast as the
 //! HTTP client takes it (a channel of [`QUEUED_CHUNKS`]), and what wakes it is
@@ -17,14 +16,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use protocol::TaskId;
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::{parse_task_id, ApiError, Web};
-use crate::scheduler::Event;
 
-/// Bytes per chunk read from the log.
-const CHUNK: usize = 64 * 1024;
 /// Chunks queued for one follower's socket.
 const QUEUED_CHUNKS: usize = 4;
 
@@ -85,94 +80,21 @@ impl std::error::Error for Gone {}
 type Chunks = mpsc::Sender<Result<Bytes, std::io::Error>>;
 
 async fn produce(web: &Web, task_id: TaskId, follow: bool, sender: &Chunks) -> anyhow::Result<()> {
-    let progress = if follow {
-        web.scheduler.ask(|reply| Event::Follow { task_id, reply }).await.ok().flatten()
-    } else {
-        None
-    };
-    let path = web.files.log_path(task_id);
-    let mut log = AttemptLog::default();
-    if let Some(mut progress) = progress {
-        let mut attempt = progress.borrow().attempt;
-        loop {
-            let now = *progress.borrow_and_update();
-            if now.attempt != attempt {
-                // The earlier attempt's log is complete (its open handle still
-                // reads it after it is renamed): send the rest, then say that
-                // a new attempt starts.
-                log.send(sender, &path, None).await?;
-                // Attempt 0 is a task that had not started: no restart.
-                let restarted = attempt > 0;
-                attempt = now.attempt;
-                log = AttemptLog::default();
-                if restarted {
-                    let marker = format!("\n[baton: task restarted as attempt {attempt}]\n");
-                    send(sender, Bytes::from(marker)).await?;
-                }
-            }
-            log.send(sender, &path, Some(now.len)).await?;
-            if now.ended {
-                break;
-            }
-            tokio::select! {
-                _ = web.shutdown.cancelled() => return Ok(()),
-                _ = sender.closed() => return Ok(()),
-                changed = progress.changed() => if changed.is_err() { break },
-            }
+    let stop = async {
+        tokio::select! {
+            () = web.shutdown.cancelled() => {}
+            () = sender.closed() => {}
         }
-    }
-    log.send(sender, &path, None).await?;
+    };
+    crate::follow::read_log(&web.scheduler, &web.files, task_id, follow, stop, &mut Feed(sender)).await?;
     Ok(())
 }
 
-async fn send(sender: &Chunks, chunk: Bytes) -> anyhow::Result<()> {
-    sender.send(Ok(chunk)).await.map_err(|_| anyhow::Error::new(Gone))
-}
+/// An HTTP body fed through a bounded channel.
+struct Feed<'a>(&'a Chunks);
 
-/// One attempt's log as a follower reads it: opened once (a missing log is
-/// an empty one until it appears), read in order, as `baton log --follow`.
-#[derive(Default)]
-struct AttemptLog {
-    file: Option<tokio::fs::File>,
-    /// Bytes sent so far.
-    offset: u64,
-}
-
-impl AttemptLog {
-    /// Sends the log from where the last call stopped up to `end` (or its
-    /// current end).
-    async fn send(
-        &mut self,
-        sender: &Chunks,
-        path: &std::path::Path,
-        end: Option<u64>,
-    ) -> anyhow::Result<()> {
-        if end.is_some_and(|end| self.offset >= end) {
-            return Ok(());
-        }
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => match tokio::fs::File::open(path).await {
-                Ok(file) => self.file.insert(file),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(err) => return Err(err.into()),
-            },
-        };
-        loop {
-            let want = match end {
-                Some(end) if self.offset >= end => break,
-                Some(end) => CHUNK.min((end - self.offset) as usize),
-                None => CHUNK,
-            };
-            let mut buffer = vec![0u8; want];
-            let read = file.read(&mut buffer).await?;
-            if read == 0 {
-                break;
-            }
-            buffer.truncate(read);
-            self.offset += read as u64;
-            send(sender, Bytes::from(buffer)).await?;
-        }
-        Ok(())
+impl crate::follow::Sink for Feed<'_> {
+    async fn chunk(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.0.send(Ok(Bytes::from(bytes))).await.map_err(|_| anyhow::Error::new(Gone))
     }
 }

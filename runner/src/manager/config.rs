@@ -6,7 +6,7 @@
 //! so they are held to a strict alphabet and hostile ones are refused here,
 //! before anything starts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -109,16 +109,7 @@ impl Config {
     /// An unreadable or invalid file, a missing work root, no pool, a
     /// hostile pool name or any other invalid value, naming the setting.
     pub fn from_cli(cli: Cli) -> anyhow::Result<Config> {
-        let (file, file_dir) = match &cli.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                let file: FileConfig = toml::from_str(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?;
-                (file, path.parent().map(Path::to_path_buf).unwrap_or_default())
-            }
-            None => (FileConfig::default(), PathBuf::new()),
-        };
+        let (file, file_dir): (FileConfig, PathBuf) = crate::config::read_file(cli.config.as_deref())?;
         let from_file = |path: PathBuf| file_dir.join(path);
         let dispatcher = cli.dispatcher.or(file.dispatcher).unwrap_or_else(|| DEFAULT_DISPATCHER.to_string());
         check_address(&dispatcher)?;
@@ -295,7 +286,8 @@ mod tests {
 
     #[test]
     fn the_example_config_file_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/config/runner-manager.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/config/runner-manager.toml");
         let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
         assert_eq!(config.work_root, PathBuf::from("/var/lib/baton-runner-manager"));
         assert_eq!(config.pools.len(), 2);
