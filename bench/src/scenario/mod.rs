@@ -10,7 +10,9 @@ mod e2e_passed;
 mod failover;
 mod failover_freeze;
 mod failover_kill;
+mod flood;
 mod memory;
+mod orphans;
 mod pipeline;
 mod query;
 mod seed;
@@ -94,6 +96,16 @@ pub const ALL: &[Scenario] = &[
         about:
             "submission -> test started, 2,000-commit 300-file repository, cold cache then warm (default 10)",
         run: |ctx| Box::pin(checkout::run(ctx)),
+    },
+    Scenario {
+        name: "orphans",
+        about: "kill -9 of a runner whose test forks -> its processes left 2 s later (default 5)",
+        run: |ctx| Box::pin(orphans::run(ctx)),
+    },
+    Scenario {
+        name: "flood",
+        about: "2,000 silent connections held -> `baton status` success rate and wall time (default 5 rounds of 10)",
+        run: |ctx| Box::pin(flood::run(ctx)),
     },
 ];
 
