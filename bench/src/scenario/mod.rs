@@ -16,6 +16,7 @@ mod orphans;
 mod pipeline;
 mod query;
 mod seed;
+mod stall;
 mod throughput;
 mod watch_latency;
 
@@ -106,6 +107,11 @@ pub const ALL: &[Scenario] = &[
         name: "flood",
         about: "2,000 silent connections held -> `baton status` success rate and wall time (default 5 rounds of 10)",
         run: |ctx| Box::pin(flood::run(ctx)),
+    },
+    Scenario {
+        name: "stall",
+        about: "SIGSTOP of the dispatcher for 2x its heartbeat window, 4 runners busy -> runners lost, extra attempts (default 5)",
+        run: |ctx| Box::pin(stall::run(ctx)),
     },
 ];
 
