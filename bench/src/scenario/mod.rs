@@ -10,6 +10,7 @@ mod e2e_passed;
 mod failover;
 mod failover_freeze;
 mod failover_kill;
+mod manager_scale;
 mod memory;
 mod pipeline;
 mod query;
@@ -94,6 +95,11 @@ pub const ALL: &[Scenario] = &[
         about:
             "submission -> test started, 2,000-commit 300-file repository, cold cache then warm (default 10)",
         run: |ctx| Box::pin(checkout::run(ctx)),
+    },
+    Scenario {
+        name: "manager_scale",
+        about: "runner manager, pool MIN 0 MAX 10, 50 tasks at once: time to 10 busy, back to MIN, RSS (default 2)",
+        run: |ctx| Box::pin(manager_scale::run(ctx)),
     },
 ];
 
