@@ -17,6 +17,7 @@ mod query;
 mod seed;
 mod throughput;
 mod watch_latency;
+mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -100,6 +101,11 @@ pub const ALL: &[Scenario] = &[
         name: "manager_scale",
         about: "runner manager, pool MIN 0 MAX 10, 50 tasks at once: time to 10 busy, back to MIN, RSS (default 2)",
         run: |ctx| Box::pin(manager_scale::run(ctx)),
+    },
+    Scenario {
+        name: "web",
+        about: "web service with 1,000,000 tasks: GET / and /api/v1/tasks?limit=50, a test's line -> followed log (default 20)",
+        run: |ctx| Box::pin(web::run(ctx)),
     },
 ];
 
