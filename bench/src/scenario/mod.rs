@@ -11,6 +11,7 @@ mod failover;
 mod failover_freeze;
 mod failover_kill;
 mod flood;
+mod manager_scale;
 mod memory;
 mod orphans;
 mod pipeline;
@@ -19,6 +20,7 @@ mod seed;
 mod stall;
 mod throughput;
 mod watch_latency;
+mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -97,6 +99,16 @@ pub const ALL: &[Scenario] = &[
         about:
             "submission -> test started, 2,000-commit 300-file repository, cold cache then warm (default 10)",
         run: |ctx| Box::pin(checkout::run(ctx)),
+    },
+    Scenario {
+        name: "manager_scale",
+        about: "runner manager, pool MIN 0 MAX 10, 50 tasks at once: time to 10 busy, back to MIN, RSS (default 2)",
+        run: |ctx| Box::pin(manager_scale::run(ctx)),
+    },
+    Scenario {
+        name: "web",
+        about: "web service with 1,000,000 tasks: GET / and /api/v1/tasks?limit=50, a test's line -> followed log (default 20)",
+        run: |ctx| Box::pin(web::run(ctx)),
     },
     Scenario {
         name: "orphans",

@@ -75,15 +75,9 @@ impl Releases {
             self.notify(tx, effects, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
         }
         // A rerun of a commit that is already a release records no second one.
-        let released = |commit| -> anyhow::Result<bool> {
-            Ok(tx
-                .releases_of(&task.repo)?
-                .iter()
-                .any(|r| r.info.kind == ReleaseKind::Release && &r.info.commit == commit))
-        };
         if finish.state == TaskState::Passed
             && self.settings.is_release_branch(&task.repo, &task.branch)
-            && !released(&task.commit)?
+            && !tx.is_released(&task.repo, &task.commit)?
         {
             let release = NewRelease {
                 repo: task.repo.clone(),

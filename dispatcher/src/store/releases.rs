@@ -93,6 +93,22 @@ impl Tx<'_> {
         rows.collect::<Result<_, _>>().context("listing releases")
     }
 
+    /// Whether the commit is already a release of the repository (a rollback
+    /// record does not count).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn is_released(&self, repo: &RepoUrl, commit: &CommitId) -> anyhow::Result<bool> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM releases WHERE repo = ?1 AND commit_id = ?2 AND kind = ?3)",
+        )?;
+        let released = stmt
+            .query_row(params![repo.as_str(), commit.as_str(), ReleaseKind::Release.as_str()], |row| {
+                row.get(0)
+            })?;
+        Ok(released)
+    }
+
     /// Sets a release's state (records are otherwise never rewritten).
     ///
     /// # Errors
