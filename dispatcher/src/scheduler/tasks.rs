@@ -212,11 +212,7 @@ impl Tasks {
 
     /// Moves a running task back to the queue.
     pub(crate) fn requeue(&mut self, task_id: TaskId) -> Option<&LiveTask> {
-        let mut running = self.running.remove(&task_id)?;
-        running.task.state = TaskState::Pending;
-        running.task.runner = None;
-        self.move_count(Some(TaskState::Running), TaskState::Pending);
-        Some(&*self.pending.entry(task_id).or_insert(running.task))
+        self.back_to_queue(task_id).map(|task| &*task)
     }
 
     /// Running tasks whose output must be asked for again.
@@ -237,12 +233,18 @@ impl Tasks {
     /// Moves a running task back to the queue as if it had never started:
     /// its runner refused it, so the attempt is given back.
     pub(crate) fn unstart(&mut self, task_id: TaskId) -> Option<&LiveTask> {
+        let task = self.back_to_queue(task_id)?;
+        task.attempts = task.attempts.saturating_sub(1);
+        Some(&*task)
+    }
+
+    /// Moves a running task to the queue, unassigned.
+    fn back_to_queue(&mut self, task_id: TaskId) -> Option<&mut LiveTask> {
         let mut running = self.running.remove(&task_id)?;
         running.task.state = TaskState::Pending;
         running.task.runner = None;
-        running.task.attempts = running.task.attempts.saturating_sub(1);
         self.move_count(Some(TaskState::Running), TaskState::Pending);
-        Some(&*self.pending.entry(task_id).or_insert(running.task))
+        Some(self.pending.entry(task_id).or_insert(running.task))
     }
 
     /// Takes a queued or running task out of the live tasks as it ends in
