@@ -140,7 +140,10 @@ fn post(addr: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16
     (status, text)
 }
 
-fn github(event: &str, signature: String) -> Vec<(&'static str, String)> {
+/// Request headers, as sent.
+type Headers = Vec<(&'static str, String)>;
+
+fn github(event: &str, signature: String) -> Headers {
     vec![
         ("X-GitHub-Event", event.into()),
         ("X-GitHub-Delivery", "f6266f16".into()),
@@ -207,7 +210,7 @@ fn bad_requests_are_refused_with_their_status_and_submit_nothing() {
         .replace("\"webhook-app\"", "\"unknown\"");
     let mut oversized = body.clone();
     oversized.extend(std::iter::repeat_n(b' ', 1024 * 1024));
-    let cases: Vec<(&str, u16, Vec<(&str, String)>, Vec<u8>)> = vec![
+    let cases: Vec<(&str, u16, Headers, Vec<u8>)> = vec![
         ("missing signature", 401, vec![("X-GitHub-Event", "push".into())], body.clone()),
         ("wrong signature", 401, github("push", wrong.clone()), body.clone()),
         ("signature of another body", 401, github("push", good.clone()), gitea.clone()),

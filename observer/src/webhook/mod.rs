@@ -246,6 +246,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refused_requests_wake_no_scan() {
+        let (receiver, wake) = receiver(Some(b"s3cret"));
+        let wrong =
+            headers(&[("x-github-event", "push".into()), ("x-hub-signature-256", "sha256=00".into())]);
+        let unsigned = headers(&[("x-gitlab-event", "Push Hook".into())]);
+        for headers in [&wrong, &unsigned, &HeaderMap::new()] {
+            assert!(answer(&receiver, &Method::POST, "/", headers, PUSH).0.is_client_error());
+        }
+        // A stored permit would resolve at the first poll, before the zero timeout.
+        assert!(
+            tokio::time::timeout(Duration::ZERO, wake.notified()).await.is_err(),
+            "a refused request woke the scan"
+        );
+    }
+
+    #[tokio::test]
     async fn without_a_secret_nothing_is_checked_and_a_push_wakes_the_scan() {
         let (receiver, wake) = receiver(None);
         let github = headers(&[("x-github-event", "push".into())]);
