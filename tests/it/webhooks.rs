@@ -17,8 +17,8 @@ use crate::support::{self, baton_json, wait_for, Daemon, Dispatcher, Repo, PATIE
 const SECRET: &str = "webhook-s3cret";
 
 /// A dispatcher, an observer with `--webhook` on two repositories
-/// (`baton-test/webhook-app` and `baton-test/second`), and the address it
-/// receives webhooks on.
+/// (`baton-test/webhook-app`, read in place, and `baton-test/second`,
+/// fetched from a `file://` URL), and the address it receives webhooks on.
 struct Hooked {
     _tmp: tempfile::TempDir,
     dispatcher: Dispatcher,
@@ -39,6 +39,9 @@ impl Hooked {
         let secret_file = tmp.path().join("webhook.secret");
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
         let state_file = tmp.path().join("observer.state.json");
+        // The second repository is observed through a URL: a push to it
+        // reaches the observer only through its own fetch.
+        let second_url = format!("file://{}", second.path.display());
         let args = [
             "--dispatcher",
             &dispatcher.addr,
@@ -51,7 +54,7 @@ impl Hooked {
             "--webhook-secret-file",
             secret_file.to_str().unwrap(),
             app.path.to_str().unwrap(),
-            second.path.to_str().unwrap(),
+            &second_url,
         ];
         let (observer, webhook) = observer_with_webhook(&args, &tmp.path().join("observer.log"));
         // The first scan at start submits each repository's tip.
