@@ -46,6 +46,9 @@ pub enum Trigger {
     Rerun,
     /// A deploy task made for a release.
     Deploy,
+    /// A branch tip submitted by one of an observer's schedules: never
+    /// deduplicated (only `observer` tasks are).
+    Schedule,
 }
 
 impl Trigger {
@@ -55,6 +58,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Rerun => "rerun",
             Trigger::Deploy => "deploy",
+            Trigger::Schedule => "schedule",
         }
     }
 }
