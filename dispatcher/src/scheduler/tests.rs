@@ -134,6 +134,8 @@ impl Harness {
             trigger: Trigger::Observer,
             kind: TaskKind::Test,
             release_id: None,
+            host: None,
+            deployment_id: None,
         }
     }
 
@@ -511,6 +513,7 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
         release_branches: None,
         steps,
         auto_rollback: false,
+        environments: Vec::new(),
     };
     let releases = Releases { repos: vec![repo], ..Releases::default() };
     let mut h = Harness::new(Settings { releases, ..settings() });

@@ -11,6 +11,8 @@ fn new_task(commit: char, trigger: Trigger) -> NewTask {
         trigger,
         kind: TaskKind::Test,
         release_id: None,
+        host: None,
+        deployment_id: None,
     }
 }
 
