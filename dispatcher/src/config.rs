@@ -487,7 +487,7 @@ fn check_environments(repos: &[RepoSettings]) -> anyhow::Result<()> {
             if let Some(after) = &env.after {
                 anyhow::ensure!(
                     repo.environment(after).is_some(),
-                    "{what}: after = {after:?} names no environment of {}",
+                    "{what}: after = \"{after}\" names no environment of {}",
                     repo.url
                 );
                 // Follow the chain of `after`s: reaching this environment

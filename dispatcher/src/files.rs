@@ -264,8 +264,12 @@ pub fn catch_up(store: &Store, files: &DataDir) -> anyhow::Result<()> {
     if tasks.is_empty() && releases.is_empty() && deployments.is_empty() {
         return Ok(());
     }
-    tracing::info!(tasks = tasks.len(), releases = releases.len(), deployments = deployments.len(),
-        "writing files a crash left unwritten");
+    tracing::info!(
+        tasks = tasks.len(),
+        releases = releases.len(),
+        deployments = deployments.len(),
+        "writing files a crash left unwritten"
+    );
     for deployment in &deployments {
         files.write_deployment(deployment)?;
     }

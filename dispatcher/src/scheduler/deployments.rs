@@ -89,7 +89,8 @@ impl Releases {
 
     /// The environment of a request, or why there is none.
     fn environment_of(&self, repo: &RepoUrl, env: &Name) -> Result<&Environment, String> {
-        let settings = self.settings.repo(repo).ok_or_else(|| format!("{repo} is not a configured [[repo]]"))?;
+        let settings =
+            self.settings.repo(repo).ok_or_else(|| format!("{repo} is not a configured [[repo]]"))?;
         settings.environment(env).ok_or_else(|| {
             let names: Vec<&str> = settings.environments.iter().map(|env| env.name.as_str()).collect();
             if names.is_empty() {
@@ -119,9 +120,7 @@ impl Releases {
             return Ok(Err(format!("{repo} has no release r{version}")));
         };
         let existing = tx.deployments_in(repo, env_name)?;
-        if let Some(live) =
-            existing.iter().find(|d| d.info.version == version && !d.info.state.is_final())
-        {
+        if let Some(live) = existing.iter().find(|d| d.info.version == version && !d.info.state.is_final()) {
             return Ok(Err(format!(
                 "r{version} is already being deployed in {env_name} (deployment {}, {})",
                 live.info.id, live.info.state
@@ -189,12 +188,10 @@ impl Releases {
         let approval = self.environment_of(&request.repo, &request.env).map(|env| env.approval);
         match approval {
             Ok(Approval::None) => return Ok(Err(format!("{} needs no approval", request.env))),
-            Ok(Approval::Other) if deployment.info.requested_by == by => {
-                return Ok(Err(format!(
-                    "{} asked for this deployment and may not approve it: {} needs the approval of someone else",
-                    by, request.env
-                )))
-            }
+            Ok(Approval::Other) if deployment.info.requested_by == by => return Ok(Err(format!(
+                "{} asked for this deployment and may not approve it: {} needs the approval of someone else",
+                by, request.env
+            ))),
             _ => {}
         }
         if let Some(approved_by) = &deployment.info.approved_by {
@@ -270,10 +267,7 @@ impl Releases {
                 match earlier {
                     Some(earlier) => earlier.info.version,
                     None => {
-                        return Ok(Err(format!(
-                            "{env_name} had no release before r{}",
-                            current.info.version
-                        )))
+                        return Ok(Err(format!("{env_name} had no release before r{}", current.info.version)))
                     }
                 }
             }
@@ -362,7 +356,10 @@ impl Releases {
                     .iter()
                     .any(|d| d.info.state == DeploymentState::Deployed);
                 if !deployed {
-                    return Ok(Some(format!("needs: a release of {} deployed in {}", need.repo, need.environment)));
+                    return Ok(Some(format!(
+                        "needs: a release of {} deployed in {}",
+                        need.repo, need.environment
+                    )));
                 }
             }
             if env.approval != Approval::None && info.approved_by.is_none() {
@@ -371,7 +368,8 @@ impl Releases {
         }
         let others = tx.deployments_in(&info.repo, &info.environment)?;
         if let Some(busy) = others.iter().find(|d| {
-            d.info.id != info.id && matches!(d.info.state, DeploymentState::Canary | DeploymentState::Deploying)
+            d.info.id != info.id
+                && matches!(d.info.state, DeploymentState::Canary | DeploymentState::Deploying)
         }) {
             return Ok(Some(format!("r{} to finish deploying in {}", busy.info.version, info.environment)));
         }
@@ -515,7 +513,8 @@ impl Releases {
         task: &LiveTask,
         finish: &Finish,
     ) -> anyhow::Result<()> {
-        let Some(mut deployment) = task.deployment_id.map(|id| tx.deployment(id)).transpose()?.flatten() else {
+        let Some(mut deployment) = task.deployment_id.map(|id| tx.deployment(id)).transpose()?.flatten()
+        else {
             return Ok(());
         };
         let Some(host) = deployment.info.hosts.iter_mut().find(|host| host.task_id == Some(task.id)) else {
@@ -685,7 +684,12 @@ impl Releases {
         event: NotificationEvent,
         deployment: &Deployment,
     ) -> anyhow::Result<()> {
-        self.notify(tx, effects, event, serde_json::json!({ "deployment": protocol::view::deployment(&deployment.info) }))
+        self.notify(
+            tx,
+            effects,
+            event,
+            serde_json::json!({ "deployment": protocol::view::deployment(&deployment.info) }),
+        )
     }
 }
 

@@ -68,9 +68,8 @@ impl Tx<'_> {
     /// # Errors
     /// SQLite errors.
     pub fn deployment(&self, id: i64) -> anyhow::Result<Option<Deployment>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?1"))?;
+        let mut stmt =
+            self.tx.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?1"))?;
         let Some(mut deployment) = stmt.query_row([id], deployment_row).optional()? else {
             return Ok(None);
         };
@@ -195,11 +194,10 @@ impl Reader {
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE (?1 IS NULL OR repo = ?1)
              AND (?2 IS NULL OR environment = ?2) ORDER BY id DESC LIMIT {MAX_DEPLOYMENTS}"
         ))?;
-        let rows = stmt.query_map(
-            params![repo.map(RepoUrl::as_str), environment.map(Name::as_str)],
-            deployment_row,
-        )?;
-        let mut deployments: Vec<Deployment> = rows.collect::<Result<_, _>>().context("listing deployments")?;
+        let rows = stmt
+            .query_map(params![repo.map(RepoUrl::as_str), environment.map(Name::as_str)], deployment_row)?;
+        let mut deployments: Vec<Deployment> =
+            rows.collect::<Result<_, _>>().context("listing deployments")?;
         for deployment in &mut deployments {
             deployment.info.hosts = hosts(&self.conn, deployment.info.id)?;
         }

@@ -12,8 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Branch, CommitId, CommitPrefix, DeploymentState, HostState, Label, Name, ReleaseKind, ReleaseState, RepoUrl,
-    TaskId, TaskState,
+    Branch, CommitId, CommitPrefix, DeploymentState, HostState, Label, Name, ReleaseKind, ReleaseState,
+    RepoUrl, TaskId, TaskState,
 };
 
 // ---------------------------------------------------------------- observer

@@ -59,8 +59,11 @@ pub struct DeploymentsArgs {
 /// # Errors
 /// An invalid version or environment name.
 pub fn request(repo: RepoUrl, args: &DeploymentArgs, approve: bool) -> anyhow::Result<ClientToDispatcher> {
-    let request =
-        DeploymentRequest { repo, version: super::request::parse_version(&args.version)?, env: env(&args.env)? };
+    let request = DeploymentRequest {
+        repo,
+        version: super::request::parse_version(&args.version)?,
+        env: env(&args.env)?,
+    };
     Ok(if approve { ClientToDispatcher::Approve(request) } else { ClientToDispatcher::Deploy(request) })
 }
 

@@ -148,7 +148,8 @@ pub fn build(command: &Command, cwd: &Path) -> anyhow::Result<ClientToDispatcher
             repo: args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?,
         }),
         Command::Rollback(args) => {
-            let (repo, to) = (resolve_repo(&args.repo, cwd)?, args.to.as_deref().map(parse_version).transpose()?);
+            let (repo, to) =
+                (resolve_repo(&args.repo, cwd)?, args.to.as_deref().map(parse_version).transpose()?);
             match &args.env {
                 Some(env) => crate::deploy::rollback(repo, crate::deploy::env(env)?, to),
                 None => ClientToDispatcher::Rollback(RollbackRequest { repo, to }),
@@ -157,10 +158,9 @@ pub fn build(command: &Command, cwd: &Path) -> anyhow::Result<ClientToDispatcher
         Command::Deploy(args) => crate::deploy::request(resolve_repo(&args.repo, cwd)?, args, false)?,
         Command::Approve(args) => crate::deploy::request(resolve_repo(&args.repo, cwd)?, args, true)?,
         Command::Reject(args) => crate::deploy::reject(resolve_repo(&args.deployment.repo, cwd)?, args)?,
-        Command::Deployments(args) => crate::deploy::query(
-            args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?,
-            args,
-        )?,
+        Command::Deployments(args) => {
+            crate::deploy::query(args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?, args)?
+        }
     };
     Ok(request)
 }
