@@ -105,9 +105,6 @@ impl Core {
         }
     }
 
-    /// Checks what must hold across tasks and runners; panics with the
-    /// broken invariant. Each part checks its own first.
-    #[cfg(test)]
     /// What holds for deployments: a deployment in progress has a live
     /// task on each host it is deploying to and nowhere else; one that
     /// ended has none; a deployed one is deployed on every host; at most
@@ -161,6 +158,9 @@ impl Core {
         }
     }
 
+    /// Checks what must hold across tasks and runners; panics with the
+    /// broken invariant. Each part checks its own first.
+    #[cfg(test)]
     pub(crate) fn check_invariants(&self, store: &Store) {
         self.tasks.check_invariants(self.settings.max_attempts);
         self.runners.check_invariants();
