@@ -114,7 +114,14 @@ auto_rollback = true
 
 #[test]
 fn a_release_goes_through_staging_to_an_approved_gray_production_and_a_bad_canary_rolls_back() {
-    let (setup, config) = Setup::new(STAGING_AND_PRODUCTION, "");
+    let events = tempfile::NamedTempFile::new().unwrap();
+    let notifier = format!(
+        "[[notifier]]\ncommand = [\"sh\", \"-c\", \"cat >> {}; echo >> {}\"]\n\
+         events = [\"deployment_waiting\", \"deployment_started\", \"deployment_deployed\", \"deployment_failed\", \"rollback\"]\n",
+        events.path().display(),
+        events.path().display()
+    );
+    let (setup, config) = Setup::new(STAGING_AND_PRODUCTION, &notifier);
     let dispatcher = Dispatcher::start(&setup.path().join("data"), &["--config", &config]);
     let addr = dispatcher.addr.as_str();
     let _hosts = hosts(
@@ -212,6 +219,26 @@ fn a_release_goes_through_staging_to_an_approved_gray_production_and_a_bad_canar
     });
     wait_deployment(addr, "staging", "r2", "rolled_back");
     assert_eq!(setup.hosts().last().map(String::as_str), Some("staging stage-a r1"));
+
+    // The notifier heard of each kind of change, with the deployment.
+    let told = wait_for("the notifier to hear of the staging rollback", || {
+        let text = std::fs::read_to_string(events.path()).ok()?;
+        let told: Vec<Value> = text
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let rollbacks = told.iter().filter(|event| event["event"] == "rollback").count();
+        (rollbacks == 2).then_some(told)
+    });
+    for kind in ["deployment_waiting", "deployment_started", "deployment_deployed", "deployment_failed"] {
+        assert!(told.iter().any(|event| event["event"] == kind), "no {kind} in {told:#?}");
+    }
+    let failed = told.iter().find(|event| event["event"] == "deployment_failed").unwrap();
+    assert_eq!(
+        (failed["deployment"]["version"].as_str(), failed["deployment"]["environment"].as_str()),
+        (Some("r2"), Some("production"))
+    );
 }
 
 #[test]
@@ -360,4 +387,41 @@ fn environments_are_validated_at_start_up() {
     let why =
         refused_config("[[repo.environment]]\nname = \"prod\"\nlabels = [\"x\"]\napproval = \"others\"\n");
     assert!(why.contains("approval \"others\""), "{why}");
+}
+
+#[test]
+fn the_web_api_lists_deployments_and_steers_them_like_the_client() {
+    use crate::web::{get, post};
+    let (setup, config) = Setup::new(
+        "[[repo.environment]]\nname = \"production\"\nlabels = [\"deploy\"]\napproval = true\n",
+        "",
+    );
+    let dispatcher = Dispatcher::start(&setup.path().join("data"), &["--config", &config]);
+    let addr = dispatcher.addr.as_str();
+    let http = dispatcher.http.clone().expect("the web service runs");
+    let _hosts = hosts(setup.path(), addr, &[("host-1", "deploy")]);
+    setup.release(addr, &[], "one");
+
+    let body = serde_json::json!({ "repo": setup.repo_arg(), "version": "r1", "env": "production" });
+    let asked = post(&http, "/api/v1/deployments", body.to_string().as_bytes(), None);
+    assert_eq!(asked.status, 201, "{}", asked.text());
+    let asked = asked.json();
+    assert_eq!(asked["waiting_for"], "approval");
+    assert!(asked["requested_by"].as_str().unwrap().starts_with("web "), "{asked:#}");
+    let listed = get(&http, "/api/v1/deployments?env=production").json();
+    assert_eq!(listed, baton_json(addr, &["deployments", "--env", "production"]), "the same keys as --json");
+    let page = get(&http, "/releases").text();
+    assert!(
+        page.contains(&format!("/api/v1/deployments/{}/approve", asked["id"])),
+        "a waiting one has buttons"
+    );
+
+    post(&http, "/api/v1/deployments/x/approve", b"", None).assert_error(400);
+    post(&http, "/api/v1/deployments/999/approve", b"", None).assert_error(404);
+    post(&http, "/api/v1/deployments", b"{\"repo\": 1}", None).assert_error(400);
+    let approved = post(&http, &format!("/api/v1/deployments/{}/approve", asked["id"]), b"", None);
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    post(&http, &format!("/api/v1/deployments/{}/approve", asked["id"]), b"", None).assert_error(409);
+    wait_deployment(addr, "production", "r1", "deployed");
+    assert_eq!(setup.hosts(), ["production host-1 r1"]);
 }

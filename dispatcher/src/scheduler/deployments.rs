@@ -188,10 +188,12 @@ impl Releases {
         let approval = self.environment_of(&request.repo, &request.env).map(|env| env.approval);
         match approval {
             Ok(Approval::None) => return Ok(Err(format!("{} needs no approval", request.env))),
-            Ok(Approval::Other) if deployment.info.requested_by == by => return Ok(Err(format!(
+            Ok(Approval::Other) if deployment.info.requested_by == by => {
+                return Ok(Err(format!(
                 "{} asked for this deployment and may not approve it: {} needs the approval of someone else",
                 by, request.env
-            ))),
+            )))
+            }
             _ => {}
         }
         if let Some(approved_by) = &deployment.info.approved_by {

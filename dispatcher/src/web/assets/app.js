@@ -171,7 +171,7 @@ function wireSteering() {
         link.textContent = "task #" + body.id;
         result.append("Queued ", link);
       } else {
-        result.textContent = "Abort requested.";
+        result.textContent = button.dataset.done || "Abort requested.";
       }
     };
   }
