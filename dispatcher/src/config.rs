@@ -657,4 +657,44 @@ mod tests {
         let err = notifiers_of("[[notifier]]\nurl = \"http://a/\"\nevents = [\"roll_back\"]\n");
         assert!(format!("{:#}", err.unwrap_err()).contains("unknown notification event \"roll_back\""));
     }
+
+    /// The environments of the first `[[repo]]` of a config file's text.
+    fn environments_of(text: &str) -> anyhow::Result<Vec<Environment>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::from_cli(cli(&["--config", path.to_str().unwrap()]))?;
+        Ok(config.settings.releases.repos[0].environments.clone())
+    }
+
+    #[test]
+    fn environments_are_read_with_their_defaults() {
+        let envs = environments_of(
+            "[[repo]]\nurl = \"/srv/app\"\ndeploy = \"d\"\nauto_rollback = true\npost_deploy = \"h\"\n\
+             [[repo.environment]]\nname = \"staging\"\nlabels = [\"deploy\"]\nauto = true\n\
+             [[repo.environment]]\nname = \"production\"\nlabels = [\"deploy\", \"prod\"]\nafter = \"staging\"\n\
+             approval = \"other\"\ncanary = \"25%\"\nauto_rollback = false\n",
+        )
+        .unwrap();
+        assert_eq!(envs.len(), 2);
+        assert_eq!(
+            (envs[0].auto, envs[0].approval, envs[0].canary, envs[0].auto_rollback),
+            (true, Approval::None, Canary::None, true)
+        );
+        assert_eq!(envs[1].after.as_ref().map(Name::as_str), Some("staging"));
+        assert_eq!(
+            (envs[1].approval, envs[1].canary, envs[1].auto_rollback),
+            (Approval::Other, Canary::Percent(25), false)
+        );
+        // A share rounds up to at least one host; all hosts is no gray stage.
+        assert_eq!([Canary::Percent(25).of(2), Canary::Percent(25).of(8), Canary::Hosts(2).of(2)], [1, 2, 0]);
+        let err = environments_of(
+            "[[repo]]\nurl = \"/srv/app\"\n[[repo.environment]]\nname = \"s\"\nlabels = [\"x\"]\n",
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("environments need a deploy step"));
+        let err = environments_of(
+            "[[repo]]\nurl = \"/srv/app\"\ndeploy = \"d\"\n[[repo.environment]]\nname = \"s\"\nlabels = []\n",
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("labels must name at least one"));
+    }
 }
