@@ -24,7 +24,7 @@ use crate::config::{Approval, Environment};
 use crate::files::FileJob;
 use crate::store::{Deployment, Finish, LiveTask, NewDeployment, NewTask, Release, TaskKind, Trigger, Tx};
 
-/// A steering request about deployments, and who asks.
+/// A steering request about deployments (who asks travels beside it).
 #[derive(Clone, Debug)]
 pub enum Steer {
     Deploy(DeploymentRequest),
