@@ -5,6 +5,7 @@
 
 mod chaos;
 mod client;
+mod deployments;
 mod durability;
 mod flood;
 mod follow;

@@ -19,6 +19,7 @@
 //! layout (`files`).
 
 mod core;
+mod deployments;
 mod disk;
 mod effects;
 mod follows;
@@ -45,6 +46,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::core::Core;
+pub use self::deployments::Steer;
 pub(crate) use self::effects::{Effects, Sinks};
 pub use self::liveness::LastHeard;
 use crate::files::{DataDir, FileJob};
@@ -128,6 +130,13 @@ pub enum Event {
         delivery: Result<(), String>,
         retry_at_ms: i64,
         reply: oneshot::Sender<()>,
+    },
+    /// `baton deploy`, `approve`, `reject`, `rollback --env`; `by` is who
+    /// asks (the client's name).
+    Deployment {
+        steer: Steer,
+        by: String,
+        reply: oneshot::Sender<Result<protocol::message::DeploymentInfo, String>>,
     },
     /// A runner manager asks to drain an idle runner (`manager`).
     Drain {
@@ -224,6 +233,8 @@ const STATE_CHANGES: usize = 4096;
 pub enum Change {
     Task(StateChange),
     Release(ReleaseChange),
+    /// A deployment was asked for or changed (state, hosts, approval).
+    Deployment(Box<protocol::message::DeploymentInfo>),
     /// A runner was declared lost (its connection closed or it went silent).
     RunnerLost {
         runner: Name,

@@ -41,6 +41,8 @@ pub(super) fn handle(
         Event::RunnerUp { conn, name, address, register, outbox, kill, heard } => {
             core.runners.connect(conn, Conn { runner: name.clone(), outbox, kill });
             on_register(core, tx, effects, conn, name, address, register, heard)?;
+            // A new host may be what a waiting deployment waits for.
+            life::retry_deployments(core, tx, effects)?;
         }
         Event::FromRunner { conn, message } => on_runner_message(core, tx, effects, conn, message)?,
         Event::RunnerDown { conn, reason } => {
@@ -87,6 +89,13 @@ pub(super) fn handle(
                 Err(error) => tx.retry_notification(id, &error, retry_at_ms)?,
             }
             effects.reply(reply, ());
+        }
+        Event::Deployment { steer, by, reply } => {
+            let result = match core.disk.refusal() {
+                Some(refusal) => Err(refusal),
+                None => life::steer_deployment(core, tx, effects, steer, &by)?,
+            };
+            effects.reply(reply, result);
         }
         Event::Drain { runner, reply } => {
             let result = super::manager::drain(core, &runner);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use protocol::message::{Deploy, Job, ReleaseInfo};
 use protocol::{Label, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl, TaskState};
 
+use super::runners::Runners;
 use super::{now_ms, tasks, Change, Effects, ReleaseChange};
 use crate::config::Notifier;
 use crate::files::{release_json, task_event_json, FileJob};
@@ -21,7 +22,7 @@ use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Tri
 
 /// The release settings and the notifiers.
 pub(crate) struct Releases {
-    settings: crate::config::Releases,
+    pub(super) settings: crate::config::Releases,
     notifiers: Arc<Vec<Notifier>>,
 }
 
@@ -42,13 +43,17 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         task: &LiveTask,
         finish: &Finish,
     ) -> anyhow::Result<Deploys> {
         let mut deploys = Vec::new();
         match task.kind {
-            TaskKind::Test => self.after_test(tx, effects, &mut deploys, task, finish)?,
-            TaskKind::Deploy => self.after_deploy(tx, effects, &mut deploys, task, finish)?,
+            TaskKind::Test => self.after_test(tx, effects, runners, &mut deploys, task, finish)?,
+            TaskKind::Deploy if task.deployment_id.is_some() => {
+                self.host_finished(tx, effects, runners, &mut deploys, task, finish)?
+            }
+            TaskKind::Deploy => self.after_deploy(tx, effects, runners, &mut deploys, task, finish)?,
         }
         Ok(deploys)
     }
@@ -57,6 +62,7 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         task: &LiveTask,
         finish: &Finish,
@@ -90,7 +96,7 @@ impl Releases {
                 state: ReleaseState::Recorded,
                 trigger: format!("task {}", task.id),
             };
-            self.record_release(tx, effects, deploys, release)?;
+            self.record_release(tx, effects, runners, deploys, release)?;
         }
         Ok(())
     }
@@ -99,6 +105,7 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         task: &LiveTask,
         finish: &Finish,
@@ -127,7 +134,7 @@ impl Releases {
             match target {
                 Some(target) => {
                     let trigger = format!("auto-rollback of r{version}");
-                    self.record_rollback(tx, effects, deploys, None, target, trigger)?;
+                    self.record_rollback(tx, effects, runners, deploys, None, target, trigger)?;
                 }
                 None => {
                     tracing::warn!(repo = %task.repo, release = version, "no earlier good release to roll back to")
@@ -147,9 +154,15 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         repo: &RepoUrl,
         to: Option<u32>,
     ) -> anyhow::Result<Result<(ReleaseInfo, Deploys), String>> {
+        if self.settings.repo(repo).is_some_and(|settings| !settings.environments.is_empty()) {
+            return Ok(Err(format!(
+                "{repo} deploys to environments: name one, baton rollback {repo} --env ENVIRONMENT"
+            )));
+        }
         let releases = tx.releases_of(repo)?;
         let current = releases.iter().find(|r| r.info.state.is_current());
         let target = match to {
@@ -175,15 +188,24 @@ impl Releases {
             }
         };
         let mut deploys = Vec::new();
-        let release =
-            self.record_rollback(tx, effects, &mut deploys, current, target, "baton rollback".into())?;
+        let release = self.record_rollback(
+            tx,
+            effects,
+            runners,
+            &mut deploys,
+            current,
+            target,
+            "baton rollback".into(),
+        )?;
         Ok(Ok((release.info, deploys)))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record_rollback(
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         current: Option<&Release>,
         target: &Release,
@@ -203,7 +225,7 @@ impl Releases {
             state: ReleaseState::Recorded,
             trigger,
         };
-        self.record_release(tx, effects, deploys, release)
+        self.record_release(tx, effects, runners, deploys, release)
     }
 
     /// Appends a release record, its JSON file, its deploy task if deploy
@@ -212,10 +234,16 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         mut release: NewRelease,
     ) -> anyhow::Result<Release> {
-        let deployed = self.settings.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
+        // A repository with environments deploys through deployments, one
+        // per environment; without, one deploy task per release, as before.
+        let environments =
+            self.settings.repo(&release.repo).is_some_and(|settings| !settings.environments.is_empty());
+        let deployed = !environments
+            && self.settings.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
         if deployed {
             release.state = ReleaseState::Deploying;
         }
@@ -229,6 +257,8 @@ impl Releases {
                 trigger: Trigger::Deploy,
                 kind: TaskKind::Deploy,
                 release_id: Some(record.id),
+                host: None,
+                deployment_id: None,
             };
             let (accepted, queued) = tasks::insert(tx, deploy, now_ms())?;
             deploys.extend(queued);
@@ -248,12 +278,18 @@ impl Releases {
             ReleaseKind::Release => NotificationEvent::ReleaseRecorded,
         };
         self.notify(tx, effects, event, serde_json::json!({ "release": release_json(&record.info) }))?;
+        if environments && record.info.kind == ReleaseKind::Release {
+            self.deploy_new_release(tx, effects, runners, deploys, &record)?;
+        }
         Ok(record)
     }
 
     /// The job of a deploy task, or `None` when its release or the
     /// repository's deploy steps are gone.
     pub(crate) fn deploy_job(&self, tx: &Tx<'_>, task: &LiveTask) -> anyhow::Result<Option<Job>> {
+        if task.deployment_id.is_some() {
+            return self.host_job(tx, task);
+        }
         let Some(release) = task.release_id.map(|id| tx.release(id)).transpose()?.flatten() else {
             return Ok(None);
         };
@@ -276,7 +312,7 @@ impl Releases {
     }
 
     /// Queues `event` for every notifier that wants it.
-    fn notify(
+    pub(super) fn notify(
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,

@@ -137,6 +137,8 @@ impl Harness {
             trigger: Trigger::Observer,
             kind: TaskKind::Test,
             release_id: None,
+            host: None,
+            deployment_id: None,
         }
     }
 
@@ -546,6 +548,7 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
         release_branches: None,
         steps,
         auto_rollback: false,
+        environments: Vec::new(),
     };
     let releases = Releases { repos: vec![repo], ..Releases::default() };
     let mut h = Harness::new(Settings { releases, ..settings() });
@@ -630,4 +633,171 @@ fn a_manager_drains_only_idle_runners_and_a_drained_runner_gets_no_work() {
     assert_eq!(load.pending.iter().map(|group| group.count).sum::<u32>(), 1);
     let drained = load.runners.iter().find(|runner| runner.name == free).unwrap();
     assert_eq!(drained.state, protocol::message::LoadState::Draining);
+}
+
+/// A repository with a staging (auto) and a production environment (auto,
+/// after staging, approval, one canary, auto-rollback).
+fn environments() -> Settings {
+    use crate::config::{Approval, Canary, Environment};
+    let labels = |names: &[&str]| names.iter().map(|label| Label::new(*label).unwrap()).collect::<Vec<_>>();
+    let staging = Environment {
+        name: name("staging"),
+        labels: labels(&["deploy", "staging"]),
+        auto: true,
+        after: None,
+        approval: Approval::None,
+        canary: Canary::None,
+        needs: Vec::new(),
+        auto_rollback: false,
+    };
+    let production = Environment {
+        name: name("production"),
+        labels: labels(&["deploy", "prod"]),
+        auto: true,
+        after: Some(name("staging")),
+        approval: Approval::Other,
+        canary: Canary::Hosts(1),
+        needs: Vec::new(),
+        auto_rollback: true,
+    };
+    let repo = RepoSettings {
+        url: RepoUrl::new(REPO).unwrap(),
+        release_branches: None,
+        steps: vec![DeployStep { name: "deploy".into(), command: "true".into() }],
+        auto_rollback: false,
+        environments: vec![staging, production],
+    };
+    Settings { releases: Releases { repos: vec![repo], ..Releases::default() }, ..settings() }
+}
+
+impl Harness {
+    /// Runs a test of a new commit on `main` to a pass on `tester`: a release.
+    fn release(&mut self, tester: ConnId) {
+        let mut task = self.new_task("main");
+        task.labels = vec![Label::new("test").unwrap()];
+        let task = self.submit_task(task);
+        let assigned = self.assigned(tester);
+        assert_eq!(assigned.first().map(|(id, _, _)| *id), Some(task), "{assigned:?}");
+        self.result(tester, task, 1, Outcome::Passed);
+    }
+
+    /// The host deploy jobs sent to `conn`: (task, environment, host, release).
+    fn host_jobs(&mut self, conn: ConnId) -> Vec<(TaskId, String, String, String)> {
+        self.assigned(conn)
+            .into_iter()
+            .map(|(task, _, job)| match job {
+                Job::DeployHost(job) => {
+                    (task, job.environment.to_string(), job.host.to_string(), job.deploy.release)
+                }
+                other => panic!("not a host deploy: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn steer(&mut self, steer: super::Steer, by: &str) -> Result<protocol::message::DeploymentInfo, String> {
+        let by = by.to_string();
+        self.ask(|reply| Event::Deployment { steer, by, reply })
+    }
+
+    fn deployments(&self, env: &str) -> Vec<protocol::message::DeploymentInfo> {
+        let reader = crate::store::Reader::open(&self.core.files.database()).unwrap();
+        reader.deployments(None, Some(&name(env))).unwrap()
+    }
+}
+
+fn request(version: u32, env: &str) -> protocol::message::DeploymentRequest {
+    protocol::message::DeploymentRequest { repo: RepoUrl::new(REPO).unwrap(), version, env: name(env) }
+}
+
+#[test]
+fn a_release_reaches_staging_then_production_after_approval_canary_first() {
+    use protocol::{DeploymentState, HostState};
+    let mut h = Harness::new(environments());
+    let tester = h.connect("tester", 1, &["test"], &[]);
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[]);
+    let prod_a = h.connect("prod-a", 1, &["deploy", "prod"], &[]);
+    let prod_b = h.connect("prod-b", 1, &["deploy", "prod"], &[]);
+    h.release(tester);
+    let staging = h.host_jobs(stage);
+    assert_eq!(
+        staging.iter().map(|j| (j.1.as_str(), j.2.as_str(), j.3.as_str())).collect::<Vec<_>>(),
+        [("staging", "stage-a", "r1")]
+    );
+    assert!(h.host_jobs(prod_a).is_empty() && h.host_jobs(prod_b).is_empty());
+    assert_eq!(h.deployments("production")[0].waiting_for.as_deref(), Some("after: r1 deployed in staging"));
+    h.result(stage, staging[0].0, 1, Outcome::Passed);
+    assert_eq!(h.deployments("staging")[0].state, DeploymentState::Deployed);
+    assert_eq!(h.deployments("production")[0].waiting_for.as_deref(), Some("approval"));
+
+    // approval = "other": the requester may not approve; anyone else may.
+    let requester = h.deployments("production")[0].requested_by.clone();
+    let refused = h.steer(super::Steer::Approve(request(1, "production")), &requester);
+    assert!(refused.unwrap_err().contains("may not approve"));
+    let approved = h.steer(super::Steer::Approve(request(1, "production")), "alice").unwrap();
+    assert_eq!((approved.state, approved.approved_by.as_deref()), (DeploymentState::Canary, Some("alice")));
+    let canary = h.host_jobs(prod_a);
+    assert_eq!(canary.len(), 1);
+    assert!(h.host_jobs(prod_b).is_empty(), "the other host waits for the canary");
+    h.result(prod_a, canary[0].0, 1, Outcome::Passed);
+    let rest = h.host_jobs(prod_b);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(h.deployments("production")[0].state, DeploymentState::Deploying);
+    h.result(prod_b, rest[0].0, 1, Outcome::Passed);
+    let deployed = &h.deployments("production")[0];
+    assert_eq!(deployed.state, DeploymentState::Deployed);
+    assert!(deployed.hosts.iter().all(|host| host.state == HostState::Deployed));
+
+    // A second release fails on the canary: the other host is never touched
+    // and the canary gets r1 back.
+    h.release(tester);
+    let staging = h.host_jobs(stage);
+    h.result(stage, staging[0].0, 1, Outcome::Passed);
+    h.steer(super::Steer::Approve(request(2, "production")), "alice").unwrap();
+    let canary = h.host_jobs(prod_a);
+    h.result(prod_a, canary[0].0, 1, Outcome::Failed);
+    let listed = h.deployments("production");
+    let failed = listed.iter().find(|d| d.version == 2).unwrap();
+    assert_eq!(failed.state, DeploymentState::Failed);
+    let states: Vec<HostState> = failed.hosts.iter().map(|host| host.state).collect();
+    assert_eq!(states, [HostState::Failed, HostState::Skipped]);
+    let rollback = h.host_jobs(prod_a);
+    assert_eq!(rollback.iter().map(|j| j.3.as_str()).collect::<Vec<_>>(), ["r1"]);
+    assert!(h.host_jobs(prod_b).is_empty());
+    h.result(prod_a, rollback[0].0, 1, Outcome::Passed);
+    let newest = &h.deployments("production")[0];
+    assert_eq!((newest.kind, newest.state), (protocol::ReleaseKind::Rollback, DeploymentState::Deployed));
+
+    // Going backwards is refused, unless it is a rollback.
+    let older = h.steer(super::Steer::Deploy(request(1, "staging")), "alice");
+    assert!(older.unwrap_err().contains("r1 is older than r2"));
+    let rollback = protocol::message::EnvRollbackRequest {
+        repo: RepoUrl::new(REPO).unwrap(),
+        env: name("staging"),
+        to: None,
+    };
+    let rolled = h.steer(super::Steer::Rollback(rollback), "alice").unwrap();
+    assert_eq!((rolled.version, rolled.kind), (1, protocol::ReleaseKind::Rollback));
+    assert_eq!(h.deployments("staging")[1].state, DeploymentState::RolledBack);
+}
+
+#[test]
+fn a_deployment_without_hosts_waits_for_one_and_a_restart_keeps_host_tasks() {
+    use protocol::DeploymentState;
+    let mut h = Harness::new(environments());
+    let tester = h.connect("tester", 1, &["test"], &[]);
+    h.release(tester);
+    let waiting = &h.deployments("staging")[0];
+    assert_eq!(waiting.waiting_for.as_deref(), Some("hosts: a runner with labels deploy, staging"));
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[]);
+    let jobs = h.host_jobs(stage);
+    assert_eq!(jobs.len(), 1, "the new host gets the waiting deployment");
+    // The dispatcher restarts while the host deploys; the host re-adopts
+    // its task and its result finishes the deployment: no second task.
+    h.restart();
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[(jobs[0].0, 1)]);
+    assert!(h.host_jobs(stage).is_empty());
+    h.result(stage, jobs[0].0, 1, Outcome::Passed);
+    let deployed = &h.deployments("staging")[0];
+    assert_eq!(deployed.state, DeploymentState::Deployed);
+    assert_eq!(deployed.hosts.len(), 1);
 }
