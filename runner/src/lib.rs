@@ -25,6 +25,7 @@ pub mod manager;
 mod spool;
 mod summary;
 pub mod supervise;
+mod outcomes;
 mod task;
 #[cfg(test)]
 mod tests;

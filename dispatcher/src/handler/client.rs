@@ -169,6 +169,21 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -
                 Err(err) => Err(stopped(err)),
             }
         }
+        ClientToDispatcher::TestCases(task_id) => shared
+            .readers
+            .query(move |reader| reader.test_cases(task_id))
+            .await
+            .map(DispatcherToClient::TestCases)
+            .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Flaky(query) => {
+            let limit = query.limit.clamp(1, MAX_LIMIT);
+            shared
+                .readers
+                .query(move |reader| reader.flaky_tests(query.repo.as_ref(), limit))
+                .await
+                .map(DispatcherToClient::Flaky)
+                .map_err(|err| format!("{err:#}"))
+        }
     };
     result.unwrap_or_else(DispatcherToClient::Error)
 }

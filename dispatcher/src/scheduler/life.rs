@@ -59,10 +59,15 @@ pub(super) fn schedule(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> a
     }
     let mut chosen = Vec::new();
     for task in core.tasks.pending_in_order().take(MAX_SCAN) {
-        let fits = free.iter().position(|(name, _)| {
+        let suits = |name: &Name| {
             let labels = core.runners.get(name).map(|runner| runner.labels.as_slice()).unwrap_or_default();
             task.labels.iter().all(|needed| labels.contains(needed))
-        });
+        };
+        // A retry of a failed run goes to another runner when one is free.
+        let fits = free
+            .iter()
+            .position(|(name, _)| task.avoid.as_ref() != Some(name) && suits(name))
+            .or_else(|| free.iter().position(|(name, _)| suits(name)));
         if let Some(idx) = fits {
             chosen.push((task.id, free[idx].0.clone()));
             free[idx].1 -= 1;
@@ -280,6 +285,11 @@ pub(super) fn result(
             return Ok(());
         }
     };
+    let retried = super::flaky::result(core, tx, effects, task_id, runner, state, result.tests)?;
+    if retried {
+        effects.send_runner(conn, ack(true, None));
+        return Ok(());
+    }
     let finish = Finish {
         state,
         exit_code: result.exit_code,
@@ -377,6 +387,7 @@ pub(super) fn requeue_or_fail(
 ) -> anyhow::Result<()> {
     let Some(running) = core.tasks.running(task_id) else { return Ok(()) };
     let attempts = running.task.attempts;
+    let lost_runs = attempts - running.task.retries;
     if running.aborting {
         let finish = Finish {
             reason: Some(format!("aborted by a client; its runner was lost before stopping it: {reason}")),
@@ -384,7 +395,7 @@ pub(super) fn requeue_or_fail(
         };
         return self::finish(core, tx, effects, task_id, &finish);
     }
-    if attempts >= core.settings.max_attempts {
+    if lost_runs >= core.settings.max_attempts {
         let finish = Finish {
             reason: Some(format!("gave up after {attempts} attempts; last: {reason}")),
             ..Finish::ended(TaskState::Error)

@@ -21,6 +21,7 @@
 mod core;
 mod disk;
 mod effects;
+mod flaky;
 mod follows;
 mod life;
 mod liveness;
@@ -151,6 +152,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     pub heartbeat_misses: u32,
     pub max_attempts: u32,
+    /// Runs of a failed test task again (`--retry-failed`).
+    pub retry_failed: u32,
     pub output_cap: u64,
     pub releases: crate::config::Releases,
     pub notifiers: std::sync::Arc<Vec<crate::config::Notifier>>,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use protocol::message::{
     Accepted, DeployStep, DispatcherToRunner, Held, HostFacts, Job, Outcome, Output, Pong, Register,
-    ReleaseInfo, RunnerToDispatcher, TaskInfo, TaskResult,
+    ReleaseInfo, RunnerToDispatcher, TaskInfo, TaskResult, TestCase, TestStatus,
 };
 use protocol::{Branch, CommitId, Label, Name, RepoUrl, TaskId, TaskState};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
@@ -46,6 +46,7 @@ fn settings() -> Settings {
         heartbeat_interval: Duration::from_secs(1),
         heartbeat_misses: 3,
         max_attempts: 3,
+        retry_failed: 0,
         output_cap: 1 << 20,
         releases: Releases::default(),
         notifiers: Arc::new(Vec::new()),
@@ -213,6 +214,18 @@ impl Harness {
     }
 
     fn result(&mut self, conn: ConnId, task_id: TaskId, attempt: u32, outcome: Outcome) {
+        self.result_with_tests(conn, task_id, attempt, outcome, &[]);
+    }
+
+    fn result_with_tests(
+        &mut self,
+        conn: ConnId,
+        task_id: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+        tests: &[(&str, TestStatus)],
+    ) {
+        let tests = tests.iter().map(|(name, status)| TestCase { name: name.to_string(), status: *status }).collect();
         let result = TaskResult {
             task_id,
             attempt,
@@ -224,6 +237,7 @@ impl Harness {
             output_len: 0,
             tag: None,
             failed_step: None,
+            tests,
         };
         self.runner_says(conn, RunnerToDispatcher::Result(result));
     }
@@ -576,4 +590,49 @@ fn a_manager_drains_only_idle_runners_and_a_drained_runner_gets_no_work() {
     assert_eq!(load.pending.iter().map(|group| group.count).sum::<u32>(), 1);
     let drained = load.runners.iter().find(|runner| runner.name == free).unwrap();
     assert_eq!(drained.state, protocol::message::LoadState::Draining);
+}
+
+#[test]
+fn a_failed_run_is_retried_on_another_runner_and_a_pass_makes_it_flaky() {
+    let mut h = Harness::new(Settings { retry_failed: 2, max_attempts: 1, ..settings() });
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let task = h.submit();
+    assert_eq!(h.assigned(r1), vec![(task, 1, Job::Test)]);
+    let r2 = h.connect("r2", 1, &[], &[]);
+    h.result_with_tests(r1, task, 1, Outcome::Failed, &[("t.a", TestStatus::Failed), ("t.b", TestStatus::Passed)]);
+    assert_eq!(h.acks(r1), vec![(task, true)]);
+    assert!(h.assigned(r1).is_empty(), "the retry avoids the runner that failed it while another is free");
+    assert_eq!(h.assigned(r2), vec![(task, 2, Job::Test)]);
+    assert_eq!(h.task(task).state, TaskState::Running);
+
+    h.result_with_tests(r2, task, 2, Outcome::Passed, &[("t.a", TestStatus::Passed), ("t.b", TestStatus::Passed)]);
+    let info = h.task(task);
+    assert_eq!(
+        (info.state, info.attempts, info.flaky, info.flaky_tests),
+        (TaskState::Passed, 2, true, vec!["t.a".to_string()])
+    );
+    let reader = crate::store::Reader::open(&h.core.files.database()).unwrap();
+    let tests = reader.test_cases(task).unwrap().unwrap();
+    assert_eq!(tests.len(), 2, "the last attempt's outcomes: {tests:?}");
+    let flaky = reader.flaky_tests(None, 10).unwrap();
+    let rows: Vec<_> = flaky.iter().map(|test| (test.name.as_str(), test.runs, test.failures, test.flips)).collect();
+    assert_eq!(rows, vec![("t.a", 2, 1, 1)]);
+}
+
+#[test]
+fn retries_end_after_n_failed_runs_and_a_lone_runner_takes_them() {
+    let mut h = Harness::new(Settings { retry_failed: 1, ..settings() });
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let task = h.submit();
+    assert_eq!(h.assigned(r1), vec![(task, 1, Job::Test)]);
+    h.result_with_tests(r1, task, 1, Outcome::Failed, &[("t.a", TestStatus::Failed)]);
+    assert_eq!(h.assigned(r1), vec![(task, 2, Job::Test)], "no other runner: the same one retries");
+    h.result_with_tests(r1, task, 2, Outcome::Failed, &[("t.a", TestStatus::Failed)]);
+    let info = h.task(task);
+    assert_eq!((info.state, info.attempts, info.flaky), (TaskState::Failed, 2, false));
+    assert!(h.assigned(r1).is_empty());
+    let reader = crate::store::Reader::open(&h.core.files.database()).unwrap();
+    let flaky = reader.flaky_tests(None, 10).unwrap();
+    let rows: Vec<_> = flaky.iter().map(|test| (test.name.as_str(), test.runs, test.failures, test.flips)).collect();
+    assert_eq!(rows, vec![("t.a", 2, 2, 0)], "failed twice is not a flip");
 }

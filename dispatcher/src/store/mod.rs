@@ -16,6 +16,7 @@ use protocol::{
 };
 use rusqlite::{params, OptionalExtension, Row};
 
+mod culprit;
 mod releases;
 mod web;
 
@@ -23,10 +24,11 @@ const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");
 const SCHEMA_V3: &str = include_str!("v3.sql");
 const SCHEMA_V4: &str = include_str!("v4.sql");
+const SCHEMA_CULPRIT: &str = include_str!("culprit.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_CULPRIT];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +113,10 @@ pub struct LiveTask {
     pub runner: Option<Name>,
     pub kind: TaskKind,
     pub release_id: Option<i64>,
+    /// Failed runs retried so far (`--retry-failed`).
+    pub retries: u32,
+    /// The runner of the failed run being retried: another one is preferred.
+    pub avoid: Option<Name>,
 }
 
 /// The end of an attempt, to record.
@@ -260,7 +266,7 @@ impl Store {
     /// SQLite errors.
     pub fn live_tasks(&self) -> anyhow::Result<Vec<LiveTask>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner, kind, release_id FROM tasks
+            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner, kind, release_id, retries FROM tasks
              WHERE state IN ('pending', 'running') ORDER BY id",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -275,6 +281,8 @@ impl Store {
                 runner: row.get::<_, Option<String>>(7)?.map(Name::new).transpose().map_err(invalid(7))?,
                 kind: parse(row, 8, |s: String| TaskKind::parse(&s))?,
                 release_id: row.get(9)?,
+                retries: row.get(10)?,
+                avoid: None,
             })
         })?;
         rows.collect::<Result<_, _>>().context("reading live tasks")
@@ -515,9 +523,10 @@ impl Reader {
 }
 
 const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \
-     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind";
+     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind, flaky_tests";
 
 fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
+    let flaky_tests: Option<String> = row.get(19)?;
     let passed: Option<u32> = row.get(12)?;
     let summary = passed.map(|passed| -> rusqlite::Result<Summary> {
         Ok(Summary {
@@ -544,6 +553,11 @@ fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
         labels: parse_labels(row, 16)?,
         trigger: row.get(17)?,
         kind: row.get(18)?,
+        flaky: flaky_tests.is_some(),
+        flaky_tests: flaky_tests
+            .map(|names| names.lines().filter(|name| !name.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default(),
+        culprit: None,
     })
 }
 
