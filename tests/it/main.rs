@@ -6,6 +6,7 @@
 mod chaos;
 mod client;
 mod durability;
+mod flaky;
 mod flood;
 mod follow;
 mod foundation;
