@@ -482,6 +482,8 @@ vocabulary! {
         ReleaseRecorded => "release_recorded",
         DeployFailed => "deploy_failed",
         Rollback => "rollback",
+        /// Bisection found the first failing commit of a range.
+        CulpritFound => "culprit_found",
     }
 }
 

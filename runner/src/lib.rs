@@ -22,10 +22,10 @@ mod exec;
 mod git;
 mod link;
 pub mod manager;
+mod outcomes;
 mod spool;
 mod summary;
 pub mod supervise;
-mod outcomes;
 mod task;
 #[cfg(test)]
 mod tests;

@@ -431,9 +431,7 @@ fn read_result(path: &Path) -> Option<Finished> {
         tests: record
             .tests
             .into_iter()
-            .filter_map(|test| {
-                Some(TestCase { status: TestStatus::parse(&test.outcome)?, name: test.name })
-            })
+            .filter_map(|test| Some(TestCase { status: TestStatus::parse(&test.outcome)?, name: test.name }))
             .collect(),
     })
 }

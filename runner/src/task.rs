@@ -130,7 +130,8 @@ pub async fn execute(
     if let Ending::Finished(finished) = &mut ending {
         finished.summary = summary;
         if matches!(assign.job, Job::Test) {
-            finished.tests = test_outcomes(tail.as_deref().unwrap_or(""), &tree, shared.config.max_test_names).await;
+            finished.tests =
+                test_outcomes(tail.as_deref().unwrap_or(""), &tree, shared.config.max_test_names).await;
         }
         if finished.outcome == Outcome::Passed && matches!(assign.job, Job::Test) {
             finished.tag = fresh_tag(shared, assign, prepared.mirror).await;
@@ -223,7 +224,7 @@ fn aborted(duration_ms: u64, output_len: u64) -> Finished {
         output_len,
         tag: None,
         failed_step: None,
-tests: Vec::new(),
+        tests: Vec::new(),
     }
 }
 
@@ -239,7 +240,7 @@ fn classify(supervised: Supervised, duration_ms: u64, output_len: u64) -> Ending
         output_len,
         tag: None,
         failed_step: None,
-tests: Vec::new(),
+        tests: Vec::new(),
     };
     let finished = match supervised.cause {
         Some(StopCause::Timeout) => failed(None, "timeout".into()),
@@ -256,7 +257,7 @@ tests: Vec::new(),
                 output_len,
                 tag: None,
                 failed_step: None,
-tests: Vec::new(),
+                tests: Vec::new(),
             },
             (Some(code), _) => Finished { reason: None, ..failed(Some(code), String::new()) },
             (None, Some(signal)) => failed(None, format!("killed by signal {signal}")),

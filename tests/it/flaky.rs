@@ -58,7 +58,10 @@ fn a_test_that_fails_once_and_then_passes_is_flaky() {
     assert_eq!(rows.len(), 1, "only a test that failed is listed: {flaky:#}");
     let row = &rows[0];
     assert_eq!(row["name"], "test_flaky.T.test_sometimes", "{flaky:#}");
-    assert_eq!((row["runs"].as_u64(), row["failures"].as_u64(), row["flips"].as_u64()), (Some(2), Some(1), Some(1)));
+    assert_eq!(
+        (row["runs"].as_u64(), row["failures"].as_u64(), row["flips"].as_u64()),
+        (Some(2), Some(1), Some(1))
+    );
     assert_eq!(row["repo"], repo_arg.as_str());
 
     let text = baton(&dispatcher.addr, &["flaky"]);

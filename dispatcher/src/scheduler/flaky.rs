@@ -42,7 +42,8 @@ pub(super) fn result(
     if !tests.is_empty() {
         tx.record_tests(task_id, task.attempts, &task.repo, &task.commit, &tests, now_ms())?;
     }
-    let may_retry = task.kind == TaskKind::Test && task.retries < core.settings.retry_failed && !running.aborting;
+    let may_retry =
+        task.kind == TaskKind::Test && task.retries < core.settings.retry_failed && !running.aborting;
     match state {
         TaskState::Failed if may_retry => {
             let retries = task.retries + 1;
@@ -54,7 +55,12 @@ pub(super) fn result(
             tx.retry(task_id, &reason)?;
             tracing::info!(task_id = %task_id, attempt = attempts, runner = %runner, retries, failed_tests = failed,
                 "failed run retried");
-            effects.state_changed(StateChange { task_id, state: TaskState::Pending, attempt: attempts, runner: None });
+            effects.state_changed(StateChange {
+                task_id,
+                state: TaskState::Pending,
+                attempt: attempts,
+                runner: None,
+            });
             Ok(true)
         }
         TaskState::Passed if task.retries > 0 => {

@@ -37,7 +37,7 @@ pub(super) fn submit(
 }
 
 /// Queues a task the store has just inserted.
-fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
+pub(super) fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
     effects.state_changed(StateChange {
         task_id: task.id,
         state: TaskState::Pending,
@@ -50,15 +50,24 @@ fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
 /// Hands queued tasks, oldest first, to runners with a free slot and the
 /// labels the task needs.
 pub(super) fn schedule(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> anyhow::Result<()> {
+    super::bisect::resume(core, tx, effects)?;
     if core.tasks.n_pending() == 0 {
         return Ok(());
     }
     let mut free = core.runners.with_free_slots();
-    if free.is_empty() {
-        return Ok(());
-    }
     let mut chosen = Vec::new();
-    for task in core.tasks.pending_in_order().take(MAX_SCAN) {
+    // Ordinary tasks left waiting for a runner (a few are enough to decide
+    // whether a bisect step should make room).
+    let mut waiting = Vec::new();
+    // Bisect tasks come after all ordinary work (`bisect::choose`).
+    for task in core.tasks.pending_in_order().filter(|task| task.kind != TaskKind::Bisect).take(MAX_SCAN) {
+        if free.is_empty() {
+            if waiting.len() < 16 {
+                waiting.push(task.id);
+                continue;
+            }
+            break;
+        }
         let suits = |name: &Name| {
             let labels = core.runners.get(name).map(|runner| runner.labels.as_slice()).unwrap_or_default();
             task.labels.iter().all(|needed| labels.contains(needed))
@@ -73,16 +82,16 @@ pub(super) fn schedule(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> a
             free[idx].1 -= 1;
             if free[idx].1 == 0 {
                 free.remove(idx);
-                if free.is_empty() {
-                    break;
-                }
             }
+        } else if waiting.len() < 16 {
+            waiting.push(task.id);
         }
     }
+    chosen.extend(super::bisect::choose(core, &free));
     for (task_id, runner) in chosen {
         assign(core, tx, effects, task_id, &runner)?;
     }
-    Ok(())
+    super::bisect::preempt(core, tx, effects, &waiting)
 }
 
 fn assign(
@@ -94,7 +103,7 @@ fn assign(
 ) -> anyhow::Result<()> {
     let Some(task) = core.tasks.pending(task_id) else { return Ok(()) };
     let job = match task.kind {
-        TaskKind::Test => Job::Test,
+        TaskKind::Test | TaskKind::Bisect => Job::Test,
         TaskKind::Deploy => match core.releases.deploy_job(tx, task)? {
             Some(job) => job,
             None => {
@@ -339,7 +348,7 @@ pub(super) fn finish(
     for deploy in deploys {
         queue(core, effects, deploy);
     }
-    Ok(())
+    super::bisect::task_finished(core, tx, effects, &task, finish.state)
 }
 
 /// A refused assignment goes back to the queue without spending an attempt

@@ -18,6 +18,7 @@
 //! Deliberately not here: sockets and framing (`handler`), SQL (`store`), file
 //! layout (`files`).
 
+mod bisect;
 mod core;
 mod disk;
 mod effects;

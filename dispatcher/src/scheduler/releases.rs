@@ -49,6 +49,8 @@ impl Releases {
         match task.kind {
             TaskKind::Test => self.after_test(tx, effects, &mut deploys, task, finish)?,
             TaskKind::Deploy => self.after_deploy(tx, effects, &mut deploys, task, finish)?,
+            // A bisection's step is neither news nor a release (`bisect`).
+            TaskKind::Bisect => {}
         }
         Ok(deploys)
     }

@@ -3,10 +3,10 @@
 
 use anyhow::Context;
 use protocol::message::{FlakyTest, TestCase, TestStatus};
-use protocol::{CommitId, RepoUrl, TaskId};
-use rusqlite::{params, OptionalExtension};
+use protocol::{Branch, CommitId, RepoUrl, TaskId, TaskState};
+use rusqlite::{params, OptionalExtension, Row};
 
-use super::{parse, Reader, Tx};
+use super::{invalid, parse, Reader, Store, Tx};
 
 impl Tx<'_> {
     /// Records the per-test outcomes of one attempt.
@@ -104,7 +104,9 @@ impl Reader {
         let rows = stmt.query_map([task_id.get()], |row| {
             Ok(TestCase {
                 name: row.get(0)?,
-                status: parse(row, 1, |s: String| TestStatus::parse(&s).ok_or(format!("unknown outcome {s:?}")))?,
+                status: parse(row, 1, |s: String| {
+                    TestStatus::parse(&s).ok_or(format!("unknown outcome {s:?}"))
+                })?,
             })
         })?;
         rows.collect::<Result<_, _>>().map(Some).context("reading test outcomes")
@@ -138,5 +140,187 @@ impl Reader {
             })
         })?;
         rows.collect::<Result<_, _>>().context("reading flaky tests")
+    }
+}
+
+/// A bisection as stored.
+#[derive(Clone, Debug)]
+pub struct BisectionRow {
+    pub id: i64,
+    pub repo: RepoUrl,
+    pub branch: Branch,
+    pub bad_task: TaskId,
+    /// First-parent history after the last passing commit, oldest first;
+    /// the last is the failed task's commit.
+    pub commits: Vec<CommitId>,
+    /// Bisect tasks made so far, oldest first.
+    pub tasks: Vec<TaskId>,
+}
+
+/// One bisect task's commit and state.
+#[derive(Clone, Debug)]
+pub struct BisectStep {
+    pub task_id: TaskId,
+    pub commit: CommitId,
+    pub state: TaskState,
+}
+
+fn bisection_row(row: &Row<'_>) -> rusqlite::Result<BisectionRow> {
+    let commits: String = row.get(4)?;
+    let tasks: String = row.get(5)?;
+    Ok(BisectionRow {
+        id: row.get(0)?,
+        repo: parse(row, 1, |s: String| RepoUrl::new(s))?,
+        branch: parse(row, 2, |s: String| Branch::new(s))?,
+        bad_task: parse(row, 3, TaskId::new)?,
+        commits: commits
+            .lines()
+            .map(|line| CommitId::new(line).map_err(|err| invalid(4)(err.to_string())))
+            .collect::<Result<_, _>>()?,
+        tasks: tasks
+            .split_whitespace()
+            .filter_map(|id| id.parse().ok().and_then(|id| TaskId::new(id).ok()))
+            .collect(),
+    })
+}
+
+fn bisect_step(row: &Row<'_>) -> rusqlite::Result<BisectStep> {
+    Ok(BisectStep {
+        task_id: parse(row, 0, TaskId::new)?,
+        commit: parse(row, 1, |s: String| CommitId::new(s))?,
+        state: parse(row, 2, |s: String| s.parse::<TaskState>())?,
+    })
+}
+
+const BISECTION_COLUMNS: &str = "id, repo, branch, bad_task_id, commits, tasks";
+
+impl Store {
+    /// The bisections still running, for the scheduler's start-up.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn running_bisections(&self) -> anyhow::Result<Vec<(BisectionRow, Vec<BisectStep>)>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {BISECTION_COLUMNS} FROM bisections WHERE state = 'running' ORDER BY id"
+        ))?;
+        let rows: Vec<BisectionRow> =
+            stmt.query_map([], bisection_row)?.collect::<Result<_, _>>().context("reading bisections")?;
+        let mut steps = self.conn.prepare(
+            "SELECT id, commit_id, state FROM tasks WHERE bisection_id = ?1 AND kind = 'bisect' ORDER BY id",
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let found = steps.query_map([row.id], bisect_step)?.collect::<Result<_, _>>()?;
+            out.push((row, found));
+        }
+        Ok(out)
+    }
+}
+
+impl Tx<'_> {
+    /// The newest test task of `repo`'s `branch` before `before` that passed
+    /// or failed, with its commit.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn previous_tested(
+        &self,
+        repo: &RepoUrl,
+        branch: &Branch,
+        before: TaskId,
+    ) -> anyhow::Result<Option<(CommitId, TaskState)>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT commit_id, state FROM tasks WHERE repo = ?1 AND branch = ?2 AND id < ?3 AND kind = 'test'
+             AND state IN ('passed', 'failed') ORDER BY id DESC LIMIT 1",
+        )?;
+        stmt.query_row(params![repo.as_str(), branch.as_str(), before.get()], |row| {
+            Ok((
+                parse(row, 0, |s: String| CommitId::new(s))?,
+                parse(row, 1, |s: String| s.parse::<TaskState>())?,
+            ))
+        })
+        .optional()
+        .context("reading the previous tested commit")
+    }
+
+    /// The final state of the newest finished test or bisect task of a
+    /// commit, passed, failed or error.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn tested_state(&self, repo: &RepoUrl, commit: &CommitId) -> anyhow::Result<Option<TaskState>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT state FROM tasks WHERE commit_id = ?1 AND repo = ?2 AND kind IN ('test', 'bisect')
+             AND state IN ('passed', 'failed', 'error') ORDER BY id DESC LIMIT 1",
+        )?;
+        stmt.query_row(params![commit.as_str(), repo.as_str()], |row| {
+            parse(row, 0, |s: String| s.parse::<TaskState>())
+        })
+        .optional()
+        .context("reading a commit's state")
+    }
+
+    /// Records a new running bisection.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn insert_bisection(
+        &self,
+        repo: &RepoUrl,
+        branch: &Branch,
+        good: &CommitId,
+        bad_task: TaskId,
+        commits: &[CommitId],
+        now_ms: i64,
+    ) -> anyhow::Result<i64> {
+        let commits: Vec<&str> = commits.iter().map(CommitId::as_str).collect();
+        self.tx
+            .prepare_cached(
+                "INSERT INTO bisections (repo, branch, good_commit, bad_task_id, commits, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+            )?
+            .execute(params![
+                repo.as_str(),
+                branch.as_str(),
+                good.as_str(),
+                bad_task.get(),
+                commits.join("\n"),
+                now_ms
+            ])?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Notes a bisect task of a bisection.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn add_bisect_task(&self, bisection: i64, task_id: TaskId) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached("UPDATE tasks SET bisection_id = ?2 WHERE id = ?1")?
+            .execute(params![task_id.get(), bisection])?;
+        self.tx
+            .prepare_cached("UPDATE bisections SET tasks = trim(tasks || ' ' || ?2) WHERE id = ?1")?
+            .execute(params![bisection, task_id.get().to_string()])?;
+        Ok(())
+    }
+
+    /// Ends a bisection: `found` with its culprit, or `cancelled`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn end_bisection(
+        &self,
+        bisection: i64,
+        culprit: Option<&CommitId>,
+        steps: u32,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        let state = if culprit.is_some() { "found" } else { "cancelled" };
+        self.tx
+            .prepare_cached(
+                "UPDATE bisections SET state = ?2, culprit = ?3, steps = ?4, finished_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![bisection, state, culprit.map(CommitId::as_str), steps, now_ms])?;
+        Ok(())
     }
 }

@@ -17,6 +17,8 @@ use protocol::{
 use rusqlite::{params, OptionalExtension, Row};
 
 mod culprit;
+
+pub use self::culprit::{BisectStep, BisectionRow};
 mod releases;
 mod web;
 
@@ -48,6 +50,8 @@ pub enum Trigger {
     Rerun,
     /// A deploy task made for a release.
     Deploy,
+    /// A step of a bisection (`scheduler/bisect.rs`).
+    Bisect,
 }
 
 impl Trigger {
@@ -57,6 +61,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Rerun => "rerun",
             Trigger::Deploy => "deploy",
+            Trigger::Bisect => "bisect",
         }
     }
 }
@@ -68,6 +73,9 @@ pub enum TaskKind {
     Test,
     /// A release's deploy steps.
     Deploy,
+    /// The tests, run on a commit to find the first failing one: lowest
+    /// priority, on idle runners only.
+    Bisect,
 }
 
 impl TaskKind {
@@ -75,6 +83,7 @@ impl TaskKind {
         match self {
             TaskKind::Test => "test",
             TaskKind::Deploy => "deploy",
+            TaskKind::Bisect => "bisect",
         }
     }
 
@@ -82,6 +91,7 @@ impl TaskKind {
         match text {
             "test" => Ok(TaskKind::Test),
             "deploy" => Ok(TaskKind::Deploy),
+            "bisect" => Ok(TaskKind::Bisect),
             other => Err(format!("unknown task kind {other:?}")),
         }
     }
@@ -523,7 +533,8 @@ impl Reader {
 }
 
 const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \
-     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind, flaky_tests";
+     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind, flaky_tests, \
+     (SELECT culprit || ' ' || steps || ' ' || tasks FROM bisections WHERE bad_task_id = tasks.id AND state = 'found')";
 
 fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
     let flaky_tests: Option<String> = row.get(19)?;
@@ -557,8 +568,18 @@ fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
         flaky_tests: flaky_tests
             .map(|names| names.lines().filter(|name| !name.is_empty()).map(str::to_string).collect())
             .unwrap_or_default(),
-        culprit: None,
+        culprit: row.get::<_, Option<String>>(20)?.and_then(|text| culprit(&text)),
     })
+}
+
+/// `COMMIT STEPS TASK TASK...` as the bisections table keeps a found culprit.
+fn culprit(text: &str) -> Option<protocol::message::Culprit> {
+    let mut words = text.split_whitespace();
+    let commit = CommitId::new(words.next()?).ok()?;
+    let steps = words.next()?.parse().ok()?;
+    let tasks: Vec<TaskId> =
+        words.filter_map(|id| id.parse().ok().and_then(|id| TaskId::new(id).ok())).collect();
+    Some(protocol::message::Culprit { commit, steps, tasks })
 }
 
 fn count_by_state(conn: &rusqlite::Connection) -> anyhow::Result<Vec<(TaskState, u64)>> {

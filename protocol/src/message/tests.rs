@@ -141,7 +141,7 @@ fn runner_messages_golden() {
                 output_len: 9,
                 tag: None,
                 failed_step: None,
-        tests: vec![],
+                tests: vec![],
             }),
             "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09 00 00",
         ),

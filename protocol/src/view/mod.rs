@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 
 pub use self::time::{duration, now_ms, relative, rfc3339};
 use crate::message::{
-    Accepted, Culprit, FlakyTest, PoolInfo, ReleaseInfo, RunnerInfo, StatusReport, Summary, TaskInfo, TestCase,
+    Accepted, Culprit, FlakyTest, PoolInfo, ReleaseInfo, RunnerInfo, StatusReport, Summary, TaskInfo,
+    TestCase,
 };
 use crate::TaskState;
 

@@ -130,7 +130,8 @@ fn unittest(line: &str) -> Option<(String, TestStatus)> {
     let (head, verdict) = line.rsplit_once(" ... ")?;
     let (method, rest) = head.split_once(" (")?;
     let qualified = rest.strip_suffix(')')?;
-    if method.contains(char::is_whitespace) || qualified.contains(char::is_whitespace) || qualified.is_empty() {
+    if method.contains(char::is_whitespace) || qualified.contains(char::is_whitespace) || qualified.is_empty()
+    {
         return None;
     }
     let status = match verdict.trim() {

@@ -35,7 +35,8 @@ pub fn with_tests(shown: String, tests: &[TestCase], as_json: bool, style: Style
         // `shown` is the task object `present` printed; add the key to it.
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&shown) else { return shown };
         value["tests"] = tests.iter().map(view::test_case).collect();
-        let text = if style.terminal { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) };
+        let text =
+            if style.terminal { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) };
         return text.map(|text| text + "\n").unwrap_or(shown);
     }
     if tests.is_empty() {
@@ -53,7 +54,8 @@ pub fn flaky(tests: &[FlakyTest], now_ms: i64, style: Style) -> String {
     if tests.is_empty() {
         return "no test has failed\n".into();
     }
-    let mut table = render::table(style, &["TEST", "REPO", "RUNS", "FAILURES", "FLIPS", "FLIP RATE", "LAST SEEN"]);
+    let mut table =
+        render::table(style, &["TEST", "REPO", "RUNS", "FAILURES", "FLIPS", "FLIP RATE", "LAST SEEN"]);
     for test in tests {
         let rate = if test.runs == 0 { 0.0 } else { 100.0 * test.flips as f64 / test.runs as f64 };
         table.add_row(vec![
@@ -74,13 +76,17 @@ pub fn flaky(tests: &[FlakyTest], now_ms: i64, style: Style) -> String {
 pub fn task_rows(task: &TaskInfo) -> Vec<(&'static str, String)> {
     let mut rows = Vec::new();
     if task.flaky {
-        let failed = if task.flaky_tests.is_empty() { "none named".to_string() } else { task.flaky_tests.join(", ") };
+        let failed =
+            if task.flaky_tests.is_empty() { "none named".to_string() } else { task.flaky_tests.join(", ") };
         rows.push(("flaky", format!("yes: passed on a retry; failed before: {failed}")));
     }
     if let Some(culprit) = &task.culprit {
         rows.push((
             "culprit",
-            format!("first failing commit: {} (found by bisection in {} steps)", culprit.commit, culprit.steps),
+            format!(
+                "first failing commit: {} (found by bisection in {} steps)",
+                culprit.commit, culprit.steps
+            ),
         ));
     }
     rows

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use protocol::message::{
-    ClientToDispatcher, CommitQuery, FlakyQuery, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest, Selector,
-    TaskQuery,
+    ClientToDispatcher, CommitQuery, FlakyQuery, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest,
+    Selector, TaskQuery,
 };
 use protocol::peer::Credentials;
 use protocol::tls::ClientTls;
@@ -101,7 +101,14 @@ impl Invocation {
         };
         let credentials = Credentials { secret, tls };
         let with_tests = matches!(&cli.command, Command::Show(args) if args.tests);
-        Ok(Invocation { address: cli.dispatcher, credentials, json: cli.json, request, with_tests, then_submit })
+        Ok(Invocation {
+            address: cli.dispatcher,
+            credentials,
+            json: cli.json,
+            request,
+            with_tests,
+            then_submit,
+        })
     }
 }
 
