@@ -5,6 +5,7 @@
 
 mod chaos;
 mod client;
+mod culprit;
 mod durability;
 mod flaky;
 mod flood;
