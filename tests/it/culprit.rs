@@ -79,6 +79,11 @@ fn the_first_failing_commit_of_33_is_found_in_at_most_6_steps() {
     let text = String::from_utf8_lossy(&text.stdout);
     let line = format!("first failing commit: {} (found by bisection in {steps} steps)", commits[20]);
     assert!(text.contains(&line), "{text}");
+    let http = dispatcher.http.as_deref().expect("the web service");
+    let page = crate::web::get(http, &format!("/tasks/{bad}"));
+    let page = String::from_utf8_lossy(&page.body);
+    assert!(page.contains("first failing commit: "), "{page}");
+    assert!(page.contains(&format!("found by bisection in {steps} steps")), "{page}");
     // The ordinary task was never queued behind a bisect step: it was
     // assigned once and ran to its end.
     assert_eq!(show(&dispatcher.addr, &ordinary).unwrap()["attempts"], 1);

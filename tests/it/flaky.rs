@@ -70,6 +70,14 @@ fn a_test_that_fails_once_and_then_passes_is_flaky() {
     let shown = baton(&dispatcher.addr, &["show", &id]);
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains("failed before: test_flaky.T.test_sometimes"), "{shown}");
+    let http = dispatcher.http.as_deref().expect("the web service");
+    let api = crate::web::get(http, "/api/v1/flaky");
+    let api: serde_json::Value = serde_json::from_slice(&api.body).expect("JSON");
+    assert_eq!(api, flaky, "the API and the client agree");
+    let page = crate::web::get(http, "/flaky");
+    assert!(String::from_utf8_lossy(&page.body).contains("test_flaky.T.test_sometimes"));
+    let page = crate::web::get(http, &format!("/tasks/{id}"));
+    assert!(String::from_utf8_lossy(&page.body).contains("passed on a retry"));
 }
 
 #[test]
