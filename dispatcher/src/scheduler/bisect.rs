@@ -224,8 +224,16 @@ fn start(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects, task: &LiveTask) -
     }
     let mut verdicts = BTreeMap::from([(commits.len() - 1, Verdict::Bad)]);
     for (idx, commit) in commits[..commits.len() - 1].iter().enumerate() {
-        if let Some(verdict) = tx.tested_state(&task.repo, commit)?.and_then(Verdict::of) {
-            verdicts.insert(idx, verdict);
+        match tx.tested_state(&task.repo, commit)? {
+            // A commit of the range is still being tested (`--mode every`
+            // with a later commit done first): its own result will tell.
+            Some(state) if !state.is_final() => return Ok(()),
+            Some(state) => {
+                if let Some(verdict) = Verdict::of(state) {
+                    verdicts.insert(idx, verdict);
+                }
+            }
+            None => {}
         }
     }
     if verdicts.len() == commits.len() {

@@ -818,3 +818,31 @@ fn a_newer_passing_commit_cancels_a_bisection() {
     assert!(h.assigned(r1).is_empty(), "no more bisect steps");
     assert!(h.task(bad).culprit.is_none());
 }
+
+#[test]
+fn a_range_with_a_commit_still_being_tested_is_not_bisected() {
+    let mut h = Harness::new(settings());
+    let (repo, commits) = repo_of(&h.dir.path().join("repo"), 9);
+    let r1 = h.connect("r1", 2, &[], &[]);
+    let good = h.submit_commit(&repo, &commits[0]);
+    assert_eq!(h.answer_bisect(r1, &commits, 5, &[]), vec![good]);
+    // `--mode every` after a burst: every commit has a task, and a later
+    // one ends first.
+    let tasks: Vec<TaskId> = commits[1..].iter().map(|commit| h.submit_commit(&repo, commit)).collect();
+    let sent = h.assigned(r1);
+    assert_eq!(sent.iter().map(|(task, _, _)| *task).collect::<Vec<_>>(), tasks[..2].to_vec());
+    h.result(r1, tasks[1], 1, Outcome::Failed);
+    h.result(r1, tasks[0], 1, Outcome::Passed);
+    for task in &tasks[2..] {
+        let sent = h.assigned(r1);
+        for (task_id, attempt, _) in sent {
+            h.result(r1, task_id, attempt, Outcome::Passed);
+        }
+        assert!(h.task(*task).state.is_final() || h.core.tasks.is_live(*task));
+    }
+    while let Some((task_id, attempt, _)) = h.assigned(r1).pop() {
+        assert_ne!(h.task(task_id).kind, "bisect", "nothing to bisect: every commit has its own task");
+        h.result(r1, task_id, attempt, Outcome::Passed);
+    }
+    assert!(h.task(tasks[1]).culprit.is_none());
+}

@@ -243,15 +243,15 @@ impl Tx<'_> {
         .context("reading the previous tested commit")
     }
 
-    /// The final state of the newest finished test or bisect task of a
-    /// commit, passed, failed or error.
+    /// The state of the newest test or bisect task of a commit that is live
+    /// or ended passed, failed or error (an aborted one says nothing).
     ///
     /// # Errors
     /// SQLite errors.
     pub fn tested_state(&self, repo: &RepoUrl, commit: &CommitId) -> anyhow::Result<Option<TaskState>> {
         let mut stmt = self.tx.prepare_cached(
             "SELECT state FROM tasks WHERE commit_id = ?1 AND repo = ?2 AND kind IN ('test', 'bisect')
-             AND state IN ('passed', 'failed', 'error') ORDER BY id DESC LIMIT 1",
+             AND state <> 'aborted' ORDER BY id DESC LIMIT 1",
         )?;
         stmt.query_row(params![commit.as_str(), repo.as_str()], |row| {
             parse(row, 0, |s: String| s.parse::<TaskState>())

@@ -209,6 +209,9 @@ mod tests {
                 "labels",
                 "trigger",
                 "kind",
+                "flaky",
+                "flaky_tests",
+                "culprit",
             ])
         );
         assert_eq!(
@@ -231,6 +234,9 @@ mod tests {
                 "labels": ["linux"],
                 "trigger": "observer",
                 "kind": "test",
+                "flaky": false,
+                "flaky_tests": [],
+                "culprit": null,
             })
         );
     }
