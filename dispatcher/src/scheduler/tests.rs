@@ -720,7 +720,12 @@ impl Harness {
 
 #[test]
 fn a_failure_after_untested_commits_is_bisected_to_its_first_failing_commit() {
-    let mut h = Harness::new(settings());
+    let notifier = crate::config::Notifier {
+        name: name("culprits"),
+        target: crate::config::NotifierTarget::Command(vec!["true".into()]),
+        events: Some(vec![protocol::NotificationEvent::CulpritFound]),
+    };
+    let mut h = Harness::new(Settings { notifiers: Arc::new(vec![notifier]), ..settings() });
     let (repo, commits) = repo_of(&h.dir.path().join("repo"), 33);
     let r1 = h.connect("r1", 1, &[], &[]);
     let good = h.submit_commit(&repo, &commits[0]);
@@ -740,6 +745,13 @@ fn a_failure_after_untested_commits_is_bisected_to_its_first_failing_commit() {
     assert_eq!((culprit.steps, culprit.tasks.len()), (steps, steps as usize));
     assert_eq!(h.task(bad).state, TaskState::Failed);
     assert!(h.assigned(r1).is_empty(), "nothing more to test");
+    let reader = crate::store::Reader::open(&h.core.files.database()).unwrap();
+    let outbox = reader.due_notifications(i64::MAX).unwrap();
+    assert_eq!(outbox.len(), 1, "only culprit_found is wanted: {outbox:?}");
+    let event: serde_json::Value = serde_json::from_str(&outbox[0].event).unwrap();
+    assert_eq!(event["event"], "culprit_found");
+    assert_eq!(event["culprit"]["commit"], commits[20].as_str());
+    assert_eq!(event["task"]["id"], bad.get());
 }
 
 #[test]
