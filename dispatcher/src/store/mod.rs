@@ -50,6 +50,9 @@ pub enum Trigger {
     Rerun,
     /// A deploy task made for a release.
     Deploy,
+    /// A branch tip submitted by one of an observer's schedules: never
+    /// deduplicated (only `observer` tasks are).
+    Schedule,
     /// A step of a bisection (`scheduler/bisect.rs`).
     Bisect,
 }
@@ -61,6 +64,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Rerun => "rerun",
             Trigger::Deploy => "deploy",
+            Trigger::Schedule => "schedule",
             Trigger::Bisect => "bisect",
         }
     }
