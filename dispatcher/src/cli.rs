@@ -39,6 +39,10 @@ pub struct Cli {
     /// Runs of a task before a lost runner makes it `error` [default: 3].
     #[arg(long, env = "BATON_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// Times a failed test task is run again, on another runner when one is
+    /// free; a retry that passes ends it `passed` and flaky [default: 0].
+    #[arg(long, env = "BATON_RETRY_FAILED", value_name = "N")]
+    pub retry_failed: Option<u32>,
     /// Bytes of console output kept per task [default: 64 MiB].
     #[arg(long, env = "BATON_OUTPUT_CAP", value_name = "BYTES")]
     pub output_cap: Option<u64>,

@@ -40,6 +40,9 @@ pub struct Http {
 }
 
 /// The config file: the same settings as the flags.
+/// The most retries of a failed task: more is a typo, not a policy.
+const MAX_RETRY_FAILED: u32 = 100;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -51,6 +54,7 @@ struct FileConfig {
     heartbeat_interval: Option<String>,
     heartbeat_misses: Option<u32>,
     max_attempts: Option<u32>,
+    retry_failed: Option<u32>,
     output_cap: Option<u64>,
     sync: Option<String>,
     log_format: Option<String>,
@@ -349,6 +353,7 @@ impl Config {
                 heartbeat_interval,
                 heartbeat_misses,
                 max_attempts,
+                retry_failed: cli.retry_failed.or(file.retry_failed).unwrap_or(0).min(MAX_RETRY_FAILED),
                 output_cap: cli.output_cap.or(file.output_cap).unwrap_or(64 * 1024 * 1024),
                 releases,
                 notifiers: std::sync::Arc::new(notifiers),

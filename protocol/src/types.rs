@@ -488,6 +488,8 @@ vocabulary! {
         DeploymentStarted => "deployment_started",
         DeploymentDeployed => "deployment_deployed",
         DeploymentFailed => "deployment_failed",
+        /// Bisection found the first failing commit of a range.
+        CulpritFound => "culprit_found",
     }
 }
 

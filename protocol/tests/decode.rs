@@ -239,6 +239,9 @@ fn task_info() -> BoxedStrategy<TaskInfo> {
                 labels,
                 trigger,
                 kind,
+                flaky: false,
+                flaky_tests: vec![],
+                culprit: None,
             },
         )
         .boxed()
@@ -371,6 +374,7 @@ fn runner_to_dispatcher() -> BoxedStrategy<RunnerToDispatcher> {
                     output_len,
                     tag,
                     failed_step,
+                    tests: vec![],
                 }
             },
         );

@@ -5,8 +5,10 @@
 
 mod chaos;
 mod client;
+mod culprit;
 mod deployments;
 mod durability;
+mod flaky;
 mod flood;
 mod follow;
 mod foundation;

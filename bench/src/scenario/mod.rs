@@ -5,6 +5,7 @@
 //! Everything it starts is owned by guards, so an error or Ctrl-C (which
 //! drops its future) kills it all.
 
+mod bisect;
 mod checkout;
 mod e2e_passed;
 mod failover;
@@ -129,6 +130,11 @@ pub const ALL: &[Scenario] = &[
         name: "stall",
         about: "SIGSTOP of the dispatcher for 2x its heartbeat window, 4 runners busy -> runners lost, extra attempts (default 5)",
         run: |ctx| Box::pin(stall::run(ctx)),
+    },
+    Scenario {
+        name: "bisect",
+        about: "first failing commit among 64 after the last pass, 4 runners, a 1 s test: steps and wall time (default 3)",
+        run: |ctx| Box::pin(bisect::run(ctx)),
     },
 ];
 

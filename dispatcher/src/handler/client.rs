@@ -189,6 +189,21 @@ async fn answer(
         ClientToDispatcher::Approve(request) => steer(shared, Steer::Approve(request), by).await,
         ClientToDispatcher::Reject(request) => steer(shared, Steer::Reject(request), by).await,
         ClientToDispatcher::RollbackEnv(request) => steer(shared, Steer::Rollback(request), by).await,
+        ClientToDispatcher::TestCases(task_id) => shared
+            .readers
+            .query(move |reader| reader.test_cases(task_id))
+            .await
+            .map(DispatcherToClient::TestCases)
+            .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Flaky(query) => {
+            let limit = query.limit.clamp(1, MAX_LIMIT);
+            shared
+                .readers
+                .query(move |reader| reader.flaky_tests(query.repo.as_ref(), limit))
+                .await
+                .map(DispatcherToClient::Flaky)
+                .map_err(|err| format!("{err:#}"))
+        }
     };
     result.unwrap_or_else(DispatcherToClient::Error)
 }

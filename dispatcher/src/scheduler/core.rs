@@ -10,6 +10,7 @@ use super::disk::Disk;
 use protocol::message::StatusReport;
 use protocol::{Name, TaskState};
 
+use super::bisect::Bisections;
 use super::follows::Follows;
 use super::releases::Releases;
 use super::runners::Runners;
@@ -28,6 +29,8 @@ pub(crate) struct Core {
     pub(super) runners: Runners,
     pub(super) follows: Follows,
     pub(super) releases: Releases,
+    /// Bisections under way (`bisect`).
+    pub(super) bisections: Bisections,
     /// Whether the data dir is full (see `disk`).
     pub(super) disk: Disk,
     /// When the last heartbeat tick was handled; a batch that starts much
@@ -62,6 +65,7 @@ impl Core {
         tracing::info!(pending = tasks.n_pending(), running = tasks.n_running(), "recovered live tasks");
         let releases = Releases::new(settings.releases.clone(), std::sync::Arc::clone(&settings.notifiers));
         let disk = Disk::new(files.root());
+        let bisections = Bisections::recover(store)?;
         Ok(Core {
             settings,
             files,
@@ -70,6 +74,7 @@ impl Core {
             runners: Runners::new(),
             follows: Follows::default(),
             releases,
+            bisections,
             disk,
             last_tick: now,
             closes_wait_until: None,
@@ -164,6 +169,7 @@ impl Core {
     pub(crate) fn check_invariants(&self, store: &Store) {
         self.tasks.check_invariants(self.settings.max_attempts);
         self.runners.check_invariants();
+        self.bisections.check_invariants(&self.tasks);
         // Counts by state equal the rows.
         for (state, rows) in store.count_by_state().expect("counting tasks") {
             assert_eq!(self.tasks.count(state), rows, "count of {state} tasks differs from the store");

@@ -37,7 +37,7 @@ pub(super) fn submit(
 }
 
 /// Queues a task the store has just inserted.
-fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
+pub(super) fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
     effects.state_changed(StateChange {
         task_id: task.id,
         state: TaskState::Pending,
@@ -50,38 +50,52 @@ fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
 /// Hands queued tasks, oldest first, to runners with a free slot and the
 /// labels the task needs.
 pub(super) fn schedule(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> anyhow::Result<()> {
+    super::bisect::resume(core, tx, effects)?;
     if core.tasks.n_pending() == 0 {
         return Ok(());
     }
     let mut free = core.runners.with_free_slots();
-    if free.is_empty() {
-        return Ok(());
-    }
     let mut chosen = Vec::new();
-    for task in core.tasks.pending_in_order().take(MAX_SCAN) {
-        let fits = free.iter().position(|(name, _)| {
+    // Ordinary tasks left waiting for a runner (a few are enough to decide
+    // whether a bisect step should make room).
+    let mut waiting = Vec::new();
+    // Bisect tasks come after all ordinary work (`bisect::choose`).
+    for task in core.tasks.pending_in_order().filter(|task| task.kind != TaskKind::Bisect).take(MAX_SCAN) {
+        if free.is_empty() {
+            if waiting.len() < 16 {
+                waiting.push(task.id);
+                continue;
+            }
+            break;
+        }
+        let suits = |name: &Name| {
             // A host's deploy task runs on that host alone.
             if task.host.as_ref().is_some_and(|host| host != name) {
                 return false;
             }
             let labels = core.runners.get(name).map(|runner| runner.labels.as_slice()).unwrap_or_default();
             task.labels.iter().all(|needed| labels.contains(needed))
-        });
+        };
+        // A retry of a failed run goes to another runner when one is free.
+        let fits = free
+            .iter()
+            .position(|(name, _)| task.avoid.as_ref() != Some(name) && suits(name))
+            .or_else(|| free.iter().position(|(name, _)| suits(name)));
         if let Some(idx) = fits {
             chosen.push((task.id, free[idx].0.clone()));
             free[idx].1 -= 1;
             if free[idx].1 == 0 {
                 free.remove(idx);
-                if free.is_empty() {
-                    break;
-                }
             }
+        } else if waiting.len() < 16 {
+            waiting.push(task.id);
         }
     }
+    chosen.extend(super::bisect::choose(core, &free));
     for (task_id, runner) in chosen {
         assign(core, tx, effects, task_id, &runner)?;
     }
-    Ok(())
+    super::bisect::preempt(core, tx, effects, &waiting)
 }
 
 fn assign(
@@ -93,7 +107,7 @@ fn assign(
 ) -> anyhow::Result<()> {
     let Some(task) = core.tasks.pending(task_id) else { return Ok(()) };
     let job = match task.kind {
-        TaskKind::Test => Job::Test,
+        TaskKind::Test | TaskKind::Bisect => Job::Test,
         TaskKind::Deploy => match core.releases.deploy_job(tx, task)? {
             Some(job) => job,
             None => {
@@ -284,6 +298,11 @@ pub(super) fn result(
             return Ok(());
         }
     };
+    let retried = super::flaky::result(core, tx, effects, task_id, runner, state, result.tests)?;
+    if retried {
+        effects.send_runner(conn, ack(true, None));
+        return Ok(());
+    }
     let finish = Finish {
         state,
         exit_code: result.exit_code,
@@ -333,7 +352,7 @@ pub(super) fn finish(
     for deploy in deploys {
         queue(core, effects, deploy);
     }
-    Ok(())
+    super::bisect::task_finished(core, tx, effects, &task, finish.state)
 }
 
 /// A refused assignment goes back to the queue without spending an attempt
@@ -381,6 +400,7 @@ pub(super) fn requeue_or_fail(
 ) -> anyhow::Result<()> {
     let Some(running) = core.tasks.running(task_id) else { return Ok(()) };
     let attempts = running.task.attempts;
+    let lost_runs = attempts - running.task.retries;
     if running.aborting {
         let finish = Finish {
             reason: Some(format!("aborted by a client; its runner was lost before stopping it: {reason}")),
@@ -388,7 +408,7 @@ pub(super) fn requeue_or_fail(
         };
         return self::finish(core, tx, effects, task_id, &finish);
     }
-    if attempts >= core.settings.max_attempts {
+    if lost_runs >= core.settings.max_attempts {
         let finish = Finish {
             reason: Some(format!("gave up after {attempts} attempts; last: {reason}")),
             ..Finish::ended(TaskState::Error)

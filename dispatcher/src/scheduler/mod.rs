@@ -18,10 +18,12 @@
 //! Deliberately not here: sockets and framing (`handler`), SQL (`store`), file
 //! layout (`files`).
 
+mod bisect;
 mod core;
 mod deployments;
 mod disk;
 mod effects;
+mod flaky;
 mod follows;
 mod life;
 mod liveness;
@@ -160,6 +162,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     pub heartbeat_misses: u32,
     pub max_attempts: u32,
+    /// Runs of a failed test task again (`--retry-failed`).
+    pub retry_failed: u32,
     pub output_cap: u64,
     pub releases: crate::config::Releases,
     pub notifiers: std::sync::Arc<Vec<crate::config::Notifier>>,

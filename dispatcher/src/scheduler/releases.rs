@@ -54,6 +54,8 @@ impl Releases {
                 self.host_finished(tx, effects, runners, &mut deploys, task, finish)?
             }
             TaskKind::Deploy => self.after_deploy(tx, effects, runners, &mut deploys, task, finish)?,
+            // A bisection's step is neither news nor a release (`bisect`).
+            TaskKind::Bisect => {}
         }
         Ok(deploys)
     }

@@ -16,7 +16,10 @@ use protocol::{
 };
 use rusqlite::{params, OptionalExtension, Row};
 
+mod culprit;
 mod deployments;
+
+pub use self::culprit::{BisectStep, BisectionRow};
 mod releases;
 mod web;
 
@@ -27,10 +30,11 @@ const SCHEMA_V2: &str = include_str!("v2.sql");
 const SCHEMA_V3: &str = include_str!("v3.sql");
 const SCHEMA_V4: &str = include_str!("v4.sql");
 const SCHEMA_DEPLOYMENTS: &str = include_str!("deployments.sql");
+const SCHEMA_CULPRIT: &str = include_str!("culprit.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_DEPLOYMENTS];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_DEPLOYMENTS, SCHEMA_CULPRIT];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +57,8 @@ pub enum Trigger {
     /// A branch tip submitted by one of an observer's schedules: never
     /// deduplicated (only `observer` tasks are).
     Schedule,
+    /// A step of a bisection (`scheduler/bisect.rs`).
+    Bisect,
 }
 
 impl Trigger {
@@ -63,6 +69,7 @@ impl Trigger {
             Trigger::Rerun => "rerun",
             Trigger::Deploy => "deploy",
             Trigger::Schedule => "schedule",
+            Trigger::Bisect => "bisect",
         }
     }
 }
@@ -74,6 +81,9 @@ pub enum TaskKind {
     Test,
     /// A release's deploy steps.
     Deploy,
+    /// The tests, run on a commit to find the first failing one: lowest
+    /// priority, on idle runners only.
+    Bisect,
 }
 
 impl TaskKind {
@@ -81,6 +91,7 @@ impl TaskKind {
         match self {
             TaskKind::Test => "test",
             TaskKind::Deploy => "deploy",
+            TaskKind::Bisect => "bisect",
         }
     }
 
@@ -88,6 +99,7 @@ impl TaskKind {
         match text {
             "test" => Ok(TaskKind::Test),
             "deploy" => Ok(TaskKind::Deploy),
+            "bisect" => Ok(TaskKind::Bisect),
             other => Err(format!("unknown task kind {other:?}")),
         }
     }
@@ -126,6 +138,10 @@ pub struct LiveTask {
     /// The only runner that may run it (a host of a deployment).
     pub host: Option<Name>,
     pub deployment_id: Option<i64>,
+    /// Failed runs retried so far (`--retry-failed`).
+    pub retries: u32,
+    /// The runner of the failed run being retried: another one is preferred.
+    pub avoid: Option<Name>,
 }
 
 /// The end of an attempt, to record.
@@ -276,7 +292,7 @@ impl Store {
     pub fn live_tasks(&self) -> anyhow::Result<Vec<LiveTask>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, repo, branch, commit_id, labels, state, attempts, runner, kind, release_id, host,
-             deployment_id FROM tasks WHERE state IN ('pending', 'running') ORDER BY id",
+             deployment_id, retries FROM tasks WHERE state IN ('pending', 'running') ORDER BY id",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok(LiveTask {
@@ -292,6 +308,8 @@ impl Store {
                 release_id: row.get(9)?,
                 host: row.get::<_, Option<String>>(10)?.map(Name::new).transpose().map_err(invalid(10))?,
                 deployment_id: row.get(11)?,
+                retries: row.get(12)?,
+                avoid: None,
             })
         })?;
         rows.collect::<Result<_, _>>().context("reading live tasks")
@@ -534,9 +552,11 @@ impl Reader {
 }
 
 const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \
-     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind";
+     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind, flaky_tests, \
+     (SELECT culprit || ' ' || steps || ' ' || tasks FROM bisections WHERE bad_task_id = tasks.id AND state = 'found')";
 
 fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
+    let flaky_tests: Option<String> = row.get(19)?;
     let passed: Option<u32> = row.get(12)?;
     let summary = passed.map(|passed| -> rusqlite::Result<Summary> {
         Ok(Summary {
@@ -563,7 +583,22 @@ fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
         labels: parse_labels(row, 16)?,
         trigger: row.get(17)?,
         kind: row.get(18)?,
+        flaky: flaky_tests.is_some(),
+        flaky_tests: flaky_tests
+            .map(|names| names.lines().filter(|name| !name.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default(),
+        culprit: row.get::<_, Option<String>>(20)?.and_then(|text| culprit(&text)),
     })
+}
+
+/// `COMMIT STEPS TASK TASK...` as the bisections table keeps a found culprit.
+fn culprit(text: &str) -> Option<protocol::message::Culprit> {
+    let mut words = text.split_whitespace();
+    let commit = CommitId::new(words.next()?).ok()?;
+    let steps = words.next()?.parse().ok()?;
+    let tasks: Vec<TaskId> =
+        words.filter_map(|id| id.parse().ok().and_then(|id| TaskId::new(id).ok())).collect();
+    Some(protocol::message::Culprit { commit, steps, tasks })
 }
 
 fn count_by_state(conn: &rusqlite::Connection) -> anyhow::Result<Vec<(TaskState, u64)>> {

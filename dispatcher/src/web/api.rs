@@ -80,7 +80,7 @@ impl TaskFilter {
     }
 }
 
-fn query_error(err: QueryRejection) -> ApiError {
+pub(super) fn query_error(err: QueryRejection) -> ApiError {
     ApiError::bad_request(format!("bad query: {}", err.body_text()))
 }
 

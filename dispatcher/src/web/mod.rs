@@ -21,6 +21,7 @@ mod assets;
 mod auth;
 mod deployments;
 mod events;
+mod flaky;
 mod json;
 mod log;
 mod metrics;
@@ -113,6 +114,8 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/commits/{commit}", get(pages::commit))
         .route("/runners", get(pages::runners))
         .route("/releases", get(pages::releases))
+        .route("/flaky", get(flaky::page))
+        .route("/api/v1/flaky", get(flaky::api))
         .route("/assets/{name}", get(assets::serve))
         .route("/metrics", get(metrics::serve))
         .route("/api/v1/status", get(api::status))

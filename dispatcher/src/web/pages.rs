@@ -23,7 +23,7 @@ const MAX_RENDERED_LOG: u64 = 1024 * 1024;
 const QUEUE_SHOWN: u32 = 20;
 
 /// A page, or a page that explains what went wrong with the right status.
-type PageResult = Result<Html<String>, PageError>;
+pub(super) type PageResult = Result<Html<String>, PageError>;
 
 /// An error shown as a page.
 pub struct PageError(ApiError);
@@ -49,7 +49,7 @@ pub fn not_found(message: &str) -> impl IntoResponse {
     PageError(ApiError::new(StatusCode::NOT_FOUND, message))
 }
 
-fn layout(title: &str, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -67,6 +67,7 @@ fn layout(title: &str, body: Markup) -> Markup {
                         a href="/" { "Overview" }
                         a href="/runners" { "Runners" }
                         a href="/releases" { "Releases" }
+                        a href="/flaky" { "Flaky tests" }
                         a href="/metrics" { "Metrics" }
                     }
                     span #live-status title="live updates" { "" }
@@ -92,7 +93,7 @@ pub(super) fn state_badge(state: &str) -> Markup {
     html! { span class={ "state state-" (state) } data-state=(state) { span.icon aria-hidden="true" { (icon) } " " span.word { (state) } } }
 }
 
-fn time(ms: Option<i64>) -> Markup {
+pub(super) fn time(ms: Option<i64>) -> Markup {
     match ms.and_then(rfc3339) {
         Some(text) => html! { time datetime=(text) { (text) } },
         None => html! { span.muted { "—" } },
@@ -295,6 +296,7 @@ pub async fn task(State(web): State<Arc<Web>>, Path(id): Path<String>) -> PageRe
                 dt { "Labels" } dd { @for label in &task.labels { span.label { (label.as_str()) } " " } @if task.labels.is_empty() { "—" } }
                 dt { "Trigger" } dd { (task.trigger) }
                 dt { "Kind" } dd { (task.kind) }
+                (super::flaky::task_fields(&task))
             }
         }
         section.steer data-needs-token=(web.auth.needs_token()) {

@@ -190,6 +190,45 @@ pub struct TaskResult {
     /// For a deploy job that failed: the step that failed (`pre_deploy`,
     /// `deploy` or `post_deploy`).
     pub failed_step: Option<String>,
+    /// Each test's name and outcome, as far as the output and JUnit XML
+    /// files tell (bounded by the runner; failures first).
+    pub tests: Vec<TestCase>,
+}
+
+/// How one test ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+impl TestStatus {
+    /// The spelling in SQLite and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Passed => "passed",
+            TestStatus::Failed => "failed",
+            TestStatus::Skipped => "skipped",
+        }
+    }
+
+    /// The inverse of [`TestStatus::as_str`].
+    pub fn parse(text: &str) -> Option<TestStatus> {
+        match text {
+            "passed" => Some(TestStatus::Passed),
+            "failed" => Some(TestStatus::Failed),
+            "skipped" => Some(TestStatus::Skipped),
+            _ => None,
+        }
+    }
+}
+
+/// One test of a run: its name as its framework prints it, and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCase {
+    pub name: String,
+    pub status: TestStatus,
 }
 
 /// Dispatcher to runner.
@@ -364,6 +403,11 @@ pub enum ClientToDispatcher {
     /// `baton rollback REPO --env E [--to VERSION]` (answered with
     /// `Deployment`).
     RollbackEnv(EnvRollbackRequest),
+    /// The per-test outcomes of a task's last attempt (answered with
+    /// `TestCases`).
+    TestCases(TaskId),
+    /// Tests by flip rate (answered with `Flaky`).
+    Flaky(FlakyQuery),
 }
 
 /// A release of a repository in one environment.
@@ -397,6 +441,26 @@ pub struct EnvRollbackRequest {
     pub env: Name,
     /// Default: the environment's release before its current one.
     pub to: Option<u32>,
+}
+
+/// Filters for `baton flaky`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlakyQuery {
+    pub repo: Option<RepoUrl>,
+    pub limit: u32,
+}
+
+/// A test's record across the runs the dispatcher knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlakyTest {
+    pub repo: RepoUrl,
+    pub name: String,
+    /// Runs with an outcome for this test.
+    pub runs: u64,
+    pub failures: u64,
+    /// Commits on which it both failed and passed.
+    pub flips: u64,
+    pub last_seen_ms: i64,
 }
 
 /// A commit prefix within one repository.
@@ -480,6 +544,10 @@ pub enum DispatcherToClient {
     Deployments(Vec<DeploymentInfo>),
     /// Answer to `Deploy`, `Approve`, `Reject` and `RollbackEnv`.
     Deployment(Box<DeploymentInfo>),
+    /// Answer to `TestCases`: `None` when there is no such task.
+    TestCases(Option<Vec<TestCase>>),
+    /// Answer to `Flaky`: tests by flip rate, highest first.
+    Flaky(Vec<FlakyTest>),
 }
 
 /// A deployment: one release in one environment, host by host.
@@ -626,6 +694,22 @@ pub struct TaskInfo {
     pub trigger: String,
     /// `test`, or `deploy` for a release's deploy steps.
     pub kind: String,
+    /// A failed run was retried (`--retry-failed`) and a retry passed.
+    pub flaky: bool,
+    /// For a flaky task: the tests that failed before the retry passed.
+    pub flaky_tests: Vec<String>,
+    /// For a failed task: the first failing commit, once bisection found it.
+    pub culprit: Option<Culprit>,
+}
+
+/// The first failing commit of a range, found by bisection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Culprit {
+    pub commit: CommitId,
+    /// Bisect tasks run to find it.
+    pub steps: u32,
+    /// Those tasks.
+    pub tasks: Vec<TaskId>,
 }
 
 // ----------------------------------------------------------------- manager

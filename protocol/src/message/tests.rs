@@ -27,6 +27,9 @@ fn task_info() -> TaskInfo {
         labels: vec![Label::new("linux").unwrap()],
         trigger: "observer".into(),
         kind: "test".into(),
+        flaky: false,
+        flaky_tests: vec![],
+        culprit: None,
     }
 }
 
@@ -146,8 +149,9 @@ fn runner_messages_golden() {
                 output_len: 9,
                 tag: None,
                 failed_step: None,
+                tests: vec![TestCase { name: "t".into(), status: TestStatus::Failed }],
             }),
-            "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09 00 00",
+            "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09 00 00 01 0174 01",
         ),
         (RunnerToDispatcher::SlotFreed(SlotFreed { free_slots: 1 }), "05 01"),
     ];
@@ -235,6 +239,8 @@ fn client_messages_golden() {
             }),
             "0a 022f72 0461626364",
         ),
+        (ClientToDispatcher::TestCases(task_id()), "11 0e"),
+        (ClientToDispatcher::Flaky(FlakyQuery { repo: None, limit: 50 }), "12 00 32"),
     ];
     for (message, expected) in requests {
         assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
@@ -293,6 +299,22 @@ fn client_messages_golden() {
         round_trip(&DispatcherToClient::Commits(vec![commit()])),
         format!("0b01{}", hex(commit().as_str()))
     );
+    let tests =
+        DispatcherToClient::TestCases(Some(vec![TestCase { name: "t".into(), status: TestStatus::Skipped }]));
+    assert_eq!(round_trip(&tests), "0f 01 01 0174 02".replace(' ', ""));
+    let flaky = DispatcherToClient::Flaky(vec![FlakyTest {
+        repo: RepoUrl::new("/r").unwrap(),
+        name: "t".into(),
+        runs: 2,
+        failures: 1,
+        flips: 1,
+        last_seen_ms: 1,
+    }]);
+    assert_eq!(round_trip(&flaky), "10 01 022f72 0174 02 01 01 02".replace(' ', ""));
+    let culprit = Culprit { commit: commit(), steps: 5, tasks: vec![task_id()] };
+    let flaky_task =
+        TaskInfo { flaky: true, flaky_tests: vec!["t".into()], culprit: Some(culprit), ..task_info() };
+    round_trip(&DispatcherToClient::Task(Some(Box::new(flaky_task))));
 }
 
 #[test]

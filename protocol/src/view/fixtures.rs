@@ -31,6 +31,9 @@ pub fn task_info() -> TaskInfo {
         labels: vec![Label::new("linux").unwrap()],
         trigger: "observer".into(),
         kind: "test".into(),
+        flaky: false,
+        flaky_tests: vec![],
+        culprit: None,
     }
 }
 

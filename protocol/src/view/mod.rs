@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 
 pub use self::time::{duration, now_ms, relative, rfc3339};
 use crate::message::{
-    Accepted, DeploymentInfo, PoolInfo, ReleaseInfo, RunnerInfo, StatusReport, Summary, TaskInfo,
+    Accepted, Culprit, DeploymentInfo, FlakyTest, PoolInfo, ReleaseInfo, RunnerInfo, StatusReport, Summary,
+    TaskInfo, TestCase,
 };
 use crate::TaskState;
 
@@ -42,6 +43,37 @@ pub fn task(task: &TaskInfo) -> Value {
         "labels": task.labels.iter().map(|label| label.as_str()).collect::<Vec<_>>(),
         "trigger": task.trigger,
         "kind": task.kind,
+        "flaky": task.flaky,
+        "flaky_tests": task.flaky_tests,
+        "culprit": task.culprit.as_ref().map(culprit),
+    })
+}
+
+/// `{"commit": C, "steps": N, "tasks": [ID...]}`.
+fn culprit(culprit: &Culprit) -> Value {
+    json!({
+        "commit": culprit.commit.as_str(),
+        "steps": culprit.steps,
+        "tasks": culprit.tasks.iter().map(|id| id.get()).collect::<Vec<_>>(),
+    })
+}
+
+/// One test of a task: an element of `show --tests --json`'s `tests`.
+pub fn test_case(test: &TestCase) -> Value {
+    json!({ "name": test.name, "outcome": test.status.as_str() })
+}
+
+/// One test's record: an element of `flaky --json`.
+pub fn flaky_test(test: &FlakyTest) -> Value {
+    let flip_rate = if test.runs == 0 { 0.0 } else { test.flips as f64 / test.runs as f64 };
+    json!({
+        "repo": test.repo.as_str(),
+        "name": test.name,
+        "runs": test.runs,
+        "failures": test.failures,
+        "flips": test.flips,
+        "flip_rate": flip_rate,
+        "last_seen": rfc3339(test.last_seen_ms),
     })
 }
 
@@ -221,6 +253,9 @@ mod tests {
                 "labels",
                 "trigger",
                 "kind",
+                "flaky",
+                "flaky_tests",
+                "culprit",
             ])
         );
         assert_eq!(
@@ -243,6 +278,9 @@ mod tests {
                 "labels": ["linux"],
                 "trigger": "observer",
                 "kind": "test",
+                "flaky": false,
+                "flaky_tests": [],
+                "culprit": null,
             })
         );
     }

@@ -127,6 +127,7 @@ fn an_assigned_runner_cannot_crash_the_dispatcher_with_absurd_numbers() {
             output_len: 10,
             tag: None,
             failed_step: Some("\0".repeat(1000)),
+            tests: vec![],
         };
         mallory.send(RunnerToDispatcher::Result(result)).await.unwrap();
         let answer = mallory.next(PATIENCE).await.unwrap();

@@ -98,6 +98,21 @@ pub enum Command {
     Reject(crate::deploy::RejectArgs),
     /// Deployments, newest first: state, hosts, what each waits for.
     Deployments(crate::deploy::DeploymentsArgs),
+    /// Tests that failed at least once, by flip rate: runs, failures, flips
+    /// (commits on which the test both failed and passed), last seen.
+    Flaky(FlakyArgs),
+}
+
+/// `baton flaky`.
+#[derive(Debug, Args)]
+pub struct FlakyArgs {
+    /// Only tests of this repository (a URL, or a local path made absolute).
+    #[arg(long, value_name = "REPO")]
+    pub repo: Option<String>,
+
+    /// At most this many tests.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
 }
 
 /// `baton releases`.
@@ -145,6 +160,11 @@ pub struct ShowArgs {
     /// A task id (1 to 6 digits) or a commit (4 to 64 lowercase hex digits).
     #[arg(value_name = "ID|COMMIT")]
     pub target: String,
+
+    /// Also list each test of the task's last run and its outcome, failures
+    /// first (`tests` in `--json`).
+    #[arg(long)]
+    pub tests: bool,
 }
 
 /// `baton log`.

@@ -12,6 +12,7 @@
 
 mod cli;
 mod command;
+mod culprit;
 mod deploy;
 mod git;
 mod log;

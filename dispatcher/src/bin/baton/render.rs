@@ -159,6 +159,7 @@ pub fn task(task: &TaskInfo, now_ms: i64, style: Style) -> String {
     if let Some(reason) = &task.reason {
         rows.push(("reason", Cell::new(reason)));
     }
+    rows.extend(crate::culprit::task_rows(task).into_iter().map(|(key, value)| (key, Cell::new(value))));
     block(rows, style)
 }
 

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use protocol::message::{
-    ClientToDispatcher, CommitQuery, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest, Selector,
-    TaskQuery,
+    ClientToDispatcher, CommitQuery, FlakyQuery, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest,
+    Selector, TaskQuery,
 };
 use protocol::peer::Credentials;
 use protocol::tls::ClientTls;
@@ -42,6 +42,8 @@ pub struct Invocation {
     pub json: bool,
     /// The request to send.
     pub request: ClientToDispatcher,
+    /// `show --tests`: ask for the task's per-test outcomes too.
+    pub with_tests: bool,
     /// For `submit` of a commit prefix the dispatcher resolves (`request` is
     /// then its `Commits` query): the rest of the submission.
     pub then_submit: Option<SubmitRest>,
@@ -98,7 +100,15 @@ impl Invocation {
             None => None,
         };
         let credentials = Credentials { secret, tls };
-        Ok(Invocation { address: cli.dispatcher, credentials, json: cli.json, request, then_submit })
+        let with_tests = matches!(&cli.command, Command::Show(args) if args.tests);
+        Ok(Invocation {
+            address: cli.dispatcher,
+            credentials,
+            json: cli.json,
+            request,
+            with_tests,
+            then_submit,
+        })
     }
 }
 
@@ -161,6 +171,10 @@ pub fn build(command: &Command, cwd: &Path) -> anyhow::Result<ClientToDispatcher
         Command::Deployments(args) => {
             crate::deploy::query(args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?, args)?
         }
+        Command::Flaky(args) => ClientToDispatcher::Flaky(FlakyQuery {
+            repo: args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?,
+            limit: args.limit,
+        }),
     };
     Ok(request)
 }
