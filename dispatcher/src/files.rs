@@ -119,7 +119,8 @@ impl DataDir {
         writeln!(file, "summary: {summary}")?;
         writeln!(file, "reason: {}", task.reason.as_deref().unwrap_or("-"))?;
         writeln!(file)?;
-        if let Ok(mut log) = File::open(self.log_path(task.id)) {
+        // Plain, or compressed already when a restart catches up.
+        if let Some(mut log) = crate::logs::open(self, task.id).context("opening the log")? {
             std::io::copy(&mut log, &mut file).context("copying the log into the result")?;
         }
         file.into_inner().map_err(|err| err.into_error())?;
@@ -190,11 +191,15 @@ impl FileJob {
 const FILE_QUEUE: usize = 65_536;
 
 /// Starts the thread that writes result and release files off the
-/// scheduler's path, in the order the scheduler committed them.
+/// scheduler's path, in the order the scheduler committed them, and then
+/// hands each finished task's log to `logs` for compression.
 ///
 /// # Errors
 /// When the thread cannot be started.
-pub fn start_writer(files: DataDir) -> anyhow::Result<(SyncSender<FileJob>, std::thread::JoinHandle<()>)> {
+pub fn start_writer(
+    files: DataDir,
+    logs: crate::logs::Logs,
+) -> anyhow::Result<(SyncSender<FileJob>, std::thread::JoinHandle<()>)> {
     let (jobs, queue) = sync_channel::<FileJob>(FILE_QUEUE);
     let thread = std::thread::Builder::new().name("files".into()).spawn(move || {
         let mut written_until = None;
@@ -209,6 +214,11 @@ pub fn start_writer(files: DataDir) -> anyhow::Result<(SyncSender<FileJob>, std:
                 };
                 if let Err(err) = written {
                     tracing::error!(error = %format!("{err:#}"), "cannot write a result or release file");
+                }
+                // The result file holds a copy of the plain log: compress
+                // only after it is written.
+                if let FileJob::Result(task) = &job {
+                    logs.compress(task.id);
                 }
                 next = queue.try_recv().ok();
             }
