@@ -25,6 +25,8 @@ use crate::store::{Finish, LiveTask, Store};
 #[derive(Clone, Debug)]
 pub struct DataDir {
     root: PathBuf,
+    /// Bytes under `root`, as last measured ([`DataDir::measure`]).
+    size: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DataDir {
@@ -37,7 +39,32 @@ impl DataDir {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        Ok(DataDir { root: root.to_path_buf() })
+        Ok(DataDir { root: root.to_path_buf(), size: Default::default() })
+    }
+
+    /// Bytes under the data dir when last measured (0 before the first
+    /// measurement, which the pruner makes at start-up).
+    pub fn size(&self) -> u64 {
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Walks the data dir and notes its size in bytes (files' lengths; the
+    /// database's WAL included). Blocking: call it off the async runtime.
+    pub fn measure(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|entry| match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => walk(&entry.path()),
+                    Ok(kind) if kind.is_file() => entry.metadata().map(|meta| meta.len()).unwrap_or(0),
+                    _ => 0,
+                })
+                .sum()
+        }
+        let bytes = walk(&self.root);
+        self.size.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        bytes
     }
 
     /// The data directory itself.

@@ -164,7 +164,11 @@ impl AttemptLog {
 
 /// Starts decoding the compressed log at `path` from byte `skip`, in chunks
 /// of `chunk` bytes; `None` when there is no such file.
-fn decode(path: PathBuf, skip: u64, chunk: usize) -> Option<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>> {
+fn decode(
+    path: PathBuf,
+    skip: u64,
+    chunk: usize,
+) -> Option<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>> {
     use std::io::Read;
     let file = match std::fs::File::open(&path) {
         Ok(file) => file,

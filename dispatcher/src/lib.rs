@@ -14,6 +14,7 @@ pub mod handler;
 pub mod logs;
 pub mod notify;
 pub mod readers;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -123,8 +124,23 @@ pub async fn run_with_web(
             }
         })
     };
+    // Links in commit statuses: the public URL given, or the web's own.
+    let public_url = match (&config.public_url, &web) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(web)) => Some(format!("http://{}", web.local_addr()?)),
+        (None, None) => None,
+    };
+    tracker.spawn(retention::run(
+        config.retention.clone(),
+        Arc::clone(&shared.readers),
+        scheduler.clone(),
+        shared.files.clone(),
+        logs,
+        shutdown.clone(),
+    ));
     tracker.spawn(notify::run(
         Arc::clone(&config.settings.notifiers),
+        public_url,
         Arc::clone(&shared.readers),
         scheduler.clone(),
         outbox,

@@ -80,6 +80,11 @@ pub fn open(files: &DataDir, task_id: TaskId) -> io::Result<Option<Box<dyn Read 
     }
 }
 
+/// Whether the task has a log file, plain or compressed.
+pub fn exists(files: &DataDir, task_id: TaskId) -> bool {
+    files.log_path(task_id).exists() || compressed_path(files, task_id).exists()
+}
+
 /// Reads the last `max` bytes of a task's log: the bytes, the offset they
 /// start at, and whether the task has a log at all.
 ///
@@ -165,7 +170,8 @@ pub fn compress(files: &DataDir, task_id: TaskId) -> anyhow::Result<Option<(u64,
 /// one, and the logs of its earlier attempts.
 fn remove(files: &DataDir, task_id: TaskId) {
     let dir = files.root().join("logs");
-    let mut paths = vec![files.log_path(task_id), compressed_path(files, task_id), temporary_path(files, task_id)];
+    let mut paths =
+        vec![files.log_path(task_id), compressed_path(files, task_id), temporary_path(files, task_id)];
     // Earlier attempts are `<task>.attempt<N>.log`; attempts are few.
     let prefix = format!("{task_id}.attempt");
     if let Ok(entries) = fs::read_dir(&dir) {
@@ -181,7 +187,9 @@ fn remove(files: &DataDir, task_id: TaskId) {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => tracing::warn!(task_id = %task_id, path = %path.display(), error = %err, "cannot remove a pruned log"),
+            Err(err) => {
+                tracing::warn!(task_id = %task_id, path = %path.display(), error = %err, "cannot remove a pruned log")
+            }
         }
     }
 }

@@ -482,6 +482,12 @@ vocabulary! {
         ReleaseRecorded => "release_recorded",
         DeployFailed => "deploy_failed",
         Rollback => "rollback",
+        /// A test task started its first attempt (commit statuses:
+        /// `pending`). Not sent to notifiers that list no events.
+        TaskStarted => "task_started",
+        /// A test task ended, whatever its state (commit statuses: the
+        /// final state). Not sent to notifiers that list no events.
+        TaskFinished => "task_finished",
     }
 }
 

@@ -11,6 +11,7 @@ mod follow;
 mod foundation;
 mod full_disk;
 mod liveness;
+mod logs;
 mod manager;
 mod newcomer;
 mod observer;

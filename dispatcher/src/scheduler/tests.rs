@@ -511,6 +511,7 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
         release_branches: None,
         steps,
         auto_rollback: false,
+        forge_repo: None,
     };
     let releases = Releases { repos: vec![repo], ..Releases::default() };
     let mut h = Harness::new(Settings { releases, ..settings() });

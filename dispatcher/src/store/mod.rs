@@ -16,6 +16,8 @@ use protocol::{
 };
 use rusqlite::{params, OptionalExtension, Row};
 
+mod prune;
+pub use prune::PrunedTask;
 mod releases;
 mod web;
 
@@ -23,10 +25,11 @@ const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");
 const SCHEMA_V3: &str = include_str!("v3.sql");
 const SCHEMA_V4: &str = include_str!("v4.sql");
+const SCHEMA_LOGS: &str = include_str!("logs.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_LOGS];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -192,6 +192,7 @@ pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String
                     )),
                 ),
                 ("tasks", Cell::new(tasks.join(", "))),
+                ("data dir", Cell::new(bytes(report.data_dir_bytes))),
             ])
             .chain(pools)
             .collect(),
@@ -358,6 +359,21 @@ fn finish(table: &Table) -> String {
     let mut text = table.trim_fmt();
     text.push('\n');
     text
+}
+
+/// Bytes for people: `812 B`, `3.4 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
