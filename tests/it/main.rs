@@ -20,6 +20,7 @@ mod orphans;
 mod releases;
 mod runner_liveness;
 mod security;
+mod statuses;
 mod support;
 mod tls;
 mod web;
