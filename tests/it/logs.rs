@@ -157,3 +157,106 @@ fn kill_9_during_a_compression_leaves_a_readable_log() {
     wait_for("the stale temporary file to go", || (!tmp_file.exists()).then_some(()));
     assert_same("baton log once compressed", &baton_log(&dispatcher.addr, &id, &[]), &expected);
 }
+
+/// Commits a test that passes or fails (each commit distinct), submits it on
+/// `branch` and waits for its end; returns the task's id and commit.
+fn run_task(addr: &str, repo: &Repo, pass: bool, branch: &str, n: usize) -> (i64, String) {
+    let commit = repo.commit(
+        &[("tests/test_one.py", &support::unittest(pass)), ("n.txt", &n.to_string())],
+        &format!("task {n}"),
+    );
+    let repo_arg = repo.path.display().to_string();
+    let accepted = baton_json(addr, &["submit", &repo_arg, &commit, "--branch", branch]);
+    let id = accepted["id"].as_i64().expect("a numeric id");
+    let task = wait_final(addr, &id.to_string());
+    assert_eq!(task["state"], if pass { "passed" } else { "failed" }, "{task:#}");
+    (id, commit)
+}
+
+fn task_ids(addr: &str, repo: &Repo) -> Vec<i64> {
+    let tasks = baton_json(addr, &["tasks", "--repo", &repo.path.display().to_string(), "--limit", "100"]);
+    let mut ids: Vec<i64> =
+        tasks.as_array().unwrap().iter().map(|task| task["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn keep_tasks_prunes_the_oldest_tasks_of_a_repository_and_keeps_releases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = Repo::init(&tmp.path().join("app"));
+    let lib = Repo::init(&tmp.path().join("lib"));
+    let dispatcher =
+        Dispatcher::start(&tmp.path().join("data"), &["--keep-tasks", "2", "--prune-interval", "100ms"]);
+    let addr = &dispatcher.addr;
+    let _runner = support::runner(tmp.path(), addr, "r1", &[]);
+    // A passed test of main is release r1; the failures after it are not.
+    let (release, _) = run_task(addr, &app, true, "main", 0);
+    let (lib_task, _) = run_task(addr, &lib, false, "main", 0);
+    let mut failed = Vec::new();
+    for n in 1..=4 {
+        failed.push(run_task(addr, &app, false, "main", n));
+    }
+    let releases = baton_json(addr, &["releases"]);
+    assert_eq!(releases[0]["task"], release, "{releases:#}");
+
+    let kept = vec![release, failed[2].0, failed[3].0];
+    wait_for("app to keep its 2 newest tasks and its release's", || {
+        (task_ids(addr, &app) == kept).then_some(())
+    });
+    assert_eq!(task_ids(addr, &lib), vec![lib_task], "another repository keeps its own 2");
+    for (id, commit) in &failed[..2] {
+        let id = id.to_string();
+        assert!(support::show(addr, &id).is_none(), "task {id} is pruned");
+        wait_for("the pruned task's files to go", || {
+            let gone =
+                [".zst", ""].iter().all(|suffix| !log_file(&dispatcher.data_dir, &id, suffix).exists())
+                    && !dispatcher.data_dir.join("test_results").join(commit).exists();
+            gone.then_some(())
+        });
+    }
+    for (id, commit) in &failed[2..] {
+        assert!(dispatcher.data_dir.join("test_results").join(commit).exists(), "task {id}'s result stays");
+        assert!(!baton_log(addr, &id.to_string(), &[]).is_empty());
+    }
+    // The counts by state follow the rows.
+    let status = baton_json(addr, &["status"]);
+    assert_eq!(status["tasks"]["failed"], 3, "{status:#}");
+    assert_eq!(status["tasks"]["passed"], 1, "{status:#}");
+    assert!(status["data_dir_bytes"].as_u64().is_some_and(|bytes| bytes > 0), "{status:#}");
+}
+
+#[test]
+fn keep_logs_removes_old_logs_and_keeps_their_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&tmp.path().join("repo"));
+    let dispatcher =
+        Dispatcher::start(&tmp.path().join("data"), &["--keep-logs", "1s", "--prune-interval", "100ms"]);
+    let addr = &dispatcher.addr;
+    let _runner = support::runner(tmp.path(), addr, "r1", &[]);
+    let (old, _) = run_task(addr, &repo, true, "feature", 0);
+    let old_id = old.to_string();
+    wait_for("the old log to be pruned", || {
+        let gone =
+            [".zst", ""].iter().all(|suffix| !log_file(&dispatcher.data_dir, &old_id, suffix).exists());
+        gone.then_some(())
+    });
+    let task = support::show(addr, &old_id).expect("the task stays");
+    assert_eq!(task["state"], "passed");
+    let output = baton(addr, &["log", &old_id]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("pruned"), "baton log of a pruned log: {stderr}");
+    let http = dispatcher.http.as_deref().expect("the web service runs");
+    get(http, &format!("/api/v1/tasks/{old_id}/log")).assert_error(410);
+    // A release's log is kept, however old: a task that ended after it has
+    // its log pruned, so the release's was old enough too.
+    let (release, _) = run_task(addr, &repo, true, "main", 1);
+    let (later, _) = run_task(addr, &repo, false, "feature", 2);
+    let later = later.to_string();
+    wait_for("a later log to be pruned", || {
+        let gone = [".zst", ""].iter().all(|suffix| !log_file(&dispatcher.data_dir, &later, suffix).exists());
+        gone.then_some(())
+    });
+    let log = baton_log(addr, &release.to_string(), &[]);
+    assert!(String::from_utf8_lossy(&log).contains("OK"), "{}", String::from_utf8_lossy(&log));
+}

@@ -45,7 +45,8 @@ struct Forge {
 
 impl Forge {
     fn start(fail_first: usize) -> Forge {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let shared = Arc::new(Shared { fail_first: AtomicUsize::new(fail_first), ..Shared::default() });
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -71,7 +72,8 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> StatusCo
         .iter()
         .map(|(name, value)| (name.as_str().to_string(), value.to_str().unwrap_or("?").to_string()))
         .collect();
-    let taken = shared.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err();
+    let taken =
+        shared.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err();
     shared.received.lock().unwrap().push(Received {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -90,10 +92,8 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> StatusCo
 /// the given `[[notifier]]` tables.
 fn config(dir: &Path, repo: &Repo, forge_repo: &str, notifiers: &str) -> String {
     let path = dir.join("dispatcher.toml");
-    let text = format!(
-        "[[repo]]\nurl = \"{}\"\nforge_repo = \"{forge_repo}\"\n\n{notifiers}",
-        repo.path.display()
-    );
+    let text =
+        format!("[[repo]]\nurl = \"{}\"\nforge_repo = \"{forge_repo}\"\n\n{notifiers}", repo.path.display());
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
@@ -111,7 +111,11 @@ fn submit(addr: &str, repo: &Repo, commit: &str) -> i64 {
 
 #[track_caller]
 fn header<'a>(received: &'a Received, name: &str) -> &'a str {
-    received.headers.get(name).map(String::as_str).unwrap_or_else(|| panic!("no {name} header: {received:#?}"))
+    received
+        .headers
+        .get(name)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("no {name} header: {received:#?}"))
 }
 
 #[test]
@@ -149,7 +153,8 @@ fn each_forge_gets_its_documented_request_pending_then_final() {
         ("/tea/api/v1/repos/owner/app/statuses/", "pending", ["success", "failure"]),
         ("/lab/api/v4/projects/owner%2Fapp/statuses/", "running", ["success", "failed"]),
     ] {
-        for ((id, commit), final_state) in [(pass_id, &passing), (fail_id, &failing)].into_iter().zip(states) {
+        for ((id, commit), final_state) in [(pass_id, &passing), (fail_id, &failing)].into_iter().zip(states)
+        {
             let path = format!("{prefix}{commit}");
             let sent: Vec<&Received> = received.iter().filter(|r| r.path == path).collect();
             let got: Vec<&str> = sent.iter().map(|r| r.body["state"].as_str().unwrap_or("?")).collect();
