@@ -560,4 +560,64 @@ mod tests {
         let err = notifiers_of("[[notifier]]\nurl = \"http://a/\"\nevents = [\"roll_back\"]\n");
         assert!(format!("{:#}", err.unwrap_err()).contains("unknown notification event \"roll_back\""));
     }
+
+    #[test]
+    fn status_notifiers_read_their_token_and_want_task_starts_and_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gh.token"), "secret-token\n").unwrap();
+        let path = dir.path().join("d.toml");
+        // token_file is relative to the config file's folder.
+        std::fs::write(
+            &path,
+            "[[notifier]]\nstatus = \"github\"\napi = \"https://api.github.com/\"\ntoken_file = \"gh.token\"\n",
+        )
+        .unwrap();
+        let config = Config::from_cli(cli(&["--config", path.to_str().unwrap()])).unwrap();
+        let notifier = &config.settings.notifiers[0];
+        let NotifierTarget::Status(target) = &notifier.target else { panic!("{notifier:?}") };
+        assert_eq!((target.forge, target.api.as_str()), (Forge::Github, "https://api.github.com"));
+        assert_eq!((target.token.as_str(), target.context.as_str()), ("secret-token", "baton"));
+        assert!(!format!("{notifier:?}").contains("secret-token"), "Debug shows the token");
+        assert!(
+            notifier.wants(NotificationEvent::TaskStarted) && notifier.wants(NotificationEvent::TaskFinished)
+        );
+        assert!(!notifier.wants(NotificationEvent::TaskFailed));
+        // Other notifiers get the per-task events only when they list them.
+        let plain = notifiers_of("[[notifier]]\nurl = \"http://h/\"\n").unwrap();
+        assert!(
+            !plain[0].wants(NotificationEvent::TaskStarted) && plain[0].wants(NotificationEvent::TaskFailed)
+        );
+        for (text, error) in [
+            (
+                "status = \"bitbucket\"\napi = \"http://a\"\ntoken_file = \"t\"",
+                "expected github, gitea or gitlab",
+            ),
+            ("status = \"gitea\"\ntoken_file = \"t\"", "needs api"),
+            ("status = \"gitea\"\napi = \"http://a\"\ntoken_file = \"missing\"", "reading token_file"),
+            ("url = \"http://a\"\ncontext = \"x\"", "go with status"),
+        ] {
+            let err = notifiers_of(&format!("[[notifier]]\n{text}\n")).unwrap_err();
+            assert!(format!("{err:#}").contains(error), "{text}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn retention_and_the_public_url_are_checked() {
+        let config = Config::from_cli(cli(&[
+            "--keep-logs",
+            "30d",
+            "--keep-tasks",
+            "5",
+            "--public-url",
+            "https://ci.example/",
+        ]))
+        .unwrap();
+        assert_eq!(config.retention.keep_logs, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.retention.keep_tasks, Some(5));
+        assert_eq!(config.public_url.as_deref(), Some("https://ci.example"));
+        let defaults = Config::from_cli(cli(&[])).unwrap();
+        assert_eq!((defaults.retention.keep_logs, defaults.retention.keep_tasks), (None, None));
+        assert!(Config::from_cli(cli(&["--keep-tasks", "0"])).is_err());
+        assert!(Config::from_cli(cli(&["--public-url", "ci.example"])).is_err());
+    }
 }

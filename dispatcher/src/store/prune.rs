@@ -6,7 +6,7 @@
 //! release's deploy task, and no deploy task at all.
 
 use anyhow::Context;
-use protocol::{CommitId, RepoUrl, TaskId, TaskState};
+use protocol::{CommitId, TaskId, TaskState};
 use rusqlite::{params, OptionalExtension};
 
 use super::{Reader, Tx};
@@ -75,7 +75,7 @@ impl Reader {
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let ids = stmt.query_map(params![before_ms, limit], |row| row.get::<_, i64>(0))?;
-        ids.map(|id| Ok(TaskId::new(id?).map_err(anyhow::Error::msg)?)).collect()
+        ids.map(|id| TaskId::new(id?).map_err(anyhow::Error::msg)).collect()
     }
 
     /// Whether retention removed the task's log.
@@ -102,16 +102,6 @@ impl Reader {
             .query_row([commit.as_str()], |row| row.get(0))
             .optional()?;
         Ok(found.is_some())
-    }
-
-    /// The repositories that have tasks, for tests and reports.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn repos_with_tasks(&self) -> anyhow::Result<Vec<RepoUrl>> {
-        let mut stmt = self.conn.prepare_cached("SELECT DISTINCT repo FROM tasks")?;
-        let repos = stmt.query_map([], |row| row.get::<_, String>(0))?;
-        repos.map(|repo| Ok(RepoUrl::new(repo?).map_err(anyhow::Error::msg)?)).collect()
     }
 }
 
@@ -155,7 +145,7 @@ impl Tx<'_> {
 mod tests {
     use super::super::{Finish, NewTask, Store, TaskKind, Trigger};
     use super::*;
-    use protocol::{Branch, Name};
+    use protocol::{Branch, Name, RepoUrl};
 
     fn task(store: &mut Store, repo: &str, commit: char, state: TaskState) -> TaskId {
         let tx = store.begin().unwrap();
