@@ -71,11 +71,13 @@ impl Releases {
             }
             _ => None,
         };
-        let body = serde_json::json!({ "task": task_event_json(task, finish) });
-        if let Some(event) = event {
-            self.notify(tx, effects, event, body.clone(), Some(task))?;
+        if event.is_some_and(|event| self.wanted(event)) || self.wanted(NotificationEvent::TaskFinished) {
+            let body = serde_json::json!({ "task": task_event_json(task, finish) });
+            if let Some(event) = event {
+                self.notify(tx, effects, event, body.clone(), Some(task))?;
+            }
+            self.notify(tx, effects, NotificationEvent::TaskFinished, body, Some(task))?;
         }
-        self.notify(tx, effects, NotificationEvent::TaskFinished, body, Some(task))?;
         // A rerun of a commit that is already a release records no second one.
         if finish.state == TaskState::Passed
             && self.settings.is_release_branch(&task.repo, &task.branch)
@@ -280,7 +282,8 @@ impl Releases {
         effects: &mut Effects,
         task: &LiveTask,
     ) -> anyhow::Result<()> {
-        if task.kind != TaskKind::Test || task.attempts != 1 {
+        // Checked first: this runs for every assignment.
+        if task.kind != TaskKind::Test || task.attempts != 1 || !self.wanted(NotificationEvent::TaskStarted) {
             return Ok(());
         }
         let body = serde_json::json!({ "task": {
@@ -306,6 +309,9 @@ impl Releases {
         mut body: serde_json::Value,
         task: Option<&LiveTask>,
     ) -> anyhow::Result<()> {
+        if !self.wanted(event) {
+            return Ok(());
+        }
         body["event"] = event.as_str().into();
         body["at"] = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().into();
         let text = body.to_string();
@@ -329,6 +335,11 @@ impl Releases {
             effects.outbox_changed = true;
         }
         Ok(())
+    }
+
+    /// Whether any notifier wants `event`.
+    fn wanted(&self, event: NotificationEvent) -> bool {
+        self.notifiers.iter().any(|notifier| notifier.wants(event))
     }
 
     /// The repository's path on its forge: its `[[repo]]`'s `forge_repo`,
