@@ -176,6 +176,8 @@ pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String
         })
         .collect();
     let pools = (!pools.is_empty()).then(|| ("pools", Cell::new(pools.join("; "))));
+    // 0 until the dispatcher's first measurement, just after it starts.
+    let size = (report.data_dir_bytes > 0).then(|| ("data dir", Cell::new(bytes(report.data_dir_bytes))));
     let full = report.data_dir_full.map(|free| {
         ("storage", Cell::new(format!("data dir full: {free} bytes free (reads only, submissions refused)")))
     });
@@ -192,8 +194,8 @@ pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String
                     )),
                 ),
                 ("tasks", Cell::new(tasks.join(", "))),
-                ("data dir", Cell::new(bytes(report.data_dir_bytes))),
             ])
+            .chain(size)
             .chain(pools)
             .collect(),
         style,
