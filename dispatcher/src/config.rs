@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use protocol::message::DeployStep;
-use protocol::{Branch, Name, NotificationEvent, RepoUrl};
+use protocol::{Branch, Label, Name, NotificationEvent, RepoUrl};
 
 use crate::cli::Cli;
 use crate::scheduler::Settings;
@@ -89,6 +89,57 @@ struct RepoFile {
     /// `group/.../project` or numeric id), for commit statuses; derived from
     /// `url` when it is a forge URL.
     forge_repo: Option<String>,
+    /// `[[repo.environment]]` tables, in order (SPEC §12).
+    #[serde(default)]
+    environment: Vec<EnvironmentFile>,
+}
+
+/// A `[[repo.environment]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentFile {
+    name: String,
+    labels: Vec<String>,
+    #[serde(default)]
+    auto: bool,
+    after: Option<String>,
+    #[serde(default)]
+    approval: ApprovalFile,
+    canary: Option<CanaryFile>,
+    #[serde(default)]
+    needs: Vec<NeedFile>,
+    /// Default: the repository's `auto_rollback`.
+    auto_rollback: Option<bool>,
+}
+
+/// `approval = true | false | "other"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ApprovalFile {
+    Flag(bool),
+    Word(String),
+}
+
+impl Default for ApprovalFile {
+    fn default() -> ApprovalFile {
+        ApprovalFile::Flag(false)
+    }
+}
+
+/// `canary = N` or `canary = "N%"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CanaryFile {
+    Hosts(i64),
+    Text(String),
+}
+
+/// `needs = [{ repo = "...", environment = "..." }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NeedFile {
+    repo: String,
+    environment: String,
 }
 
 /// A `[[notifier]]` table: a command (argument vector, the event as JSON on
@@ -152,6 +203,79 @@ pub struct RepoSettings {
     pub auto_rollback: bool,
     /// The repository's path on the forge, when given.
     pub forge_repo: Option<String>,
+    /// Its environments, in the config's order; empty means today's single
+    /// deploy task per release on any runner labelled `deploy`.
+    pub environments: Vec<Environment>,
+}
+
+impl RepoSettings {
+    /// One environment by name.
+    pub fn environment(&self, name: &Name) -> Option<&Environment> {
+        self.environments.iter().find(|env| &env.name == name)
+    }
+}
+
+/// One environment of a repository (SPEC §12).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Environment {
+    pub name: Name,
+    /// Each connected runner with all these labels is one host.
+    pub labels: Vec<Label>,
+    /// A new release is deployed here at once (after the waits below).
+    pub auto: bool,
+    /// Only releases deployed in this environment first.
+    pub after: Option<Name>,
+    pub approval: Approval,
+    pub canary: Canary,
+    /// Each of these repositories must have a release deployed in the
+    /// named environment.
+    pub needs: Vec<Need>,
+    /// A failed deployment redeploys the environment's previous good
+    /// release on the hosts it touched.
+    pub auto_rollback: bool,
+}
+
+/// Who must approve a deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Approval {
+    None,
+    /// Anyone who may steer.
+    Anyone,
+    /// Anyone who may steer except the one who asked for the deployment.
+    Other,
+}
+
+/// How many hosts get a release first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Canary {
+    None,
+    Hosts(u32),
+    /// A share of the hosts, rounded up: at least one.
+    Percent(u32),
+}
+
+impl Canary {
+    /// How many of `n_hosts` hosts are canaries; 0 when there is no gray
+    /// stage (no canary, or the canaries would be every host).
+    pub fn of(self, n_hosts: usize) -> usize {
+        let n = match self {
+            Canary::None => 0,
+            Canary::Hosts(n) => n as usize,
+            Canary::Percent(percent) => (n_hosts * percent as usize).div_ceil(100),
+        };
+        if n >= n_hosts {
+            0
+        } else {
+            n
+        }
+    }
+}
+
+/// A repository that must have a release deployed in an environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Need {
+    pub repo: RepoUrl,
+    pub environment: Name,
 }
 
 /// Where a notifier sends events.
@@ -358,15 +482,140 @@ fn releases(default: Option<Vec<String>>, repos: Vec<RepoFile>) -> anyhow::Resul
                 "[[repo]] {url}: forge_repo {path:?} is not a path like owner/name"
             );
         }
+        let environments = repo
+            .environment
+            .into_iter()
+            .map(|env| environment(&url, env, repo.auto_rollback))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            environments.is_empty() || steps.iter().any(|step| step.name == "deploy"),
+            "[[repo]] {url}: environments need a deploy step"
+        );
+        anyhow::ensure!(
+            releases.repos.iter().all(|other| other.url != url),
+            "[[repo]] {url} is configured twice"
+        );
         releases.repos.push(RepoSettings {
             url,
             release_branches,
             steps,
             auto_rollback: repo.auto_rollback,
             forge_repo: repo.forge_repo,
+            environments,
         });
     }
+    check_environments(&releases.repos)?;
     Ok(releases)
+}
+
+fn environment(url: &RepoUrl, file: EnvironmentFile, auto_rollback: bool) -> anyhow::Result<Environment> {
+    let what = format!("[[repo.environment]] {:?} of {url}", file.name);
+    let name = Name::new(file.name.as_str()).map_err(|err| anyhow::anyhow!("{what}: name {err}"))?;
+    anyhow::ensure!(!file.labels.is_empty(), "{what}: labels must name at least one runner label");
+    let labels = file
+        .labels
+        .into_iter()
+        .map(|label| Label::new(label).map_err(|err| anyhow::anyhow!("{what}: label {err}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let after = file
+        .after
+        .map(|after| Name::new(after).map_err(|err| anyhow::anyhow!("{what}: after {err}")))
+        .transpose()?;
+    let approval = match file.approval {
+        ApprovalFile::Flag(false) => Approval::None,
+        ApprovalFile::Flag(true) => Approval::Anyone,
+        ApprovalFile::Word(word) if word == "other" => Approval::Other,
+        ApprovalFile::Word(word) => {
+            anyhow::bail!("{what}: approval {word:?}: expected true, false or \"other\"")
+        }
+    };
+    let canary = match file.canary {
+        None => Canary::None,
+        Some(CanaryFile::Hosts(n)) => {
+            anyhow::ensure!(
+                (1..=10_000).contains(&n),
+                "{what}: canary = {n}: expected a number of hosts from 1, or a share such as \"10%\""
+            );
+            Canary::Hosts(n as u32)
+        }
+        Some(CanaryFile::Text(text)) => {
+            let percent = text.strip_suffix('%').and_then(|n| n.trim().parse::<u32>().ok());
+            match percent {
+                Some(percent) if (1..=99).contains(&percent) => Canary::Percent(percent),
+                _ => anyhow::bail!(
+                    "{what}: canary = {text:?}: expected a share of the hosts from \"1%\" to \"99%\", or a number"
+                ),
+            }
+        }
+    };
+    let needs = file
+        .needs
+        .into_iter()
+        .map(|need| {
+            Ok(Need {
+                repo: RepoUrl::new(need.repo).map_err(|err| anyhow::anyhow!("{what}: needs repo {err}"))?,
+                environment: Name::new(need.environment)
+                    .map_err(|err| anyhow::anyhow!("{what}: needs environment {err}"))?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Environment {
+        name,
+        labels,
+        auto: file.auto,
+        after,
+        approval,
+        canary,
+        needs,
+        auto_rollback: file.auto_rollback.unwrap_or(auto_rollback),
+    })
+}
+
+/// What holds across environments: unique names, `after` naming another
+/// environment of the same repository without a cycle, `needs` naming a
+/// configured repository and one of its environments.
+fn check_environments(repos: &[RepoSettings]) -> anyhow::Result<()> {
+    for repo in repos {
+        for (idx, env) in repo.environments.iter().enumerate() {
+            let what = format!("[[repo.environment]] {} of {}", env.name, repo.url);
+            anyhow::ensure!(
+                repo.environments[..idx].iter().all(|other| other.name != env.name),
+                "{what}: two environments are named {}",
+                env.name
+            );
+            if let Some(after) = &env.after {
+                anyhow::ensure!(
+                    repo.environment(after).is_some(),
+                    "{what}: after = \"{after}\" names no environment of {}",
+                    repo.url
+                );
+                // Follow the chain of `after`s: reaching this environment
+                // again is a cycle.
+                let mut chain = vec![env.name.as_str()];
+                let mut next = Some(after);
+                while let Some(name) = next {
+                    chain.push(name.as_str());
+                    anyhow::ensure!(name != &env.name, "{what}: after makes a cycle: {}", chain.join(" -> "));
+                    next = repo.environment(name).and_then(|other| other.after.as_ref());
+                    if chain.len() > repo.environments.len() + 1 {
+                        break;
+                    }
+                }
+            }
+            for need in &env.needs {
+                let Some(needed) = repos.iter().find(|other| other.url == need.repo) else {
+                    anyhow::bail!("{what}: needs {} which is not a configured [[repo]]", need.repo);
+                };
+                anyhow::ensure!(
+                    needed.environment(&need.environment).is_some(),
+                    "{what}: needs {} in {}, which has no such environment",
+                    need.repo,
+                    need.environment
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `[[notifier]]` tables: each named (a single one may go unnamed), no
@@ -619,5 +868,45 @@ mod tests {
         assert_eq!((defaults.retention.keep_logs, defaults.retention.keep_tasks), (None, None));
         assert!(Config::from_cli(cli(&["--keep-tasks", "0"])).is_err());
         assert!(Config::from_cli(cli(&["--public-url", "ci.example"])).is_err());
+    }
+
+    /// The environments of the first `[[repo]]` of a config file's text.
+    fn environments_of(text: &str) -> anyhow::Result<Vec<Environment>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::from_cli(cli(&["--config", path.to_str().unwrap()]))?;
+        Ok(config.settings.releases.repos[0].environments.clone())
+    }
+
+    #[test]
+    fn environments_are_read_with_their_defaults() {
+        let envs = environments_of(
+            "[[repo]]\nurl = \"/srv/app\"\ndeploy = \"d\"\nauto_rollback = true\npost_deploy = \"h\"\n\
+             [[repo.environment]]\nname = \"staging\"\nlabels = [\"deploy\"]\nauto = true\n\
+             [[repo.environment]]\nname = \"production\"\nlabels = [\"deploy\", \"prod\"]\nafter = \"staging\"\n\
+             approval = \"other\"\ncanary = \"25%\"\nauto_rollback = false\n",
+        )
+        .unwrap();
+        assert_eq!(envs.len(), 2);
+        assert_eq!(
+            (envs[0].auto, envs[0].approval, envs[0].canary, envs[0].auto_rollback),
+            (true, Approval::None, Canary::None, true)
+        );
+        assert_eq!(envs[1].after.as_ref().map(Name::as_str), Some("staging"));
+        assert_eq!(
+            (envs[1].approval, envs[1].canary, envs[1].auto_rollback),
+            (Approval::Other, Canary::Percent(25), false)
+        );
+        // A share rounds up to at least one host; all hosts is no gray stage.
+        assert_eq!([Canary::Percent(25).of(2), Canary::Percent(25).of(8), Canary::Hosts(2).of(2)], [1, 2, 0]);
+        let err = environments_of(
+            "[[repo]]\nurl = \"/srv/app\"\n[[repo.environment]]\nname = \"s\"\nlabels = [\"x\"]\n",
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("environments need a deploy step"));
+        let err = environments_of(
+            "[[repo]]\nurl = \"/srv/app\"\ndeploy = \"d\"\n[[repo.environment]]\nname = \"s\"\nlabels = []\n",
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("labels must name at least one"));
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 
 use anyhow::Context;
-use protocol::message::{ReleaseInfo, TaskInfo};
+use protocol::message::{DeploymentInfo, ReleaseInfo, TaskInfo};
 /// A release as JSON: the shape of `baton releases --json`, of the files in
 /// `releases/` (without `state`) and of release notifications.
 pub use protocol::view::release as release_json;
@@ -188,6 +188,24 @@ impl DataDir {
         file.into_inner().map_err(|err| err.into_error())?;
         fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
     }
+
+    /// Writes `releases/<repository>/deployments/d<id>.json`, the deployment
+    /// as it is now (rewritten on every change), atomically.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_deployment(&self, deployment: &DeploymentInfo) -> anyhow::Result<()> {
+        let dir = self.root.join("releases").join(repo_dir_name(&deployment.repo)).join("deployments");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("d{}.json", deployment.id));
+        let tmp = dir.join(format!(".d{}.json.tmp", deployment.id));
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut file, &protocol::view::deployment(deployment))?;
+        file.write_all(b"\n")?;
+        file.into_inner().map_err(|err| err.into_error())?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
 }
 
 /// Where the file writer notes how far it got.
@@ -199,6 +217,9 @@ pub enum FileJob {
     Result(Box<TaskInfo>),
     /// `releases/<repository>/r<N>.json`.
     Release(Box<ReleaseInfo>),
+    /// `releases/<repository>/deployments/d<N>.json`, stamped with when the
+    /// change was made.
+    Deployment(Box<DeploymentInfo>),
 }
 
 impl FileJob {
@@ -206,6 +227,9 @@ impl FileJob {
         match self {
             FileJob::Result(task) => task.finished_at_ms.unwrap_or(0),
             FileJob::Release(release) => release.created_at_ms,
+            // Its change was committed just now; the store's `updated_at`
+            // is at most this.
+            FileJob::Deployment(_) => now_ms(),
         }
     }
 }
@@ -238,6 +262,7 @@ pub fn start_writer(
                 let written = match &job {
                     FileJob::Result(task) => files.write_result(task),
                     FileJob::Release(release) => files.write_release(release),
+                    FileJob::Deployment(deployment) => files.write_deployment(deployment),
                 };
                 if let Err(err) = written {
                     tracing::error!(error = %format!("{err:#}"), "cannot write a result or release file");
@@ -272,10 +297,19 @@ pub fn catch_up(store: &Store, files: &DataDir) -> anyhow::Result<()> {
         return files.write_watermark(now_ms());
     };
     let (tasks, releases) = store.finished_since(since)?;
-    if tasks.is_empty() && releases.is_empty() {
+    let deployments = store.deployments_changed_since(since)?;
+    if tasks.is_empty() && releases.is_empty() && deployments.is_empty() {
         return Ok(());
     }
-    tracing::info!(tasks = tasks.len(), releases = releases.len(), "writing files a crash left unwritten");
+    tracing::info!(
+        tasks = tasks.len(),
+        releases = releases.len(),
+        deployments = deployments.len(),
+        "writing files a crash left unwritten"
+    );
+    for deployment in &deployments {
+        files.write_deployment(deployment)?;
+    }
     for task in &tasks {
         files.write_result(task)?;
     }

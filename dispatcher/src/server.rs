@@ -285,7 +285,7 @@ async fn connection(
         match admitted.role {
             Role::Observer => handler::observer::serve(conn.retype(), &shared, token).await,
             Role::Runner => handler::runner::serve(conn.retype(), &shared, name, token).await,
-            Role::Client => handler::client::serve(conn, &shared, admitted.authenticated, token).await,
+            Role::Client => handler::client::serve(conn, &shared, admitted.authenticated, name, token).await,
             Role::Manager => {
                 handler::manager::serve(conn.retype(), &shared, admitted.authenticated, token).await
             }

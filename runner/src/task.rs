@@ -177,6 +177,11 @@ async fn prepare(
     {
         return Err("this runner has no deploy label and runs no deploy steps".into());
     }
+    if let Job::DeployHost(host) = &assign.job {
+        if host.host != shared.config.name {
+            return Err(format!("deploy steps for host {} reached runner {}", host.host, shared.config.name));
+        }
+    }
     let mirror = match shared.cache.fetch(&assign.repo, &assign.commit, interrupt.clone()).await {
         Ok(Some(mirror)) => mirror,
         Ok(None) => return Err(format!("commit {} not found in {}", assign.commit, assign.repo)),
@@ -190,7 +195,7 @@ async fn prepare(
                     .map_err(|err| format!("{err:#}"))?;
             Ok(Prepared { steps: vec![(None, command)], mirror })
         }
-        Job::Deploy(deploy) => {
+        Job::Deploy(deploy) | Job::DeployHost(protocol::message::DeployHost { deploy, .. }) => {
             // The steps are the dispatcher operator's configuration; the
             // release and commits reach them only as environment variables.
             let steps = deploy
@@ -270,7 +275,16 @@ fn environment(assign: &Assign) -> Vec<(&'static str, String)> {
         ("BATON_BRANCH", assign.branch.to_string()),
         ("BATON_REPO", assign.repo.to_string()),
     ];
-    if let Job::Deploy(deploy) = &assign.job {
+    let deploy = match &assign.job {
+        Job::Test => None,
+        Job::Deploy(deploy) => Some(deploy),
+        Job::DeployHost(host) => {
+            env.push(("BATON_ENVIRONMENT", host.environment.to_string()));
+            env.push(("BATON_HOST", host.host.to_string()));
+            Some(&host.deploy)
+        }
+    };
+    if let Some(deploy) = deploy {
         env.push(("BATON_RELEASE", deploy.release.clone()));
         let previous = deploy.previous_commit.as_ref().map(ToString::to_string).unwrap_or_default();
         env.push(("BATON_PREVIOUS_COMMIT", previous));

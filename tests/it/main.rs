@@ -5,6 +5,7 @@
 
 mod chaos;
 mod client;
+mod deployments;
 mod durability;
 mod flood;
 mod follow;
@@ -19,9 +20,11 @@ mod operator;
 mod orphans;
 mod releases;
 mod runner_liveness;
+mod schedules;
 mod security;
 mod statuses;
 mod support;
 mod tls;
 mod web;
 mod web_browser;
+mod webhooks;

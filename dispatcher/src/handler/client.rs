@@ -6,7 +6,7 @@ use protocol::message::{ClientToDispatcher, DispatcherToClient, LogRequest, Sele
 use protocol::{Connection, Sender, TaskId};
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::{Event, Stopped};
+use crate::scheduler::{Event, Steer, Stopped};
 use crate::server::Shared;
 use crate::store::Trigger;
 
@@ -21,6 +21,7 @@ pub async fn serve(
     conn: Connection<ClientToDispatcher, DispatcherToClient>,
     shared: &Shared,
     authenticated: bool,
+    name: protocol::Name,
     token: CancellationToken,
 ) {
     // Without a token file only loopback peers get this far, and they may
@@ -55,7 +56,7 @@ pub async fn serve(
         let result = match request {
             ClientToDispatcher::Log(log) => stream_log(&mut sender, shared, log, &token).await,
             other => {
-                let answer = answer(shared, other, may_steer).await;
+                let answer = answer(shared, other, may_steer, &name).await;
                 sender.send(&answer).await.map_err(anyhow::Error::from)
             }
         };
@@ -66,13 +67,22 @@ pub async fn serve(
     }
 }
 
-async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -> DispatcherToClient {
+async fn answer(
+    shared: &Shared,
+    request: ClientToDispatcher,
+    may_steer: bool,
+    by: &protocol::Name,
+) -> DispatcherToClient {
     let steering = matches!(
         request,
         ClientToDispatcher::Submit(_)
             | ClientToDispatcher::Rerun(_)
             | ClientToDispatcher::Abort(_)
             | ClientToDispatcher::Rollback(_)
+            | ClientToDispatcher::Deploy(_)
+            | ClientToDispatcher::Approve(_)
+            | ClientToDispatcher::Reject(_)
+            | ClientToDispatcher::RollbackEnv(_)
     );
     if steering && !may_steer {
         return DispatcherToClient::Error("not allowed: this command needs an authenticated client".into());
@@ -169,8 +179,27 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, may_steer: bool) -
                 Err(err) => Err(stopped(err)),
             }
         }
+        ClientToDispatcher::Deployments(query) => shared
+            .readers
+            .query(move |reader| reader.deployments(query.repo.as_ref(), query.env.as_ref()))
+            .await
+            .map(DispatcherToClient::Deployments)
+            .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Deploy(request) => steer(shared, Steer::Deploy(request), by).await,
+        ClientToDispatcher::Approve(request) => steer(shared, Steer::Approve(request), by).await,
+        ClientToDispatcher::Reject(request) => steer(shared, Steer::Reject(request), by).await,
+        ClientToDispatcher::RollbackEnv(request) => steer(shared, Steer::Rollback(request), by).await,
     };
     result.unwrap_or_else(DispatcherToClient::Error)
+}
+
+/// A deployment request for the scheduler, on behalf of `by`.
+async fn steer(shared: &Shared, steer: Steer, by: &protocol::Name) -> Result<DispatcherToClient, String> {
+    let by = by.to_string();
+    match shared.scheduler.ask(|reply| Event::Deployment { steer, by, reply }).await {
+        Ok(result) => result.map(|deployment| DispatcherToClient::Deployment(Box::new(deployment))),
+        Err(err) => Err(stopped(err)),
+    }
 }
 
 /// A pending task that needs labels no live runner has says so, instead of

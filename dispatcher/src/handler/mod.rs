@@ -16,5 +16,15 @@ pub(crate) fn new_task(
     trigger: crate::store::Trigger,
 ) -> crate::store::NewTask {
     let kind = crate::store::TaskKind::Test;
-    crate::store::NewTask { repo, branch, commit, labels, trigger, kind, release_id: None }
+    crate::store::NewTask {
+        repo,
+        branch,
+        commit,
+        labels,
+        trigger,
+        kind,
+        release_id: None,
+        host: None,
+        deployment_id: None,
+    }
 }

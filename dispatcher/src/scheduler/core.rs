@@ -67,7 +67,7 @@ impl Core {
             files,
             started: now,
             tasks,
-            runners: Runners::new(now),
+            runners: Runners::new(),
             follows: Follows::default(),
             releases,
             disk,
@@ -106,6 +106,59 @@ impl Core {
         }
     }
 
+    /// What holds for deployments: a deployment in progress has a live
+    /// task on each host it is deploying to and nowhere else; one that
+    /// ended has none; a deployed one is deployed on every host; at most
+    /// one deployment of an environment is in progress.
+    #[cfg(test)]
+    fn check_deployments(&self, store: &Store) {
+        use protocol::{DeploymentState, HostState};
+        let deployments = store.deployments_changed_since(0).expect("reading deployments");
+        for deployment in &deployments {
+            let id = deployment.id;
+            let in_progress =
+                matches!(deployment.state, DeploymentState::Canary | DeploymentState::Deploying);
+            for host in &deployment.hosts {
+                let live = host.task_id.is_some_and(|task_id| self.tasks.is_live(task_id));
+                assert_eq!(
+                    live,
+                    host.state == HostState::Deploying,
+                    "deployment {id} host {} ({})",
+                    host.name,
+                    host.state
+                );
+                if !in_progress {
+                    assert!(!live, "ended deployment {id} still deploys to {}", host.name);
+                }
+            }
+            if in_progress {
+                assert!(
+                    deployment.hosts.iter().any(|host| host.state == HostState::Deploying),
+                    "deployment {id} is stuck"
+                );
+                let others = deployments.iter().filter(|other| {
+                    other.repo == deployment.repo
+                        && other.environment == deployment.environment
+                        && matches!(other.state, DeploymentState::Canary | DeploymentState::Deploying)
+                });
+                assert_eq!(others.count(), 1, "two deployments in progress in {}", deployment.environment);
+            }
+            if deployment.state == DeploymentState::Deployed {
+                assert!(
+                    deployment.hosts.iter().all(|host| host.state == HostState::Deployed),
+                    "deployment {id}"
+                );
+            }
+            assert_eq!(
+                deployment.state == DeploymentState::Waiting,
+                deployment.waiting_for.is_some(),
+                "deployment {id} is {} and waits for {:?}",
+                deployment.state,
+                deployment.waiting_for
+            );
+        }
+    }
+
     /// Checks what must hold across tasks and runners; panics with the
     /// broken invariant. Each part checks its own first.
     #[cfg(test)]
@@ -138,6 +191,18 @@ impl Core {
                 );
             }
         }
+        // A host's deploy task runs on that host alone.
+        for running in self.tasks.running_tasks() {
+            if let Some(host) = &running.task.host {
+                assert_eq!(
+                    running.task.runner.as_ref(),
+                    Some(host),
+                    "deploy task {} off its host",
+                    running.task.id
+                );
+            }
+        }
+        self.check_deployments(store);
         // Every task a runner lists is running there.
         for (name, task_id) in self.runners.all_listed() {
             let running = self.tasks.running(task_id);

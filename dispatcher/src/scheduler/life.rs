@@ -60,6 +60,10 @@ pub(super) fn schedule(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> a
     let mut chosen = Vec::new();
     for task in core.tasks.pending_in_order().take(MAX_SCAN) {
         let fits = free.iter().position(|(name, _)| {
+            // A host's deploy task runs on that host alone.
+            if task.host.as_ref().is_some_and(|host| host != name) {
+                return false;
+            }
             let labels = core.runners.get(name).map(|runner| runner.labels.as_slice()).unwrap_or_default();
             task.labels.iter().all(|needed| labels.contains(needed))
         });
@@ -326,7 +330,7 @@ pub(super) fn finish(
         attempt: task.attempts,
         runner: task.runner.clone(),
     });
-    let deploys = core.releases.task_finished(tx, effects, &task, finish)?;
+    let deploys = core.releases.task_finished(tx, effects, &core.runners, &task, finish)?;
     for deploy in deploys {
         queue(core, effects, deploy);
     }
@@ -455,6 +459,8 @@ pub(super) fn rerun(
         trigger: Trigger::Rerun,
         kind: TaskKind::Test,
         release_id: None,
+        host: None,
+        deployment_id: None,
     };
     submit(core, tx, effects, new).map(Ok)
 }
@@ -467,7 +473,7 @@ pub(super) fn rollback(
     repo: &RepoUrl,
     to: Option<u32>,
 ) -> anyhow::Result<Result<ReleaseInfo, String>> {
-    match core.releases.rollback(tx, effects, repo, to)? {
+    match core.releases.rollback(tx, effects, &core.runners, repo, to)? {
         Ok((release, deploys)) => {
             for deploy in deploys {
                 queue(core, effects, deploy);
@@ -476,6 +482,36 @@ pub(super) fn rollback(
         }
         Err(why) => Ok(Err(why)),
     }
+}
+
+/// `baton deploy`, `approve`, `reject`, `rollback --env`: the deployment as
+/// it is now, and its deploy tasks queued.
+pub(super) fn steer_deployment(
+    core: &mut Core,
+    tx: &Tx<'_>,
+    effects: &mut Effects,
+    steer: super::deployments::Steer,
+    by: &str,
+) -> anyhow::Result<Result<protocol::message::DeploymentInfo, String>> {
+    match core.releases.steer(tx, effects, &core.runners, steer, by)? {
+        Ok((deployment, deploys)) => {
+            for deploy in deploys {
+                queue(core, effects, deploy);
+            }
+            Ok(Ok(deployment))
+        }
+        Err(why) => Ok(Err(why)),
+    }
+}
+
+/// Waiting deployments may start once a host connects.
+pub(super) fn retry_deployments(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> anyhow::Result<()> {
+    let mut deploys = Vec::new();
+    core.releases.retry_waiting(tx, effects, &core.runners, &mut deploys)?;
+    for deploy in deploys {
+        queue(core, effects, deploy);
+    }
+    Ok(())
 }
 
 /// A follower of a live task's log; `None` if the task has ended.

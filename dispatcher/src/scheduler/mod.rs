@@ -19,6 +19,7 @@
 //! layout (`files`).
 
 mod core;
+mod deployments;
 mod disk;
 mod effects;
 mod follows;
@@ -45,6 +46,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::core::Core;
+pub use self::deployments::Steer;
 pub(crate) use self::effects::{Effects, Sinks};
 pub use self::liveness::LastHeard;
 use crate::files::{DataDir, FileJob};
@@ -129,6 +131,13 @@ pub enum Event {
         retry_at_ms: i64,
         reply: oneshot::Sender<()>,
     },
+    /// `baton deploy`, `approve`, `reject`, `rollback --env`; `by` is who
+    /// asks (the client's name).
+    Deployment {
+        steer: Steer,
+        by: String,
+        reply: oneshot::Sender<Result<protocol::message::DeploymentInfo, String>>,
+    },
     /// A runner manager asks to drain an idle runner (`manager`).
     Drain {
         runner: Name,
@@ -188,7 +197,7 @@ impl Settings {
 #[derive(Clone)]
 pub struct Handle {
     events: mpsc::Sender<Event>,
-    changes: broadcast::Sender<StateChange>,
+    changes: broadcast::Sender<Change>,
     load: manager::LoadSender,
 }
 
@@ -205,8 +214,9 @@ impl Handle {
         answer.await.map_err(|_| Stopped)
     }
 
-    /// Task state changes from now on, each published after its commit.
-    pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
+    /// Task state changes, release changes and lost runners from now on,
+    /// each published after its commit.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
 
@@ -231,8 +241,29 @@ impl std::fmt::Display for Stopped {
 /// `Lagged` and should re-read what it shows from the store.
 const STATE_CHANGES: usize = 4096;
 
-/// A task changed state: published after the commit that recorded it, for
-/// subscribers such as a web service's live views.
+/// What subscribers such as the web service's live views and metrics learn,
+/// each published after the commit that recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Task(StateChange),
+    Release(ReleaseChange),
+    /// A deployment was asked for or changed (state, hosts, approval).
+    Deployment(Box<protocol::message::DeploymentInfo>),
+    /// A runner was declared lost (its connection closed or it went silent).
+    RunnerLost {
+        runner: Name,
+    },
+}
+
+/// A release record was made or changed state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseChange {
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub state: protocol::ReleaseState,
+}
+
+/// A task changed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateChange {
     pub task_id: TaskId,
@@ -294,6 +325,12 @@ fn run(
     let _stop_daemon = fatal.clone().drop_guard();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = receiver.blocking_recv() {
+        // A tick queued behind thousands of output events would come late
+        // and the runners, missing pings, would reconnect: tick now when one
+        // is due (the ticker's own ticks then find nothing to do).
+        if reactor::tick_due(&core, std::time::Instant::now()) {
+            batch.push(Event::Tick);
+        }
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -343,7 +380,7 @@ pub(crate) fn step(
     events: impl Iterator<Item = Event>,
 ) -> anyhow::Result<Effects> {
     let mut effects = Effects::default();
-    reactor::notice_stall(core, &mut effects, std::time::Instant::now());
+    reactor::notice_stall(core, std::time::Instant::now());
     let tx = store.begin()?;
     for event in events {
         reactor::handle(core, &tx, &mut effects, event)?;

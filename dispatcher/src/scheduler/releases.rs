@@ -14,14 +14,15 @@ use std::sync::Arc;
 use protocol::message::{Deploy, Job, ReleaseInfo};
 use protocol::{Label, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl, TaskState};
 
-use super::{now_ms, tasks, Effects};
+use super::runners::Runners;
+use super::{now_ms, tasks, Change, Effects, ReleaseChange};
 use crate::config::{Notifier, NotifierTarget};
 use crate::files::{release_json, task_event_json, FileJob};
 use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Trigger, Tx};
 
 /// The release settings and the notifiers.
 pub(crate) struct Releases {
-    settings: crate::config::Releases,
+    pub(super) settings: crate::config::Releases,
     notifiers: Arc<Vec<Notifier>>,
 }
 
@@ -42,13 +43,17 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         task: &LiveTask,
         finish: &Finish,
     ) -> anyhow::Result<Deploys> {
         let mut deploys = Vec::new();
         match task.kind {
-            TaskKind::Test => self.after_test(tx, effects, &mut deploys, task, finish)?,
-            TaskKind::Deploy => self.after_deploy(tx, effects, &mut deploys, task, finish)?,
+            TaskKind::Test => self.after_test(tx, effects, runners, &mut deploys, task, finish)?,
+            TaskKind::Deploy if task.deployment_id.is_some() => {
+                self.host_finished(tx, effects, runners, &mut deploys, task, finish)?
+            }
+            TaskKind::Deploy => self.after_deploy(tx, effects, runners, &mut deploys, task, finish)?,
         }
         Ok(deploys)
     }
@@ -57,6 +62,7 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         task: &LiveTask,
         finish: &Finish,
@@ -74,9 +80,9 @@ impl Releases {
         if event.is_some_and(|event| self.wanted(event)) || self.wanted(NotificationEvent::TaskFinished) {
             let body = serde_json::json!({ "task": task_event_json(task, finish) });
             if let Some(event) = event {
-                self.notify(tx, effects, event, body.clone(), Some(task))?;
+                self.notify_task(tx, effects, event, body.clone(), Some(task))?;
             }
-            self.notify(tx, effects, NotificationEvent::TaskFinished, body, Some(task))?;
+            self.notify_task(tx, effects, NotificationEvent::TaskFinished, body, Some(task))?;
         }
         // A rerun of a commit that is already a release records no second one.
         if finish.state == TaskState::Passed
@@ -94,7 +100,7 @@ impl Releases {
                 state: ReleaseState::Recorded,
                 trigger: format!("task {}", task.id),
             };
-            self.record_release(tx, effects, deploys, release)?;
+            self.record_release(tx, effects, runners, deploys, release)?;
         }
         Ok(())
     }
@@ -103,6 +109,7 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         task: &LiveTask,
         finish: &Finish,
@@ -112,18 +119,18 @@ impl Releases {
         };
         let version = release.info.version;
         if finish.state == TaskState::Passed {
-            tx.set_release_state(release.id, ReleaseState::Deployed)?;
+            set_state(tx, effects, &release, ReleaseState::Deployed)?;
             tracing::info!(repo = %task.repo, release = version, task_id = %task.id, "release deployed");
             return Ok(());
         }
-        tx.set_release_state(release.id, ReleaseState::Failed)?;
+        set_state(tx, effects, &release, ReleaseState::Failed)?;
         tracing::warn!(repo = %task.repo, release = version, step = ?finish.failed_step, "deploy failed");
         let event = serde_json::json!({
             "release": release_json(&release.info),
             "task": task_event_json(task, finish),
             "failed_step": finish.failed_step,
         });
-        self.notify(tx, effects, NotificationEvent::DeployFailed, event, None)?;
+        self.notify(tx, effects, NotificationEvent::DeployFailed, event)?;
         let auto = self.settings.repo(&task.repo).is_some_and(|settings| settings.auto_rollback);
         if auto && finish.failed_step.as_deref() == Some("post_deploy") {
             let releases = tx.releases_of(&task.repo)?;
@@ -131,7 +138,7 @@ impl Releases {
             match target {
                 Some(target) => {
                     let trigger = format!("auto-rollback of r{version}");
-                    self.record_rollback(tx, effects, deploys, None, target, trigger)?;
+                    self.record_rollback(tx, effects, runners, deploys, None, target, trigger)?;
                 }
                 None => {
                     tracing::warn!(repo = %task.repo, release = version, "no earlier good release to roll back to")
@@ -151,9 +158,15 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         repo: &RepoUrl,
         to: Option<u32>,
     ) -> anyhow::Result<Result<(ReleaseInfo, Deploys), String>> {
+        if self.settings.repo(repo).is_some_and(|settings| !settings.environments.is_empty()) {
+            return Ok(Err(format!(
+                "{repo} deploys to environments: name one, baton rollback {repo} --env ENVIRONMENT"
+            )));
+        }
         let releases = tx.releases_of(repo)?;
         let current = releases.iter().find(|r| r.info.state.is_current());
         let target = match to {
@@ -179,22 +192,31 @@ impl Releases {
             }
         };
         let mut deploys = Vec::new();
-        let release =
-            self.record_rollback(tx, effects, &mut deploys, current, target, "baton rollback".into())?;
+        let release = self.record_rollback(
+            tx,
+            effects,
+            runners,
+            &mut deploys,
+            current,
+            target,
+            "baton rollback".into(),
+        )?;
         Ok(Ok((release.info, deploys)))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record_rollback(
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         current: Option<&Release>,
         target: &Release,
         trigger: String,
     ) -> anyhow::Result<Release> {
         if let Some(current) = current {
-            tx.set_release_state(current.id, ReleaseState::RolledBack)?;
+            set_state(tx, effects, current, ReleaseState::RolledBack)?;
         }
         let release = NewRelease {
             repo: target.info.repo.clone(),
@@ -207,7 +229,7 @@ impl Releases {
             state: ReleaseState::Recorded,
             trigger,
         };
-        self.record_release(tx, effects, deploys, release)
+        self.record_release(tx, effects, runners, deploys, release)
     }
 
     /// Appends a release record, its JSON file, its deploy task if deploy
@@ -216,10 +238,16 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         mut release: NewRelease,
     ) -> anyhow::Result<Release> {
-        let deployed = self.settings.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
+        // A repository with environments deploys through deployments, one
+        // per environment; without, one deploy task per release, as before.
+        let environments =
+            self.settings.repo(&release.repo).is_some_and(|settings| !settings.environments.is_empty());
+        let deployed = !environments
+            && self.settings.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
         if deployed {
             release.state = ReleaseState::Deploying;
         }
@@ -233,6 +261,8 @@ impl Releases {
                 trigger: Trigger::Deploy,
                 kind: TaskKind::Deploy,
                 release_id: Some(record.id),
+                host: None,
+                deployment_id: None,
             };
             let (accepted, queued) = tasks::insert(tx, deploy, now_ms())?;
             deploys.extend(queued);
@@ -242,17 +272,28 @@ impl Releases {
         tracing::info!(repo = %record.info.repo, release = record.info.version, commit = %record.info.commit,
             kind = %record.info.kind, trigger = %record.info.trigger, "release recorded");
         effects.file(FileJob::Release(Box::new(record.info.clone())));
+        effects.changed(Change::Release(ReleaseChange {
+            repo: record.info.repo.clone(),
+            version: record.info.version,
+            state: record.info.state,
+        }));
         let event = match record.info.kind {
             ReleaseKind::Rollback => NotificationEvent::Rollback,
             ReleaseKind::Release => NotificationEvent::ReleaseRecorded,
         };
-        self.notify(tx, effects, event, serde_json::json!({ "release": release_json(&record.info) }), None)?;
+        self.notify(tx, effects, event, serde_json::json!({ "release": release_json(&record.info) }))?;
+        if environments && record.info.kind == ReleaseKind::Release {
+            self.deploy_new_release(tx, effects, runners, deploys, &record)?;
+        }
         Ok(record)
     }
 
     /// The job of a deploy task, or `None` when its release or the
     /// repository's deploy steps are gone.
     pub(crate) fn deploy_job(&self, tx: &Tx<'_>, task: &LiveTask) -> anyhow::Result<Option<Job>> {
+        if task.deployment_id.is_some() {
+            return self.host_job(tx, task);
+        }
         let Some(release) = task.release_id.map(|id| tx.release(id)).transpose()?.flatten() else {
             return Ok(None);
         };
@@ -295,13 +336,25 @@ impl Releases {
             "attempts": task.attempts,
             "runner": task.runner.as_ref().map(|name| name.as_str()),
         }});
-        self.notify(tx, effects, NotificationEvent::TaskStarted, body, Some(task))
+        self.notify_task(tx, effects, NotificationEvent::TaskStarted, body, Some(task))
     }
 
     /// Queues `event` for every notifier that wants it. A status notifier's
     /// entry also names the repository on the forge (`forge_repo`); a task
     /// of a repository that has none is not queued for it.
-    fn notify(
+    pub(super) fn notify(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        event: NotificationEvent,
+        body: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.notify_task(tx, effects, event, body, None)
+    }
+
+    /// As [`Releases::notify`], for an event about `task` (which a commit
+    /// status needs).
+    fn notify_task(
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
@@ -350,4 +403,20 @@ impl Releases {
             .and_then(|settings| settings.forge_repo.clone())
             .or_else(|| crate::notify::status::derive_forge_repo(repo.as_str()))
     }
+}
+
+/// Records a release's new state and tells subscribers once committed.
+fn set_state(
+    tx: &Tx<'_>,
+    effects: &mut Effects,
+    release: &Release,
+    state: ReleaseState,
+) -> anyhow::Result<()> {
+    tx.set_release_state(release.id, state)?;
+    effects.changed(Change::Release(ReleaseChange {
+        repo: release.info.repo.clone(),
+        version: release.info.version,
+        state,
+    }));
+    Ok(())
 }

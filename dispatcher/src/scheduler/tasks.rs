@@ -98,6 +98,8 @@ pub(crate) fn insert(
         runner: None,
         kind: task.kind,
         release_id: task.release_id,
+        host: task.host,
+        deployment_id: task.deployment_id,
     };
     Ok((Accepted { task_id, duplicate: false }, Some(live)))
 }

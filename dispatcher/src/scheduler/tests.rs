@@ -11,13 +11,13 @@ use protocol::message::{
     Accepted, DeployStep, DispatcherToRunner, Held, HostFacts, Job, Outcome, Output, Pong, Register,
     ReleaseInfo, RunnerToDispatcher, TaskInfo, TaskResult,
 };
-use protocol::{Branch, CommitId, Label, Name, RepoUrl, TaskId, TaskState};
+use protocol::{Branch, CommitId, Label, Name, ReleaseState, RepoUrl, TaskId, TaskState};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    life, printable, printable_line, reactor, step, ConnId, Core, Effects, Event, LogProgress, Settings,
-    Sinks, StateChange,
+    life, printable, printable_line, reactor, step, Change, ConnId, Core, Effects, Event, LogProgress,
+    ReleaseChange, Settings, Sinks,
 };
 use crate::config::{Releases, RepoSettings};
 use crate::files::{DataDir, FileJob};
@@ -34,9 +34,11 @@ struct Harness {
     core: Core,
     sinks: Sinks,
     files: Receiver<FileJob>,
-    changes: broadcast::Receiver<StateChange>,
+    changes: broadcast::Receiver<Change>,
     /// Each runner connection's queue, as its writer task would read it.
     runners: HashMap<ConnId, mpsc::Receiver<DispatcherToRunner>>,
+    /// Each connection's wire evidence, as its writer and reader note it.
+    wires: HashMap<ConnId, Arc<super::LastHeard>>,
     next_conn: ConnId,
     next_commit: u32,
 }
@@ -74,6 +76,7 @@ impl Harness {
             files: file_jobs,
             changes: change_receiver,
             runners: HashMap::new(),
+            wires: HashMap::new(),
             next_conn: 1,
             next_commit: 1,
         };
@@ -134,6 +137,8 @@ impl Harness {
             trigger: Trigger::Observer,
             kind: TaskKind::Test,
             release_id: None,
+            host: None,
+            deployment_id: None,
         }
     }
 
@@ -166,6 +171,8 @@ impl Harness {
         self.next_conn += 1;
         let (outbox, queue) = mpsc::channel(super::RUNNER_OUTBOX);
         self.runners.insert(conn, queue);
+        let heard = Arc::new(super::LastHeard::new());
+        self.wires.insert(conn, Arc::clone(&heard));
         let register = Register {
             labels: labels.iter().map(|label| Label::new(*label).unwrap()).collect(),
             slots,
@@ -182,12 +189,22 @@ impl Harness {
             register,
             outbox,
             kill: CancellationToken::new(),
-            heard: Arc::new(super::LastHeard::new()),
+            heard,
         };
         (conn, event)
     }
 
+    /// The connection's writer put a ping on the socket at `at`.
+    fn pinged_at(&self, conn: ConnId, at: Instant) {
+        self.wires[&conn].pinged_at(at);
+    }
+
     fn runner_says(&mut self, conn: ConnId, message: RunnerToDispatcher) {
+        // The connection's reader notes every frame before the scheduler
+        // sees it.
+        if let Some(wire) = self.wires.get(&conn) {
+            wire.note();
+        }
         self.step(vec![Event::FromRunner { conn, message }]);
     }
 
@@ -252,10 +269,20 @@ impl Harness {
             .collect()
     }
 
+    /// Task state changes published since the last call.
     fn changes(&mut self) -> Vec<(TaskId, TaskState, u32)> {
-        std::iter::from_fn(|| self.changes.try_recv().ok())
-            .map(|change| (change.task_id, change.state, change.attempt))
+        self.published()
+            .into_iter()
+            .filter_map(|change| match change {
+                Change::Task(change) => Some((change.task_id, change.state, change.attempt)),
+                _ => None,
+            })
             .collect()
+    }
+
+    /// Everything published since the last call.
+    fn published(&mut self) -> Vec<Change> {
+        std::iter::from_fn(|| self.changes.try_recv().ok()).collect()
     }
 }
 
@@ -330,16 +357,21 @@ fn a_lost_runner_requeues_its_task_until_the_attempts_are_spent() {
     let task = h.submit();
     let r1 = h.connect("r1", 1, &[], &[]);
     assert_eq!(h.assigned(r1).len(), 1);
+    h.published();
     h.down(r1);
     assert_eq!(h.task(task).state, TaskState::Pending);
+    assert!(h.published().contains(&Change::RunnerLost { runner: name("r1") }), "subscribers hear of it");
     let r2 = h.connect("r2", 1, &[], &[]);
     assert_eq!(h.assigned(r2), vec![(task, 2, Job::Test)]);
     // A silent runner is lost once pings actually sent went unanswered for
-    // the window, on the scheduler's clock (issue 12): the first late tick
-    // only pings.
+    // the window, on the scheduler's clock (issue 12): silence without a
+    // ping written proves nothing.
     let start = Instant::now();
     h.tick_at(start + Duration::from_secs(10));
     assert_eq!(h.task(task).state, TaskState::Running, "judged before any ping went unanswered");
+    h.pinged_at(r2, start + Duration::from_secs(10));
+    h.tick_at(start + Duration::from_secs(10) + h.settings.dead_after());
+    assert_eq!(h.task(task).state, TaskState::Running, "judged at the window, not past it");
     h.tick_at(start + Duration::from_secs(20));
     let info = h.task(task);
     assert_eq!((info.state, info.attempts), (TaskState::Error, 2));
@@ -347,15 +379,20 @@ fn a_lost_runner_requeues_its_task_until_the_attempts_are_spent() {
 }
 
 #[test]
-fn pings_go_to_connected_runners_each_interval() {
+fn a_runner_that_answers_its_pings_is_never_lost() {
     let mut h = Harness::new(settings());
     let r1 = h.connect("r1", 1, &[], &[]);
-    h.sent(r1);
-    h.tick_at(Instant::now() + Duration::from_millis(1500));
-    assert!(matches!(h.sent(r1).as_slice(), [DispatcherToRunner::Ping(_)]));
-    h.runner_says(r1, RunnerToDispatcher::Pong(Pong { seq: 1 }));
-    h.tick_at(Instant::now() + Duration::from_millis(1600));
-    assert!(h.sent(r1).is_empty(), "one round per interval");
+    let start = Instant::now();
+    for round in 1..=10u32 {
+        let at = start + h.settings.heartbeat_interval * round;
+        h.pinged_at(r1, at);
+        h.runner_says(r1, RunnerToDispatcher::Pong(Pong { seq: u64::from(round) }));
+        h.tick_at(at + h.settings.dead_after() * 2);
+    }
+    let runners = h.core.runners.silent(start + h.settings.dead_after() * 30, h.settings.dead_after());
+    assert!(runners.is_empty(), "{runners:?}");
+    // The scheduler sends no pings itself: the connection's writer does.
+    assert!(h.sent(r1).iter().all(|message| !matches!(message, DispatcherToRunner::Ping(_))));
 }
 
 #[test]
@@ -512,11 +549,24 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
         steps,
         auto_rollback: false,
         forge_repo: None,
+        environments: Vec::new(),
     };
     let releases = Releases { repos: vec![repo], ..Releases::default() };
     let mut h = Harness::new(Settings { releases, ..settings() });
     let deployer = h.connect("deployer", 1, &["deploy"], &[]);
-    for _ in 0..2 {
+    let repo_url = RepoUrl::new(REPO).unwrap();
+    let release_changes = |published: Vec<Change>| -> Vec<(u32, ReleaseState)> {
+        published
+            .into_iter()
+            .filter_map(|change| match change {
+                Change::Release(ReleaseChange { repo, version, state }) if repo == repo_url => {
+                    Some((version, state))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    for version in 1..=2 {
         let task = h.new_task("main");
         let task = h.submit_task(task);
         let assigned = h.assigned(deployer);
@@ -528,12 +578,19 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
         assert_eq!(h.task(*deploy).kind, "deploy");
         h.result(deployer, *deploy, 1, Outcome::Passed);
         assert!(job.release.starts_with('r'));
+        // Subscribers (the web's live releases page) see each state.
+        let seen = release_changes(h.published());
+        assert_eq!(seen, vec![(version, ReleaseState::Deploying), (version, ReleaseState::Deployed)]);
     }
     let repo_url = RepoUrl::new(REPO).unwrap();
     let rolled: Result<ReleaseInfo, String> =
         h.ask(|reply| Event::Rollback { repo: repo_url.clone(), to: None, reply });
     let rolled = rolled.unwrap();
     assert_eq!((rolled.kind.as_str(), rolled.rollback_to), ("rollback", Some(1)));
+    assert_eq!(
+        release_changes(h.published()),
+        vec![(2, ReleaseState::RolledBack), (3, ReleaseState::Deploying)]
+    );
     let deploy = rolled.deploy_task_id.expect("a rollback with deploy steps deploys");
     assert!(matches!(h.assigned(deployer).as_slice(), [(id, 1, Job::Deploy(_))] if *id == deploy));
     let none: Result<ReleaseInfo, String> =
@@ -607,4 +664,172 @@ fn pruning_removes_only_ended_tasks_and_keeps_the_counts() {
     assert_eq!(count(TaskState::Passed), Some(1));
     let again = h.ask(|reply| Event::Prune { tasks: vec![ended], logs: vec![logged, pending], reply });
     assert!(again.tasks.is_empty() && again.logs.is_empty(), "{again:?}");
+}
+
+/// A repository with a staging (auto) and a production environment (auto,
+/// after staging, approval, one canary, auto-rollback).
+fn environments() -> Settings {
+    use crate::config::{Approval, Canary, Environment};
+    let labels = |names: &[&str]| names.iter().map(|label| Label::new(*label).unwrap()).collect::<Vec<_>>();
+    let staging = Environment {
+        name: name("staging"),
+        labels: labels(&["deploy", "staging"]),
+        auto: true,
+        after: None,
+        approval: Approval::None,
+        canary: Canary::None,
+        needs: Vec::new(),
+        auto_rollback: false,
+    };
+    let production = Environment {
+        name: name("production"),
+        labels: labels(&["deploy", "prod"]),
+        auto: true,
+        after: Some(name("staging")),
+        approval: Approval::Other,
+        canary: Canary::Hosts(1),
+        needs: Vec::new(),
+        auto_rollback: true,
+    };
+    let repo = RepoSettings {
+        url: RepoUrl::new(REPO).unwrap(),
+        release_branches: None,
+        steps: vec![DeployStep { name: "deploy".into(), command: "true".into() }],
+        auto_rollback: false,
+        environments: vec![staging, production],
+        forge_repo: None,
+    };
+    Settings { releases: Releases { repos: vec![repo], ..Releases::default() }, ..settings() }
+}
+
+impl Harness {
+    /// Runs a test of a new commit on `main` to a pass on `tester`: a release.
+    fn release(&mut self, tester: ConnId) {
+        let mut task = self.new_task("main");
+        task.labels = vec![Label::new("test").unwrap()];
+        let task = self.submit_task(task);
+        let assigned = self.assigned(tester);
+        assert_eq!(assigned.first().map(|(id, _, _)| *id), Some(task), "{assigned:?}");
+        self.result(tester, task, 1, Outcome::Passed);
+    }
+
+    /// The host deploy jobs sent to `conn`: (task, environment, host, release).
+    fn host_jobs(&mut self, conn: ConnId) -> Vec<(TaskId, String, String, String)> {
+        self.assigned(conn)
+            .into_iter()
+            .map(|(task, _, job)| match job {
+                Job::DeployHost(job) => {
+                    (task, job.environment.to_string(), job.host.to_string(), job.deploy.release)
+                }
+                other => panic!("not a host deploy: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn steer(&mut self, steer: super::Steer, by: &str) -> Result<protocol::message::DeploymentInfo, String> {
+        let by = by.to_string();
+        self.ask(|reply| Event::Deployment { steer, by, reply })
+    }
+
+    fn deployments(&self, env: &str) -> Vec<protocol::message::DeploymentInfo> {
+        let reader = crate::store::Reader::open(&self.core.files.database()).unwrap();
+        reader.deployments(None, Some(&name(env))).unwrap()
+    }
+}
+
+fn request(version: u32, env: &str) -> protocol::message::DeploymentRequest {
+    protocol::message::DeploymentRequest { repo: RepoUrl::new(REPO).unwrap(), version, env: name(env) }
+}
+
+#[test]
+fn a_release_reaches_staging_then_production_after_approval_canary_first() {
+    use protocol::{DeploymentState, HostState};
+    let mut h = Harness::new(environments());
+    let tester = h.connect("tester", 1, &["test"], &[]);
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[]);
+    let prod_a = h.connect("prod-a", 1, &["deploy", "prod"], &[]);
+    let prod_b = h.connect("prod-b", 1, &["deploy", "prod"], &[]);
+    h.release(tester);
+    let staging = h.host_jobs(stage);
+    assert_eq!(
+        staging.iter().map(|j| (j.1.as_str(), j.2.as_str(), j.3.as_str())).collect::<Vec<_>>(),
+        [("staging", "stage-a", "r1")]
+    );
+    assert!(h.host_jobs(prod_a).is_empty() && h.host_jobs(prod_b).is_empty());
+    assert_eq!(h.deployments("production")[0].waiting_for.as_deref(), Some("after: r1 deployed in staging"));
+    h.result(stage, staging[0].0, 1, Outcome::Passed);
+    assert_eq!(h.deployments("staging")[0].state, DeploymentState::Deployed);
+    assert_eq!(h.deployments("production")[0].waiting_for.as_deref(), Some("approval"));
+
+    // approval = "other": the requester may not approve; anyone else may.
+    let requester = h.deployments("production")[0].requested_by.clone();
+    let refused = h.steer(super::Steer::Approve(request(1, "production")), &requester);
+    assert!(refused.unwrap_err().contains("may not approve"));
+    let approved = h.steer(super::Steer::Approve(request(1, "production")), "alice").unwrap();
+    assert_eq!((approved.state, approved.approved_by.as_deref()), (DeploymentState::Canary, Some("alice")));
+    let canary = h.host_jobs(prod_a);
+    assert_eq!(canary.len(), 1);
+    assert!(h.host_jobs(prod_b).is_empty(), "the other host waits for the canary");
+    h.result(prod_a, canary[0].0, 1, Outcome::Passed);
+    let rest = h.host_jobs(prod_b);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(h.deployments("production")[0].state, DeploymentState::Deploying);
+    h.result(prod_b, rest[0].0, 1, Outcome::Passed);
+    let deployed = &h.deployments("production")[0];
+    assert_eq!(deployed.state, DeploymentState::Deployed);
+    assert!(deployed.hosts.iter().all(|host| host.state == HostState::Deployed));
+
+    // A second release fails on the canary: the other host is never touched
+    // and the canary gets r1 back.
+    h.release(tester);
+    let staging = h.host_jobs(stage);
+    h.result(stage, staging[0].0, 1, Outcome::Passed);
+    h.steer(super::Steer::Approve(request(2, "production")), "alice").unwrap();
+    let canary = h.host_jobs(prod_a);
+    h.result(prod_a, canary[0].0, 1, Outcome::Failed);
+    let listed = h.deployments("production");
+    let failed = listed.iter().find(|d| d.version == 2).unwrap();
+    assert_eq!(failed.state, DeploymentState::Failed);
+    let states: Vec<HostState> = failed.hosts.iter().map(|host| host.state).collect();
+    assert_eq!(states, [HostState::Failed, HostState::Skipped]);
+    let rollback = h.host_jobs(prod_a);
+    assert_eq!(rollback.iter().map(|j| j.3.as_str()).collect::<Vec<_>>(), ["r1"]);
+    assert!(h.host_jobs(prod_b).is_empty());
+    h.result(prod_a, rollback[0].0, 1, Outcome::Passed);
+    let newest = &h.deployments("production")[0];
+    assert_eq!((newest.kind, newest.state), (protocol::ReleaseKind::Rollback, DeploymentState::Deployed));
+
+    // Going backwards is refused, unless it is a rollback.
+    let older = h.steer(super::Steer::Deploy(request(1, "staging")), "alice");
+    assert!(older.unwrap_err().contains("r1 is older than r2"));
+    let rollback = protocol::message::EnvRollbackRequest {
+        repo: RepoUrl::new(REPO).unwrap(),
+        env: name("staging"),
+        to: None,
+    };
+    let rolled = h.steer(super::Steer::Rollback(rollback), "alice").unwrap();
+    assert_eq!((rolled.version, rolled.kind), (1, protocol::ReleaseKind::Rollback));
+    assert_eq!(h.deployments("staging")[1].state, DeploymentState::RolledBack);
+}
+
+#[test]
+fn a_deployment_without_hosts_waits_for_one_and_a_restart_keeps_host_tasks() {
+    use protocol::DeploymentState;
+    let mut h = Harness::new(environments());
+    let tester = h.connect("tester", 1, &["test"], &[]);
+    h.release(tester);
+    let waiting = &h.deployments("staging")[0];
+    assert_eq!(waiting.waiting_for.as_deref(), Some("hosts: a runner with labels deploy, staging"));
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[]);
+    let jobs = h.host_jobs(stage);
+    assert_eq!(jobs.len(), 1, "the new host gets the waiting deployment");
+    // The dispatcher restarts while the host deploys; the host re-adopts
+    // its task and its result finishes the deployment: no second task.
+    h.restart();
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[(jobs[0].0, 1)]);
+    assert!(h.host_jobs(stage).is_empty());
+    h.result(stage, jobs[0].0, 1, Outcome::Passed);
+    let deployed = &h.deployments("staging")[0];
+    assert_eq!(deployed.state, DeploymentState::Deployed);
+    assert_eq!(deployed.hosts.len(), 1);
 }

@@ -16,20 +16,24 @@ use protocol::{
 };
 use rusqlite::{params, OptionalExtension, Row};
 
+mod deployments;
 mod prune;
 pub use prune::PrunedTask;
 mod releases;
 mod web;
 
+pub use self::deployments::{Deployment, NewDeployment};
+
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");
 const SCHEMA_V3: &str = include_str!("v3.sql");
 const SCHEMA_V4: &str = include_str!("v4.sql");
+const SCHEMA_DEPLOYMENTS: &str = include_str!("deployments.sql");
 const SCHEMA_LOGS: &str = include_str!("logs.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_LOGS];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_DEPLOYMENTS, SCHEMA_LOGS];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +53,9 @@ pub enum Trigger {
     Rerun,
     /// A deploy task made for a release.
     Deploy,
+    /// A branch tip submitted by one of an observer's schedules: never
+    /// deduplicated (only `observer` tasks are).
+    Schedule,
 }
 
 impl Trigger {
@@ -58,6 +65,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Rerun => "rerun",
             Trigger::Deploy => "deploy",
+            Trigger::Schedule => "schedule",
         }
     }
 }
@@ -99,6 +107,10 @@ pub struct NewTask {
     pub kind: TaskKind,
     /// The release a deploy task deploys.
     pub release_id: Option<i64>,
+    /// The only runner that may run it (a host of a deployment).
+    pub host: Option<Name>,
+    /// The deployment a host's deploy task belongs to.
+    pub deployment_id: Option<i64>,
 }
 
 /// A task that is queued or running, as the scheduler keeps it in memory.
@@ -114,6 +126,9 @@ pub struct LiveTask {
     pub runner: Option<Name>,
     pub kind: TaskKind,
     pub release_id: Option<i64>,
+    /// The only runner that may run it (a host of a deployment).
+    pub host: Option<Name>,
+    pub deployment_id: Option<i64>,
 }
 
 /// The end of an attempt, to record.
@@ -263,8 +278,8 @@ impl Store {
     /// SQLite errors.
     pub fn live_tasks(&self) -> anyhow::Result<Vec<LiveTask>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner, kind, release_id FROM tasks
-             WHERE state IN ('pending', 'running') ORDER BY id",
+            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner, kind, release_id, host,
+             deployment_id FROM tasks WHERE state IN ('pending', 'running') ORDER BY id",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok(LiveTask {
@@ -278,6 +293,8 @@ impl Store {
                 runner: row.get::<_, Option<String>>(7)?.map(Name::new).transpose().map_err(invalid(7))?,
                 kind: parse(row, 8, |s: String| TaskKind::parse(&s))?,
                 release_id: row.get(9)?,
+                host: row.get::<_, Option<String>>(10)?.map(Name::new).transpose().map_err(invalid(10))?,
+                deployment_id: row.get(11)?,
             })
         })?;
         rows.collect::<Result<_, _>>().context("reading live tasks")
@@ -315,8 +332,8 @@ impl Tx<'_> {
         let inserted = self
             .tx
             .prepare_cached(
-                "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels, kind, release_id)
-             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8)
+                "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels, kind, release_id,
+             host, deployment_id) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (repo, commit_id) WHERE trigger = 'observer' DO NOTHING",
             )?
             .execute(params![
@@ -327,7 +344,9 @@ impl Tx<'_> {
                 now_ms,
                 labels,
                 task.kind.as_str(),
-                task.release_id
+                task.release_id,
+                task.host.as_ref().map(Name::as_str),
+                task.deployment_id
             ])?;
         if inserted == 1 {
             return Ok((task_id(self.tx.last_insert_rowid())?, true));

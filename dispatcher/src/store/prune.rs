@@ -157,6 +157,8 @@ mod tests {
             labels: vec![],
             kind: TaskKind::Test,
             release_id: None,
+            host: None,
+            deployment_id: None,
         };
         let (id, _) = tx.insert_task(&new, 1).unwrap();
         if state != TaskState::Pending {

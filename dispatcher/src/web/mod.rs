@@ -19,6 +19,7 @@
 mod api;
 mod assets;
 mod auth;
+mod deployments;
 mod events;
 mod json;
 mod log;
@@ -122,6 +123,9 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/runners", get(api::runners))
         .route("/api/v1/releases", get(api::releases))
         .route("/api/v1/releases/{*repo}", post(api::rollback))
+        .route("/api/v1/deployments", get(deployments::list).post(deployments::deploy))
+        .route("/api/v1/deployments/rollback", post(deployments::rollback))
+        .route("/api/v1/deployments/{id}/{action}", post(deployments::act))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT));
     let streams = Router::new()

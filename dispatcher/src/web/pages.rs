@@ -78,15 +78,15 @@ fn layout(title: &str, body: Markup) -> Markup {
 }
 
 /// A state as colour, icon and word.
-fn state_badge(state: &str) -> Markup {
+pub(super) fn state_badge(state: &str) -> Markup {
     let icon = match state {
-        "pending" => "◷",
+        "pending" | "waiting" => "◷",
         "running" => "▶",
         "passed" | "deployed" | "idle" => "✓",
         "failed" => "✗",
         "error" | "dead" => "!",
-        "aborted" | "rolled_back" => "■",
-        "busy" | "deploying" => "▶",
+        "aborted" | "rolled_back" | "rejected" => "■",
+        "busy" | "deploying" | "canary" => "▶",
         _ => "•",
     };
     html! { span class={ "state state-" (state) } data-state=(state) { span.icon aria-hidden="true" { (icon) } " " span.word { (state) } } }
@@ -390,6 +390,8 @@ pub async fn runners(State(web): State<Arc<Web>>) -> PageResult {
 /// `/releases`: per repository, newest first.
 pub async fn releases(State(web): State<Arc<Web>>) -> PageResult {
     let releases = web.readers.query(|reader| reader.releases(None)).await.map_err(ApiError::from)?;
+    let deployments =
+        web.readers.query(|reader| reader.deployments(None, None)).await.map_err(ApiError::from)?;
     let mut repos: Vec<(String, Vec<ReleaseInfo>)> = Vec::new();
     for release in releases {
         let repo = release.repo.as_str().to_string();
@@ -400,6 +402,7 @@ pub async fn releases(State(web): State<Arc<Web>>) -> PageResult {
     }
     let body = html! {
         h1 { "Releases" }
+        (super::deployments::section(&deployments, web.auth.needs_token()))
         @if repos.is_empty() { p.muted { "No release yet: a passed task on a release branch records one." } }
         @for (repo, list) in &repos {
             section {

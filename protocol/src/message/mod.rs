@@ -12,7 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Branch, CommitId, CommitPrefix, Label, Name, ReleaseKind, ReleaseState, RepoUrl, TaskId, TaskState,
+    Branch, CommitId, CommitPrefix, DeploymentState, HostState, Label, Name, ReleaseKind, ReleaseState,
+    RepoUrl, TaskId, TaskState,
 };
 
 // ---------------------------------------------------------------- observer
@@ -25,6 +26,10 @@ pub enum ObserverToDispatcher {
     /// Answer to a [`DispatcherToObserver::Ping`] with the same sequence
     /// number: the dispatcher closes an observer that stays silent.
     Pong(Pong),
+    /// A branch tip submitted by one of the observer's schedules: always a
+    /// new task (trigger `schedule`), even when the commit was tested before.
+    /// Answered like `Submit`, in the same order.
+    SubmitScheduled(Submit),
 }
 
 /// A commit seen on a branch of a repository.
@@ -260,6 +265,18 @@ pub enum Job {
     Test,
     /// A release's deploy steps, on a runner labelled `deploy`.
     Deploy(Deploy),
+    /// A release's deploy steps on one host of an environment (SPEC §12).
+    DeployHost(DeployHost),
+}
+
+/// The deploy steps of a release for one host of an environment: the steps
+/// get `BATON_ENVIRONMENT` and `BATON_HOST` besides the variables of
+/// [`Deploy`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployHost {
+    pub deploy: Deploy,
+    pub environment: Name,
+    pub host: Name,
 }
 
 /// The deploy steps of a release, run in order; the first failure stops.
@@ -333,6 +350,53 @@ pub enum ClientToDispatcher {
     Commits(CommitQuery),
     /// The runner managers' pools (answered with `Pools`).
     Pools,
+    /// `baton deploy REPO VERSION --env E`: ask for a deployment (answered
+    /// with `Deployment`).
+    Deploy(DeploymentRequest),
+    /// `baton approve REPO VERSION --env E` (answered with `Deployment`).
+    Approve(DeploymentRequest),
+    /// `baton reject REPO VERSION --env E --reason TEXT` (answered with
+    /// `Deployment`).
+    Reject(RejectRequest),
+    /// `baton deployments [--repo R] [--env E]`, newest first (answered with
+    /// `Deployments`).
+    Deployments(DeploymentQuery),
+    /// `baton rollback REPO --env E [--to VERSION]` (answered with
+    /// `Deployment`).
+    RollbackEnv(EnvRollbackRequest),
+}
+
+/// A release of a repository in one environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRequest {
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub env: Name,
+}
+
+/// A rejection and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectRequest {
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub env: Name,
+    pub reason: String,
+}
+
+/// Filters for `baton deployments`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentQuery {
+    pub repo: Option<RepoUrl>,
+    pub env: Option<Name>,
+}
+
+/// A return to an earlier release in one environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvRollbackRequest {
+    pub repo: RepoUrl,
+    pub env: Name,
+    /// Default: the environment's release before its current one.
+    pub to: Option<u32>,
 }
 
 /// A commit prefix within one repository.
@@ -413,6 +477,43 @@ pub enum DispatcherToClient {
     Commits(Vec<CommitId>),
     /// Answer to `Pools`: every pool of every connected runner manager.
     Pools(Vec<PoolInfo>),
+    Deployments(Vec<DeploymentInfo>),
+    /// Answer to `Deploy`, `Approve`, `Reject` and `RollbackEnv`.
+    Deployment(Box<DeploymentInfo>),
+}
+
+/// A deployment: one release in one environment, host by host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentInfo {
+    pub id: i64,
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub commit: CommitId,
+    pub environment: Name,
+    pub state: DeploymentState,
+    /// `release`, or `rollback` for a return to an earlier release.
+    pub kind: ReleaseKind,
+    /// What a waiting deployment waits for (`approval`, `after staging`, ...).
+    pub waiting_for: Option<String>,
+    /// Who asked for it: a client's name, or `release rN` for an automatic one.
+    pub requested_by: String,
+    pub approved_by: Option<String>,
+    pub approved_at_ms: Option<i64>,
+    /// Why it was rejected or failed, or what it rolled back.
+    pub reason: Option<String>,
+    pub hosts: Vec<DeploymentHost>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// One host of a deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentHost {
+    pub name: Name,
+    pub canary: bool,
+    pub state: HostState,
+    pub task_id: Option<TaskId>,
 }
 
 /// A runner manager's pool as clients see it.

@@ -102,6 +102,14 @@ fn observer_messages_golden() {
     assert_eq!(round_trip(&refused), "01026e6f");
     assert_eq!(round_trip(&DispatcherToObserver::Ping(Ping { seq: 4 })), "0204");
     assert_eq!(round_trip(&ObserverToDispatcher::Pong(Pong { seq: 4 })), "0104");
+    let scheduled = ObserverToDispatcher::SubmitScheduled(Submit {
+        repo: RepoUrl::new("/r").unwrap(),
+        branch: Branch::new("main").unwrap(),
+        commit: commit(),
+        labels: Vec::new(),
+    });
+    let expected = format!("02{}{}{}00", hex("/r"), hex("main"), hex(commit().as_str()));
+    assert_eq!(round_trip(&scheduled), expected);
 }
 
 #[test]
@@ -335,4 +343,73 @@ fn hex(text: &str) -> String {
         out.push_str(&format!("{byte:02x}"));
     }
     out
+}
+
+#[test]
+fn deployment_messages_golden() {
+    let request =
+        || DeploymentRequest { repo: RepoUrl::new("/r").unwrap(), version: 3, env: Name::new("p").unwrap() };
+    let requests = [
+        (ClientToDispatcher::Deploy(request()), "0c 022f72 03 0170"),
+        (ClientToDispatcher::Approve(request()), "0d 022f72 03 0170"),
+        (
+            ClientToDispatcher::Reject(RejectRequest {
+                repo: RepoUrl::new("/r").unwrap(),
+                version: 3,
+                env: Name::new("p").unwrap(),
+                reason: "x".into(),
+            }),
+            "0e 022f72 03 0170 0178",
+        ),
+        (ClientToDispatcher::Deployments(DeploymentQuery { repo: None, env: None }), "0f 00 00"),
+        (
+            ClientToDispatcher::RollbackEnv(EnvRollbackRequest {
+                repo: RepoUrl::new("/r").unwrap(),
+                env: Name::new("p").unwrap(),
+                to: None,
+            }),
+            "10 022f72 0170 00",
+        ),
+    ];
+    for (message, expected) in requests {
+        assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
+    }
+    let deployment = DeploymentInfo {
+        id: 1,
+        repo: RepoUrl::new("/r").unwrap(),
+        version: 3,
+        commit: commit(),
+        environment: Name::new("p").unwrap(),
+        state: DeploymentState::Canary,
+        kind: ReleaseKind::Release,
+        waiting_for: None,
+        requested_by: "b".into(),
+        approved_by: Some("a".into()),
+        approved_at_ms: Some(1),
+        reason: None,
+        hosts: vec![DeploymentHost {
+            name: Name::new("h").unwrap(),
+            canary: true,
+            state: HostState::Deploying,
+            task_id: Some(task_id()),
+        }],
+        created_at_ms: 1,
+        started_at_ms: None,
+        finished_at_ms: None,
+    };
+    assert_eq!(
+        round_trip(&DispatcherToClient::Deployment(Box::new(deployment.clone()))),
+        format!(
+            "0e 02 022f72 03 {} 0170 01 00 00 0162 010161 0102 00 01 0168 01 01 010e 02 00 00",
+            hex(commit().as_str())
+        )
+        .replace(' ', "")
+    );
+    round_trip(&DispatcherToClient::Deployments(vec![deployment]));
+    let job = Job::DeployHost(DeployHost {
+        deploy: Deploy { release: "r1".into(), previous_commit: None, steps: vec![] },
+        environment: Name::new("p").unwrap(),
+        host: Name::new("h").unwrap(),
+    });
+    assert_eq!(round_trip(&job), "02 027231 00 00 0170 0168".replace(' ', ""));
 }

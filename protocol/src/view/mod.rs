@@ -17,7 +17,9 @@ mod time;
 use serde_json::{json, Value};
 
 pub use self::time::{duration, now_ms, relative, rfc3339};
-use crate::message::{Accepted, PoolInfo, ReleaseInfo, RunnerInfo, StatusReport, Summary, TaskInfo};
+use crate::message::{
+    Accepted, DeploymentInfo, PoolInfo, ReleaseInfo, RunnerInfo, StatusReport, Summary, TaskInfo,
+};
 use crate::TaskState;
 
 /// One task: `show --json`, an element of `tasks --json`, `abort --json`.
@@ -134,6 +136,50 @@ pub fn release(release: &ReleaseInfo) -> Value {
         "rollback_to": release.rollback_to.map(|version| format!("r{version}")),
         "state": release.state,
         "trigger": release.trigger,
+    })
+}
+
+/// A deployment: an element of `deployments --json`, the answer of
+/// `deploy`, `approve`, `reject` and `rollback --env`, the files
+/// `releases/<repository>/deployments/d<N>.json` and deployment
+/// notifications. `hosts` maps each host to its state; `host_details` adds
+/// which hosts were canaries and their tasks.
+pub fn deployment(deployment: &DeploymentInfo) -> Value {
+    let hosts: serde_json::Map<String, Value> = deployment
+        .hosts
+        .iter()
+        .map(|host| (host.name.as_str().to_string(), Value::from(host.state.as_str())))
+        .collect();
+    let details: Vec<Value> = deployment
+        .hosts
+        .iter()
+        .map(|host| {
+            json!({
+                "name": host.name.as_str(),
+                "canary": host.canary,
+                "state": host.state.as_str(),
+                "task": host.task_id.map(|id| id.get()),
+            })
+        })
+        .collect();
+    json!({
+        "id": deployment.id,
+        "repo": deployment.repo.as_str(),
+        "version": format!("r{}", deployment.version),
+        "commit": deployment.commit.as_str(),
+        "environment": deployment.environment.as_str(),
+        "state": deployment.state.as_str(),
+        "kind": deployment.kind.as_str(),
+        "waiting_for": deployment.waiting_for,
+        "requested_by": deployment.requested_by,
+        "approved_by": deployment.approved_by,
+        "approved_at": deployment.approved_at_ms.and_then(rfc3339),
+        "reason": deployment.reason,
+        "hosts": hosts,
+        "host_details": details,
+        "created_at": rfc3339(deployment.created_at_ms),
+        "started_at": deployment.started_at_ms.and_then(rfc3339),
+        "finished_at": deployment.finished_at_ms.and_then(rfc3339),
     })
 }
 

@@ -88,8 +88,16 @@ pub enum Command {
     /// Release records, newest first.
     Releases(ReleasesArgs),
     /// Redeploy an earlier release (default: the one before the current
-    /// release) and record a rollback.
+    /// release) and record a rollback; with --env, in that environment.
     Rollback(RollbackArgs),
+    /// Ask for a release to be deployed to an environment.
+    Deploy(crate::deploy::DeploymentArgs),
+    /// Approve a waiting deployment (recorded with who and when).
+    Approve(crate::deploy::DeploymentArgs),
+    /// Reject a waiting deployment.
+    Reject(crate::deploy::RejectArgs),
+    /// Deployments, newest first: state, hosts, what each waits for.
+    Deployments(crate::deploy::DeploymentsArgs),
 }
 
 /// `baton releases`.
@@ -109,6 +117,10 @@ pub struct RollbackArgs {
     /// The release to go back to: `r3` or `3`.
     #[arg(long, value_name = "VERSION")]
     pub to: Option<String>,
+
+    /// The environment to roll back (for a repository with environments).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
 }
 
 /// `baton tasks`.

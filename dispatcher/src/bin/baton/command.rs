@@ -243,7 +243,10 @@ fn present(
                 render::releases(std::slice::from_ref(&release), now_ms(), style)
             }
         }
-        (_, other) => return Err(unexpected(&other)),
+        (request, other) => match crate::deploy::present(request, &other, as_json, now_ms(), style) {
+            Some(text) => text,
+            None => return Err(unexpected(&other)),
+        },
     };
     Ok(text)
 }
@@ -287,6 +290,8 @@ pub fn unexpected(answer: &DispatcherToClient) -> anyhow::Error {
         DispatcherToClient::Release(_) => "Release",
         DispatcherToClient::Commits(_) => "Commits",
         DispatcherToClient::Pools(_) => "Pools",
+        DispatcherToClient::Deployments(_) => "Deployments",
+        DispatcherToClient::Deployment(_) => "Deployment",
     };
     anyhow::anyhow!("unexpected answer from the dispatcher: {kind}")
 }

@@ -12,6 +12,7 @@
 
 mod cli;
 mod command;
+mod deploy;
 mod git;
 mod log;
 mod render;

@@ -289,7 +289,7 @@ fn coloured(cell: Cell, colour: Option<Color>, style: Style) -> Cell {
 /// A borderless table with a header, one line per row whatever the width
 /// (as `kubectl get` does): cells wrapped into several lines would break
 /// commits and paths apart and defeat `grep`.
-fn table(style: Style, header: &[&str]) -> Table {
+pub(crate) fn table(style: Style, header: &[&str]) -> Table {
     let mut table = bare_table(style, ContentArrangement::Disabled);
     let header: Vec<Cell> =
         header
@@ -357,7 +357,7 @@ fn align_right(table: &mut Table, columns: &[usize]) {
 }
 
 /// The table without trailing spaces, ending in a newline.
-fn finish(table: &Table) -> String {
+pub(crate) fn finish(table: &Table) -> String {
     let mut text = table.trim_fmt();
     text.push('\n');
     text

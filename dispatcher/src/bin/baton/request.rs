@@ -147,10 +147,20 @@ pub fn build(command: &Command, cwd: &Path) -> anyhow::Result<ClientToDispatcher
         Command::Releases(args) => ClientToDispatcher::Releases(ReleaseQuery {
             repo: args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?,
         }),
-        Command::Rollback(args) => ClientToDispatcher::Rollback(RollbackRequest {
-            repo: resolve_repo(&args.repo, cwd)?,
-            to: args.to.as_deref().map(parse_version).transpose()?,
-        }),
+        Command::Rollback(args) => {
+            let (repo, to) =
+                (resolve_repo(&args.repo, cwd)?, args.to.as_deref().map(parse_version).transpose()?);
+            match &args.env {
+                Some(env) => crate::deploy::rollback(repo, crate::deploy::env(env)?, to),
+                None => ClientToDispatcher::Rollback(RollbackRequest { repo, to }),
+            }
+        }
+        Command::Deploy(args) => crate::deploy::request(resolve_repo(&args.repo, cwd)?, args, false)?,
+        Command::Approve(args) => crate::deploy::request(resolve_repo(&args.repo, cwd)?, args, true)?,
+        Command::Reject(args) => crate::deploy::reject(resolve_repo(&args.deployment.repo, cwd)?, args)?,
+        Command::Deployments(args) => {
+            crate::deploy::query(args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?, args)?
+        }
     };
     Ok(request)
 }
@@ -181,7 +191,7 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<Vec<Label>> {
 }
 
 /// A release version: `r3` or `3`.
-fn parse_version(text: &str) -> anyhow::Result<u32> {
+pub(crate) fn parse_version(text: &str) -> anyhow::Result<u32> {
     let digits = text.strip_prefix('r').unwrap_or(text);
     match digits.parse::<u32>() {
         Ok(version) if version > 0 => Ok(version),
