@@ -55,6 +55,23 @@ pub struct Cli {
     /// second line of standard output, `http: ADDR`.
     #[arg(long, env = "BATON_HTTP", value_name = "ADDR")]
     pub http: Option<String>,
+    /// The web report's address as users reach it, for links in commit
+    /// statuses (e.g. https://ci.example.com) [default: http:// and the
+    /// address `--http` bound].
+    #[arg(long, env = "BATON_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Remove the logs of tasks that ended longer ago than this (e.g. 30d);
+    /// the tasks stay [default: keep every log].
+    #[arg(long, env = "BATON_KEEP_LOGS", value_name = "DUR")]
+    pub keep_logs: Option<String>,
+    /// Keep this many of each repository's newest tasks and remove older
+    /// ended ones, never a release's [default: keep every task].
+    #[arg(long, env = "BATON_KEEP_TASKS", value_name = "N")]
+    pub keep_tasks: Option<u32>,
+    /// How often the pruner looks for what `--keep-logs` and `--keep-tasks`
+    /// remove [default: 1m].
+    #[arg(long, env = "BATON_PRUNE_INTERVAL", value_name = "DUR")]
+    pub prune_interval: Option<String>,
     /// Log format on stderr [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT", value_name = "FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,

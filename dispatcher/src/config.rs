@@ -27,6 +27,12 @@ pub struct Config {
     pub log_json: bool,
     /// Where the web report service listens; `None` when it is off.
     pub http: Option<Http>,
+    /// The web report's address as users reach it (links in commit
+    /// statuses), without a trailing `/`; `None`: `http://` and the address
+    /// `--http` bound.
+    pub public_url: Option<String>,
+    /// What the background pruner removes (`retention`).
+    pub retention: crate::retention::Retention,
 }
 
 /// The web report service's address.
@@ -59,6 +65,10 @@ struct FileConfig {
     sync: Option<String>,
     log_format: Option<String>,
     http: Option<String>,
+    public_url: Option<String>,
+    keep_logs: Option<String>,
+    keep_tasks: Option<u32>,
+    prune_interval: Option<String>,
     /// Branches whose passed commits become releases, unless a `[[repo]]`
     /// says otherwise (default: main and master).
     release_branches: Option<Vec<String>>,
@@ -79,6 +89,10 @@ struct RepoFile {
     post_deploy: Option<String>,
     #[serde(default)]
     auto_rollback: bool,
+    /// The repository's path on the forge (`owner/name`, or GitLab's
+    /// `group/.../project` or numeric id), for commit statuses; derived from
+    /// `url` when it is a forge URL.
+    forge_repo: Option<String>,
     /// `[[repo.environment]]` tables, in order (SPEC §12).
     #[serde(default)]
     environment: Vec<EnvironmentFile>,
@@ -143,6 +157,15 @@ struct NotifierFile {
     command: Option<Vec<String>>,
     url: Option<String>,
     events: Option<Vec<String>>,
+    /// A commit status notifier: `github`, `gitea` or `gitlab`.
+    status: Option<String>,
+    /// The forge's API base URL (`https://api.github.com`,
+    /// `https://gitea.example/api/v1`, `https://gitlab.example/api/v4`).
+    api: Option<String>,
+    /// File holding the forge's API token.
+    token_file: Option<PathBuf>,
+    /// The status's name on the forge [default: baton].
+    context: Option<String>,
 }
 
 /// Release and deploy settings.
@@ -182,6 +205,8 @@ pub struct RepoSettings {
     /// `pre_deploy`, `deploy`, `post_deploy`, those configured, in order.
     pub steps: Vec<DeployStep>,
     pub auto_rollback: bool,
+    /// The repository's path on the forge, when given.
+    pub forge_repo: Option<String>,
     /// Its environments, in the config's order; empty means today's single
     /// deploy task per release on any runner labelled `deploy`.
     pub environments: Vec<Environment>,
@@ -264,6 +289,39 @@ pub enum NotifierTarget {
     Command(Vec<String>),
     /// POST the event as JSON.
     Url(String),
+    /// Post commit statuses to a forge.
+    Status(StatusTarget),
+}
+
+/// A forge whose commit status API a notifier posts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forge {
+    Github,
+    Gitea,
+    Gitlab,
+}
+
+/// Where and how a status notifier posts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatusTarget {
+    pub forge: Forge,
+    /// The API's base URL, without a trailing `/`.
+    pub api: String,
+    /// The API token (read from `token_file` at start-up).
+    pub token: String,
+    /// The status's name on the forge.
+    pub context: String,
+}
+
+impl std::fmt::Debug for StatusTarget {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusTarget")
+            .field("forge", &self.forge)
+            .field("api", &self.api)
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A notifier and the events it wants (all when `None`).
@@ -279,9 +337,16 @@ pub struct Notifier {
 pub const DEFAULT_NOTIFIER: &str = "default";
 
 impl Notifier {
-    /// Whether this notifier wants `event`.
+    /// Whether this notifier wants `event`: a status notifier the starts
+    /// and ends of tests, any other the events it lists, or, listing none,
+    /// every event but those two (one per task would drown a chat).
     pub fn wants(&self, event: NotificationEvent) -> bool {
-        self.events.as_ref().is_none_or(|events| events.contains(&event))
+        let per_task = matches!(event, NotificationEvent::TaskStarted | NotificationEvent::TaskFinished);
+        match (&self.target, &self.events) {
+            (NotifierTarget::Status(_), _) => per_task,
+            (_, Some(events)) => events.contains(&event),
+            (_, None) => !per_task,
+        }
     }
 }
 
@@ -326,7 +391,32 @@ impl Config {
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
         let releases = releases(file.release_branches, file.repo)?;
-        let notifiers = notifiers(file.notifier)?;
+        let base = cli.config.as_deref().and_then(Path::parent).unwrap_or(Path::new(".")).to_path_buf();
+        let notifiers = notifiers(file.notifier, &base)?;
+        let public_url = match cli.public_url.or(file.public_url) {
+            Some(url) => {
+                anyhow::ensure!(
+                    (url.starts_with("http://") || url.starts_with("https://"))
+                        && !url.chars().any(|c| c.is_whitespace() || c.is_control()),
+                    "--public-url {url:?}: an http(s):// URL is needed"
+                );
+                Some(url.trim_end_matches('/').to_string())
+            }
+            None => None,
+        };
+        let retention = crate::retention::Retention {
+            keep_logs: cli
+                .keep_logs
+                .or(file.keep_logs)
+                .map(|text| parse_duration(&text, "keep-logs"))
+                .transpose()?,
+            keep_tasks: cli.keep_tasks.or(file.keep_tasks),
+            interval: parse_duration(
+                &cli.prune_interval.or(file.prune_interval).unwrap_or_else(|| "1m".into()),
+                "prune-interval",
+            )?,
+        };
+        anyhow::ensure!(retention.keep_tasks != Some(0), "--keep-tasks must be at least 1");
         let listen = cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into());
         anyhow::ensure!(
             protocol::peer::host_port(&listen).is_some(),
@@ -345,6 +435,8 @@ impl Config {
         };
         Ok(Config {
             http,
+            public_url,
+            retention,
             tls,
             listen,
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),
@@ -389,6 +481,12 @@ fn releases(default: Option<Vec<String>>, repos: Vec<RepoFile>) -> anyhow::Resul
             "[[repo]] {url}: auto_rollback needs a post_deploy step to decide when to roll back"
         );
         let release_branches = repo.release_branches.map(branches).transpose().context("release_branches")?;
+        if let Some(path) = &repo.forge_repo {
+            anyhow::ensure!(
+                crate::notify::status::valid_forge_repo(path),
+                "[[repo]] {url}: forge_repo {path:?} is not a path like owner/name"
+            );
+        }
         let environments = repo
             .environment
             .into_iter()
@@ -407,6 +505,7 @@ fn releases(default: Option<Vec<String>>, repos: Vec<RepoFile>) -> anyhow::Resul
             release_branches,
             steps,
             auto_rollback: repo.auto_rollback,
+            forge_repo: repo.forge_repo,
             environments,
         });
     }
@@ -526,7 +625,7 @@ fn check_environments(repos: &[RepoSettings]) -> anyhow::Result<()> {
 
 /// The `[[notifier]]` tables: each named (a single one may go unnamed), no
 /// name twice.
-fn notifiers(files: Vec<NotifierFile>) -> anyhow::Result<Vec<Notifier>> {
+fn notifiers(files: Vec<NotifierFile>, base: &Path) -> anyhow::Result<Vec<Notifier>> {
     let alone = files.len() == 1;
     let mut notifiers: Vec<Notifier> = Vec::with_capacity(files.len());
     for file in files {
@@ -536,12 +635,24 @@ fn notifiers(files: Vec<NotifierFile>) -> anyhow::Result<Vec<Notifier>> {
             (None, false) => anyhow::bail!("with several [[notifier]] tables, each needs a name = \"...\""),
         };
         anyhow::ensure!(notifiers.iter().all(|other| other.name != name), "two notifiers are named {name}");
-        notifiers.push(notifier(name, file)?);
+        notifiers.push(notifier(name, file, base)?);
     }
     Ok(notifiers)
 }
 
-fn notifier(name: Name, file: NotifierFile) -> anyhow::Result<Notifier> {
+fn notifier(name: Name, file: NotifierFile, base: &Path) -> anyhow::Result<Notifier> {
+    if let Some(forge) = file.status {
+        anyhow::ensure!(
+            file.command.is_none() && file.url.is_none() && file.events.is_none(),
+            "notifier {name}: a status notifier takes api, token_file and context, not command, url or events"
+        );
+        let target = status_target(&name, &forge, file.api, file.token_file, file.context, base)?;
+        return Ok(Notifier { name, target: NotifierTarget::Status(target), events: None });
+    }
+    anyhow::ensure!(
+        file.api.is_none() && file.token_file.is_none() && file.context.is_none(),
+        "notifier {name}: api, token_file and context go with status = \"github\" | \"gitea\" | \"gitlab\""
+    );
     let target = match (file.command, file.url) {
         (Some(command), None) if !command.is_empty() => NotifierTarget::Command(command),
         (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
@@ -559,6 +670,47 @@ fn notifier(name: Name, file: NotifierFile) -> anyhow::Result<Notifier> {
         .transpose()
         .map_err(|err| anyhow::anyhow!("notifier {name}: {err}"))?;
     Ok(Notifier { name, target, events })
+}
+
+fn status_target(
+    name: &Name,
+    forge: &str,
+    api: Option<String>,
+    token_file: Option<PathBuf>,
+    context: Option<String>,
+    base: &Path,
+) -> anyhow::Result<StatusTarget> {
+    let forge = match forge {
+        "github" => Forge::Github,
+        "gitea" => Forge::Gitea,
+        "gitlab" => Forge::Gitlab,
+        other => anyhow::bail!("notifier {name}: status {other:?}: expected github, gitea or gitlab"),
+    };
+    let api =
+        api.with_context(|| format!("notifier {name}: a status notifier needs api = \"https://...\""))?;
+    anyhow::ensure!(
+        (api.starts_with("http://") || api.starts_with("https://"))
+            && !api.chars().any(|c| c.is_whitespace() || c.is_control()),
+        "notifier {name}: api {api:?}: an http(s):// URL is needed"
+    );
+    let token_file =
+        token_file.with_context(|| format!("notifier {name}: a status notifier needs token_file"))?;
+    let token_file = if token_file.is_relative() { base.join(token_file) } else { token_file };
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("notifier {name}: reading token_file {}", token_file.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(
+        !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
+        "notifier {name}: token_file {} holds no usable token",
+        token_file.display()
+    );
+    let context = context.unwrap_or_else(|| "baton".into());
+    anyhow::ensure!(
+        !context.is_empty() && context.len() <= 100 && !context.chars().any(char::is_control),
+        "notifier {name}: context must be 1 to 100 characters"
+    );
+    Ok(StatusTarget { forge, api: api.trim_end_matches('/').to_string(), token, context })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -661,6 +813,66 @@ mod tests {
         assert!(format!("{:#}", err.unwrap_err()).contains("two notifiers are named x"));
         let err = notifiers_of("[[notifier]]\nurl = \"http://a/\"\nevents = [\"roll_back\"]\n");
         assert!(format!("{:#}", err.unwrap_err()).contains("unknown notification event \"roll_back\""));
+    }
+
+    #[test]
+    fn status_notifiers_read_their_token_and_want_task_starts_and_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gh.token"), "secret-token\n").unwrap();
+        let path = dir.path().join("d.toml");
+        // token_file is relative to the config file's folder.
+        std::fs::write(
+            &path,
+            "[[notifier]]\nstatus = \"github\"\napi = \"https://api.github.com/\"\ntoken_file = \"gh.token\"\n",
+        )
+        .unwrap();
+        let config = Config::from_cli(cli(&["--config", path.to_str().unwrap()])).unwrap();
+        let notifier = &config.settings.notifiers[0];
+        let NotifierTarget::Status(target) = &notifier.target else { panic!("{notifier:?}") };
+        assert_eq!((target.forge, target.api.as_str()), (Forge::Github, "https://api.github.com"));
+        assert_eq!((target.token.as_str(), target.context.as_str()), ("secret-token", "baton"));
+        assert!(!format!("{notifier:?}").contains("secret-token"), "Debug shows the token");
+        assert!(
+            notifier.wants(NotificationEvent::TaskStarted) && notifier.wants(NotificationEvent::TaskFinished)
+        );
+        assert!(!notifier.wants(NotificationEvent::TaskFailed));
+        // Other notifiers get the per-task events only when they list them.
+        let plain = notifiers_of("[[notifier]]\nurl = \"http://h/\"\n").unwrap();
+        assert!(
+            !plain[0].wants(NotificationEvent::TaskStarted) && plain[0].wants(NotificationEvent::TaskFailed)
+        );
+        for (text, error) in [
+            (
+                "status = \"bitbucket\"\napi = \"http://a\"\ntoken_file = \"t\"",
+                "expected github, gitea or gitlab",
+            ),
+            ("status = \"gitea\"\ntoken_file = \"t\"", "needs api"),
+            ("status = \"gitea\"\napi = \"http://a\"\ntoken_file = \"missing\"", "reading token_file"),
+            ("url = \"http://a\"\ncontext = \"x\"", "go with status"),
+        ] {
+            let err = notifiers_of(&format!("[[notifier]]\n{text}\n")).unwrap_err();
+            assert!(format!("{err:#}").contains(error), "{text}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn retention_and_the_public_url_are_checked() {
+        let config = Config::from_cli(cli(&[
+            "--keep-logs",
+            "30d",
+            "--keep-tasks",
+            "5",
+            "--public-url",
+            "https://ci.example/",
+        ]))
+        .unwrap();
+        assert_eq!(config.retention.keep_logs, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.retention.keep_tasks, Some(5));
+        assert_eq!(config.public_url.as_deref(), Some("https://ci.example"));
+        let defaults = Config::from_cli(cli(&[])).unwrap();
+        assert_eq!((defaults.retention.keep_logs, defaults.retention.keep_tasks), (None, None));
+        assert!(Config::from_cli(cli(&["--keep-tasks", "0"])).is_err());
+        assert!(Config::from_cli(cli(&["--public-url", "ci.example"])).is_err());
     }
 
     /// The environments of the first `[[repo]]` of a config file's text.

@@ -490,6 +490,12 @@ vocabulary! {
         DeploymentFailed => "deployment_failed",
         /// Bisection found the first failing commit of a range.
         CulpritFound => "culprit_found",
+        /// A test task started its first attempt (commit statuses:
+        /// `pending`). Not sent to notifiers that list no events.
+        TaskStarted => "task_started",
+        /// A test task ended, whatever its state (commit statuses: the
+        /// final state). Not sent to notifiers that list no events.
+        TaskFinished => "task_finished",
     }
 }
 

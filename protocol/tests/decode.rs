@@ -467,6 +467,7 @@ fn dispatcher_to_client() -> BoxedStrategy<DispatcherToClient> {
                 runners_dead,
                 tasks,
                 data_dir_full: None,
+                data_dir_bytes: 0,
             })
         },
     );

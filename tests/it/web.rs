@@ -153,7 +153,7 @@ fn the_api_serves_what_the_client_shows_and_refuses_bad_requests() {
     // The raw log is the stored log.
     let log = get(&http, &format!("/api/v1/tasks/{id}/log"));
     assert_eq!(log.status, 200);
-    let stored = std::fs::read(dispatcher.data_dir.join("logs").join(format!("{id}.log"))).unwrap();
+    let stored = support::stored_log(&dispatcher.data_dir, id);
     assert_eq!(log.body, stored);
     assert!(log.text().contains("\x1b[32mgreen"), "{}", log.text());
 
@@ -352,7 +352,7 @@ fn events_and_the_followed_log_are_live_and_exact() {
     let (rest, ended) = collect_until(&follow, "the end of the followed log", |_| false);
     assert!(ended);
     let followed = [early, rest].concat();
-    let stored = std::fs::read(dispatcher.data_dir.join("logs").join(format!("{id}.log"))).unwrap();
+    let stored = support::stored_log(&dispatcher.data_dir, id);
     assert_eq!(String::from_utf8_lossy(&followed), String::from_utf8_lossy(&stored));
     assert_eq!(followed, stored);
 

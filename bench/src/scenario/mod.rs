@@ -12,6 +12,7 @@ mod failover;
 mod failover_freeze;
 mod failover_kill;
 mod flood;
+mod logs;
 mod manager_scale;
 mod memory;
 mod orphans;
@@ -125,6 +126,11 @@ pub const ALL: &[Scenario] = &[
         name: "flood",
         about: "2,000 silent connections held -> `baton status` success rate and wall time (default 5 rounds of 10)",
         run: |ctx| Box::pin(flood::run(ctx)),
+    },
+    Scenario {
+        name: "logs",
+        about: "zstd on 16 MB of `python3 -m unittest -v` output: ratio, compress and decompress MB/s (default 5)",
+        run: |ctx| Box::pin(logs::run(ctx)),
     },
     Scenario {
         name: "stall",

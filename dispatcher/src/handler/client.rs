@@ -263,6 +263,11 @@ async fn stream_log(
         sender.send(&DispatcherToClient::Error(format!("no task {task_id}"))).await?;
         return Ok(());
     };
+    if task.state.is_final() && log_pruned(shared, task_id).await? {
+        let message = format!("the log of task {task_id} was pruned (--keep-logs)");
+        sender.send(&DispatcherToClient::Error(message)).await?;
+        return Ok(());
+    }
     let follow = request.follow && !task.state.is_final();
     let read = crate::follow::read_log(
         &shared.scheduler,
@@ -292,6 +297,14 @@ impl crate::follow::Sink for Client<'_> {
         self.0.send(&DispatcherToClient::LogChunk(bytes)).await?;
         Ok(())
     }
+}
+
+/// Whether retention removed the task's log (and it is not there).
+async fn log_pruned(shared: &Shared, task_id: TaskId) -> anyhow::Result<bool> {
+    if crate::logs::exists(&shared.files, task_id) {
+        return Ok(false);
+    }
+    shared.readers.query(move |reader| reader.log_pruned(task_id)).await
 }
 
 async fn read_task(shared: &Shared, task_id: TaskId) -> anyhow::Result<Option<TaskInfo>> {

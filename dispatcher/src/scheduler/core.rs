@@ -107,6 +107,7 @@ impl Core {
             runners_dead: dead,
             tasks: TaskState::ALL.iter().map(|state| (*state, self.tasks.count(*state))).collect(),
             data_dir_full: self.disk.full(),
+            data_dir_bytes: self.files.size(),
         }
     }
 

@@ -125,6 +125,7 @@ fn assign(
     let task = &running.task;
     tx.start_attempt(task_id, task.attempts, name, now_ms())?;
     core.files.start_attempt(task_id, task.attempts);
+    core.releases.task_started(tx, effects, task)?;
     tracing::info!(task_id = %task_id, attempt = task.attempts, runner = %name, commit = %task.commit, "task assigned");
     effects.send_runner(
         conn,

@@ -145,6 +145,20 @@ pub enum Event {
         runner: Name,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Retention removes these tasks and these tasks' logs, those that may
+    /// still go (`retention`); answered once committed with what went.
+    Prune {
+        tasks: Vec<TaskId>,
+        logs: Vec<TaskId>,
+        reply: oneshot::Sender<Pruned>,
+    },
+}
+
+/// What one [`Event::Prune`] removed.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub tasks: Vec<crate::store::PrunedTask>,
+    pub logs: Vec<TaskId>,
 }
 
 /// How far a task's log has grown, for followers.

@@ -101,6 +101,25 @@ pub(super) fn handle(
             let result = super::manager::drain(core, &runner);
             effects.reply(reply, result);
         }
+        Event::Prune { tasks, logs, reply } => {
+            let mut pruned = super::Pruned::default();
+            // The store checks again that each may go; a live task never may.
+            for task_id in tasks {
+                if core.tasks.is_live(task_id) {
+                    continue;
+                }
+                if let Some(task) = tx.prune_task(task_id)? {
+                    core.tasks.forget(task.state);
+                    pruned.tasks.push(task);
+                }
+            }
+            for task_id in logs {
+                if !core.tasks.is_live(task_id) && tx.prune_log(task_id, super::now_ms())? {
+                    pruned.logs.push(task_id);
+                }
+            }
+            effects.reply(reply, pruned);
+        }
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use protocol::{Label, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl, Tas
 
 use super::runners::Runners;
 use super::{now_ms, tasks, Change, Effects, ReleaseChange};
-use crate::config::Notifier;
+use crate::config::{Notifier, NotifierTarget};
 use crate::files::{release_json, task_event_json, FileJob};
 use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Trigger, Tx};
 
@@ -79,8 +79,12 @@ impl Releases {
             }
             _ => None,
         };
-        if let Some(event) = event {
-            self.notify(tx, effects, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
+        if event.is_some_and(|event| self.wanted(event)) || self.wanted(NotificationEvent::TaskFinished) {
+            let body = serde_json::json!({ "task": task_event_json(task, finish) });
+            if let Some(event) = event {
+                self.notify_task(tx, effects, event, body.clone(), Some(task))?;
+            }
+            self.notify_task(tx, effects, NotificationEvent::TaskFinished, body, Some(task))?;
         }
         // A rerun of a commit that is already a release records no second one.
         if finish.state == TaskState::Passed
@@ -313,24 +317,93 @@ impl Releases {
         })))
     }
 
-    /// Queues `event` for every notifier that wants it.
+    /// A test task started its first attempt: queues `task_started` (a
+    /// commit's `pending` status).
+    pub(crate) fn task_started(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        task: &LiveTask,
+    ) -> anyhow::Result<()> {
+        // Checked first: this runs for every assignment.
+        if task.kind != TaskKind::Test || task.attempts != 1 || !self.wanted(NotificationEvent::TaskStarted) {
+            return Ok(());
+        }
+        let body = serde_json::json!({ "task": {
+            "id": task.id.get(),
+            "repo": task.repo.as_str(),
+            "branch": task.branch.as_str(),
+            "commit": task.commit.as_str(),
+            "state": "running",
+            "attempts": task.attempts,
+            "runner": task.runner.as_ref().map(|name| name.as_str()),
+        }});
+        self.notify_task(tx, effects, NotificationEvent::TaskStarted, body, Some(task))
+    }
+
+    /// Queues `event` for every notifier that wants it. A status notifier's
+    /// entry also names the repository on the forge (`forge_repo`); a task
+    /// of a repository that has none is not queued for it.
     pub(super) fn notify(
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
         event: NotificationEvent,
-        mut body: serde_json::Value,
+        body: serde_json::Value,
     ) -> anyhow::Result<()> {
+        self.notify_task(tx, effects, event, body, None)
+    }
+
+    /// As [`Releases::notify`], for an event about `task` (which a commit
+    /// status needs).
+    fn notify_task(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        event: NotificationEvent,
+        mut body: serde_json::Value,
+        task: Option<&LiveTask>,
+    ) -> anyhow::Result<()> {
+        if !self.wanted(event) {
+            return Ok(());
+        }
         body["event"] = event.as_str().into();
         body["at"] = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().into();
         let text = body.to_string();
         for notifier in self.notifiers.iter() {
-            if notifier.wants(event) {
-                tx.enqueue_notification(&notifier.name, &text, now_ms())?;
-                effects.outbox_changed = true;
+            if !notifier.wants(event) {
+                continue;
             }
+            if let NotifierTarget::Status(_) = notifier.target {
+                let Some(task) = task else { continue };
+                let Some(forge_repo) = self.forge_repo(&task.repo) else {
+                    tracing::debug!(repo = %task.repo, notifier = %notifier.name,
+                        "no forge repository for a commit status (set forge_repo in its [[repo]])");
+                    continue;
+                };
+                let mut body = body.clone();
+                body["forge_repo"] = forge_repo.into();
+                tx.enqueue_notification(&notifier.name, &body.to_string(), now_ms())?;
+            } else {
+                tx.enqueue_notification(&notifier.name, &text, now_ms())?;
+            }
+            effects.outbox_changed = true;
         }
         Ok(())
+    }
+
+    /// Whether any notifier wants `event`.
+    fn wanted(&self, event: NotificationEvent) -> bool {
+        self.notifiers.iter().any(|notifier| notifier.wants(event))
+    }
+
+    /// The repository's path on its forge: its `[[repo]]`'s `forge_repo`,
+    /// or derived from its URL.
+    fn forge_repo(&self, repo: &RepoUrl) -> Option<String> {
+        self.settings
+            .repo(repo)
+            .and_then(|settings| settings.forge_repo.clone())
+            .or_else(|| crate::notify::status::derive_forge_repo(repo.as_str()))
     }
 }
 

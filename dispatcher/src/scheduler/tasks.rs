@@ -163,7 +163,6 @@ impl Tasks {
     }
 
     /// Whether the task is queued or running.
-    #[cfg(test)]
     pub(crate) fn is_live(&self, task_id: TaskId) -> bool {
         self.pending.contains_key(&task_id) || self.running.contains_key(&task_id)
     }
@@ -275,6 +274,13 @@ impl Tasks {
         let from = if was_running { TaskState::Running } else { TaskState::Pending };
         self.move_count(Some(from), state);
         Some((task, was_running))
+    }
+
+    /// An ended task in `state` was removed by retention.
+    pub(crate) fn forget(&mut self, state: TaskState) {
+        debug_assert!(state.is_final(), "only ended tasks are removed");
+        let slot = self.counts.entry(state).or_default();
+        *slot = slot.saturating_sub(1);
     }
 
     fn move_count(&mut self, from: Option<TaskState>, to: TaskState) {

@@ -563,6 +563,7 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
         release_branches: None,
         steps,
         auto_rollback: false,
+        forge_repo: None,
         environments: Vec::new(),
     };
     let releases = Releases { repos: vec![repo], ..Releases::default() };
@@ -650,6 +651,36 @@ fn a_manager_drains_only_idle_runners_and_a_drained_runner_gets_no_work() {
     assert_eq!(drained.state, protocol::message::LoadState::Draining);
 }
 
+/// Retention (issue 16): only ended tasks go, the counts by state follow the
+/// rows (checked by the harness after every step), and a log is pruned once.
+#[test]
+fn pruning_removes_only_ended_tasks_and_keeps_the_counts() {
+    let mut h = Harness::new(settings());
+    let conn = h.connect("r1", 1, &[], &[]);
+    let ended = h.submit();
+    assert_eq!(h.assigned(conn), vec![(ended, 1, Job::Test)]);
+    h.result(conn, ended, 1, Outcome::Failed);
+    let logged = h.submit();
+    assert_eq!(h.assigned(conn), vec![(logged, 1, Job::Test)]);
+    h.result(conn, logged, 1, Outcome::Passed);
+    let running = h.submit();
+    assert_eq!(h.assigned(conn), vec![(running, 1, Job::Test)]);
+    let pending = h.submit();
+
+    let pruned =
+        h.ask(|reply| Event::Prune { tasks: vec![ended, running, pending], logs: vec![logged], reply });
+    let gone: Vec<TaskId> = pruned.tasks.iter().map(|task| task.id).collect();
+    assert_eq!(gone, vec![ended], "only the ended task goes");
+    assert_eq!(pruned.tasks[0].state, TaskState::Failed);
+    assert_eq!(pruned.logs, vec![logged]);
+    let status = h.ask(|reply| Event::Status { reply });
+    let count = |state| status.tasks.iter().find(|(s, _)| *s == state).map(|(_, n)| *n);
+    assert_eq!(count(TaskState::Failed), Some(0));
+    assert_eq!(count(TaskState::Passed), Some(1));
+    let again = h.ask(|reply| Event::Prune { tasks: vec![ended], logs: vec![logged, pending], reply });
+    assert!(again.tasks.is_empty() && again.logs.is_empty(), "{again:?}");
+}
+
 /// A repository with a staging (auto) and a production environment (auto,
 /// after staging, approval, one canary, auto-rollback).
 fn environments() -> Settings {
@@ -681,6 +712,7 @@ fn environments() -> Settings {
         steps: vec![DeployStep { name: "deploy".into(), command: "true".into() }],
         auto_rollback: false,
         environments: vec![staging, production],
+        forge_repo: None,
     };
     Settings { releases: Releases { repos: vec![repo], ..Releases::default() }, ..settings() }
 }

@@ -20,6 +20,8 @@ mod culprit;
 mod deployments;
 
 pub use self::culprit::{BisectStep, BisectionRow};
+mod prune;
+pub use prune::PrunedTask;
 mod releases;
 mod web;
 
@@ -31,10 +33,12 @@ const SCHEMA_V3: &str = include_str!("v3.sql");
 const SCHEMA_V4: &str = include_str!("v4.sql");
 const SCHEMA_DEPLOYMENTS: &str = include_str!("deployments.sql");
 const SCHEMA_CULPRIT: &str = include_str!("culprit.sql");
+const SCHEMA_LOGS: &str = include_str!("logs.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_DEPLOYMENTS, SCHEMA_CULPRIT];
+const MIGRATIONS: &[&str] =
+    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_DEPLOYMENTS, SCHEMA_CULPRIT, SCHEMA_LOGS];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

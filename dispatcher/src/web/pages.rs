@@ -329,21 +329,13 @@ struct RenderedLog {
 }
 
 async fn rendered_log(web: &Web, task: &TaskInfo) -> Result<RenderedLog, ApiError> {
-    let path = web.files.log_path(task.id);
+    let files = web.files.clone();
+    let task_id = task.id;
     let rendered = tokio::task::spawn_blocking(move || -> std::io::Result<RenderedLog> {
-        use std::io::{Read, Seek};
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(RenderedLog { html: String::new(), offset: 0 })
-            }
-            Err(err) => return Err(err),
+        // Plain or compressed alike.
+        let Some((bytes, start)) = crate::logs::tail(&files, task_id, MAX_RENDERED_LOG)? else {
+            return Ok(RenderedLog { html: String::new(), offset: 0 });
         };
-        let len = file.metadata()?.len();
-        let start = len.saturating_sub(MAX_RENDERED_LOG);
-        file.seek(std::io::SeekFrom::Start(start))?;
-        let mut bytes = Vec::new();
-        file.take(len - start).read_to_end(&mut bytes)?;
         let text = String::from_utf8_lossy(&bytes);
         let html = ansi_to_html::convert(&text).unwrap_or_else(|_| maud::html! { (text) }.into_string());
         let html = if start > 0 {

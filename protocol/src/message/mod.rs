@@ -638,6 +638,9 @@ pub struct StatusReport {
     /// Set while the data dir is full: the bytes free. Reads are served,
     /// submissions refused, runners kept; it clears by itself.
     pub data_dir_full: Option<u64>,
+    /// Bytes in the data dir (database, logs, results, releases), as last
+    /// measured by the dispatcher's pruner.
+    pub data_dir_bytes: u64,
 }
 
 /// A runner as the dispatcher sees it.

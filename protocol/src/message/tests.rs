@@ -253,8 +253,9 @@ fn client_messages_golden() {
         runners_dead: 0,
         tasks: vec![(TaskState::Running, 3)],
         data_dir_full: Some(4),
+        data_dir_bytes: 5,
     });
-    assert_eq!(round_trip(&status), "00 0131 02 01 00 00 01 01 03 0104".replace(' ', ""));
+    assert_eq!(round_trip(&status), "00 0131 02 01 00 00 01 01 03 0104 05".replace(' ', ""));
     let runner = RunnerInfo {
         name: Name::new("r").unwrap(),
         address: "a".into(),

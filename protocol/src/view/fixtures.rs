@@ -85,6 +85,7 @@ pub fn status_report() -> StatusReport {
             (TaskState::Failed, 2),
         ],
         data_dir_full: None,
+        data_dir_bytes: 0,
     }
 }
 

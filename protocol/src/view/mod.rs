@@ -137,6 +137,7 @@ pub fn status(report: &StatusReport) -> Value {
         },
         "tasks": tasks,
         "data_dir_full": report.data_dir_full.map(|bytes_free| json!({ "bytes_free": bytes_free })),
+        "data_dir_bytes": report.data_dir_bytes,
     })
 }
 
@@ -323,7 +324,10 @@ mod tests {
     #[test]
     fn status_lists_every_state() {
         let value = status(&fixtures::status_report());
-        assert_eq!(keys(&value), sorted(vec!["version", "uptime_ms", "runners", "tasks", "data_dir_full"]));
+        assert_eq!(
+            keys(&value),
+            sorted(vec!["version", "uptime_ms", "runners", "tasks", "data_dir_full", "data_dir_bytes"])
+        );
         assert_eq!(value["runners"], json!({ "idle": 2, "busy": 1, "dead": 0 }));
         assert_eq!(
             value["tasks"],

@@ -57,7 +57,7 @@ fn a_runner_cannot_report_someone_else_s_task() {
     let task = wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!((task["runner"].as_str(), task["attempts"].as_i64()), (Some("r1"), Some(1)), "{task:#}");
-    let log = std::fs::read(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = crate::support::stored_log(&dispatcher.data_dir, &id);
     let log = String::from_utf8_lossy(&log);
     assert!(log.contains("finished") && !log.contains("INJECTED"), "{log}");
 

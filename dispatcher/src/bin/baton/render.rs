@@ -177,6 +177,8 @@ pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String
         })
         .collect();
     let pools = (!pools.is_empty()).then(|| ("pools", Cell::new(pools.join("; "))));
+    // 0 until the dispatcher's first measurement, just after it starts.
+    let size = (report.data_dir_bytes > 0).then(|| ("data dir", Cell::new(bytes(report.data_dir_bytes))));
     let full = report.data_dir_full.map(|free| {
         ("storage", Cell::new(format!("data dir full: {free} bytes free (reads only, submissions refused)")))
     });
@@ -194,6 +196,7 @@ pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String
                 ),
                 ("tasks", Cell::new(tasks.join(", "))),
             ])
+            .chain(size)
             .chain(pools)
             .collect(),
         style,
@@ -359,6 +362,21 @@ pub(crate) fn finish(table: &Table) -> String {
     let mut text = table.trim_fmt();
     text.push('\n');
     text
+}
+
+/// Bytes for people: `812 B`, `3.4 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
