@@ -264,6 +264,7 @@ fn bad_requests_are_refused_with_their_status_and_submit_nothing() {
     assert_eq!(hooked.commits().len(), 3);
 
     // The same push, signed, is what it takes.
+    let commit = hooked.app.commit(&[("file.txt", "pushed")], "pushed");
     assert_eq!(post(&hooked.webhook, "/", &github("push", good), &body).0, 202);
     hooked.wait_submitted(&commit);
     assert!(hooked.observer.log().contains("webhook refused"));
