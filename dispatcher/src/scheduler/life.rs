@@ -367,25 +367,15 @@ fn requeue_refused(
 ) -> anyhow::Result<()> {
     let Some(running) = core.tasks.running(task_id) else { return Ok(()) };
     if running.aborting {
-        let finish = Finish {
-            reason: Some(format!("aborted by a client before it started: {reason}")),
-            ..Finish::ended(TaskState::Aborted)
-        };
-        return self::finish(core, tx, effects, task_id, &finish);
+        let why = format!("aborted by a client before it started: {reason}");
+        return end(core, tx, effects, task_id, TaskState::Aborted, why);
     }
-    if let Some(runner) = running.task.runner.clone() {
-        core.runners.remove_task(&runner, task_id);
-    }
+    free_slot(core, task_id);
     let Some(task) = core.tasks.unstart(task_id) else { return Ok(()) };
     let attempts = task.attempts;
     tx.requeue_refused(task_id, attempts, reason)?;
     tracing::info!(task_id = %task_id, attempts, reason, "assignment refused; requeued without spending an attempt");
-    effects.state_changed(StateChange {
-        task_id,
-        state: TaskState::Pending,
-        attempt: attempts,
-        runner: None,
-    });
+    pending_again(effects, task_id, attempts);
     Ok(())
 }
 
@@ -403,32 +393,51 @@ pub(super) fn requeue_or_fail(
     let attempts = running.task.attempts;
     let lost_runs = attempts - running.task.retries;
     if running.aborting {
-        let finish = Finish {
-            reason: Some(format!("aborted by a client; its runner was lost before stopping it: {reason}")),
-            ..Finish::ended(TaskState::Aborted)
-        };
-        return self::finish(core, tx, effects, task_id, &finish);
+        let why = format!("aborted by a client; its runner was lost before stopping it: {reason}");
+        return end(core, tx, effects, task_id, TaskState::Aborted, why);
     }
     if lost_runs >= core.settings.max_attempts {
-        let finish = Finish {
-            reason: Some(format!("gave up after {attempts} attempts; last: {reason}")),
-            ..Finish::ended(TaskState::Error)
-        };
-        return self::finish(core, tx, effects, task_id, &finish);
+        let why = format!("gave up after {attempts} attempts; last: {reason}");
+        return end(core, tx, effects, task_id, TaskState::Error, why);
     }
-    if let Some(runner) = running.task.runner.clone() {
-        core.runners.remove_task(&runner, task_id);
-    }
+    free_slot(core, task_id);
     core.tasks.requeue(task_id);
     tx.requeue(task_id, reason)?;
     tracing::warn!(task_id = %task_id, attempts, reason, "task requeued");
+    pending_again(effects, task_id, attempts);
+    Ok(())
+}
+
+/// Ends a running task with `state` and the reason why, the way a result
+/// would.
+fn end(
+    core: &mut Core,
+    tx: &Tx<'_>,
+    effects: &mut Effects,
+    task_id: TaskId,
+    state: TaskState,
+    reason: String,
+) -> anyhow::Result<()> {
+    let finish = Finish { reason: Some(reason), ..Finish::ended(state) };
+    self::finish(core, tx, effects, task_id, &finish)
+}
+
+/// Takes a running task off its runner's list (its slot is free again).
+fn free_slot(core: &mut Core, task_id: TaskId) {
+    let runner = core.tasks.running(task_id).and_then(|running| running.task.runner.clone());
+    if let Some(runner) = runner {
+        core.runners.remove_task(&runner, task_id);
+    }
+}
+
+/// Tells subscribers a task waits in the queue again.
+fn pending_again(effects: &mut Effects, task_id: TaskId, attempts: u32) {
     effects.state_changed(StateChange {
         task_id,
         state: TaskState::Pending,
         attempt: attempts,
         runner: None,
     });
-    Ok(())
 }
 
 /// `baton abort`: a queued task ends at once; a running one is stopped by

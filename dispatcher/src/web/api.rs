@@ -14,6 +14,7 @@ use protocol::message::{RunnerState, TaskInfo};
 use protocol::{Branch, CommitId, RepoUrl, TaskId, TaskState};
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use super::{json, parse_task_id, ApiError, Web};
 use crate::scheduler::Event;
@@ -208,20 +209,34 @@ fn refused(reason: String) -> ApiError {
     }
 }
 
+/// Steering of one task by id (rerun, abort): the id checked, then the
+/// peer's right to steer, then the scheduler's answer.
+async fn steer_task<T>(
+    web: &Web,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    id: &str,
+    make: impl FnOnce(TaskId, oneshot::Sender<Result<T, String>>) -> Event,
+) -> Result<(TaskId, T), ApiError> {
+    let task_id = parse_task_id(id)?;
+    web.auth.check(peer, headers)?;
+    let answer = web
+        .scheduler
+        .ask(|reply| make(task_id, reply))
+        .await
+        .map_err(ApiError::unavailable)?
+        .map_err(refused)?;
+    Ok((task_id, answer))
+}
+
 pub async fn rerun(
     State(web): State<Arc<Web>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let task_id = parse_task_id(&id)?;
-    web.auth.check(peer, &headers)?;
-    let accepted = web
-        .scheduler
-        .ask(|reply| Event::Rerun { task_id, reply })
-        .await
-        .map_err(ApiError::unavailable)?
-        .map_err(refused)?;
+    let (task_id, accepted) =
+        steer_task(&web, peer, &headers, &id, |task_id, reply| Event::Rerun { task_id, reply }).await?;
     tracing::info!(peer = %peer, task_id = %task_id, new_task = %accepted.task_id, "rerun over http");
     Ok((StatusCode::CREATED, Json(json::accepted(&accepted))).into_response())
 }
@@ -232,14 +247,8 @@ pub async fn abort(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let task_id = parse_task_id(&id)?;
-    web.auth.check(peer, &headers)?;
-    let task = web
-        .scheduler
-        .ask(|reply| Event::Abort { task_id, reply })
-        .await
-        .map_err(ApiError::unavailable)?
-        .map_err(refused)?;
+    let (task_id, task) =
+        steer_task(&web, peer, &headers, &id, |task_id, reply| Event::Abort { task_id, reply }).await?;
     tracing::info!(peer = %peer, task_id = %task_id, "abort over http");
     Ok(Json(json::task(&task)).into_response())
 }
