@@ -66,7 +66,7 @@ impl Collected {
     /// Every test recognised in `output`.
     pub fn add_output(&mut self, output: &str) {
         for line in output.lines() {
-            let line = strip_ansi(line);
+            let line = crate::summary::strip_ansi(line);
             if let Some((name, status)) = recognise(&line) {
                 self.add(&name, status);
             }
@@ -209,27 +209,6 @@ fn nextest(line: &str) -> Option<(String, TestStatus)> {
         rest = counted.split_once(')')?.1.trim_start();
     }
     (!rest.is_empty()).then(|| (rest.to_string(), status))
-}
-
-/// Removes ANSI escape sequences (colours).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.clone().next() == Some('[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
