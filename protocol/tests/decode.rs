@@ -496,7 +496,9 @@ fn dispatcher_handshake() -> BoxedStrategy<DispatcherHandshake> {
 }
 
 fn proof() -> BoxedStrategy<Proof> {
-    (prop::option::of(bytes()), any::<[u8; 32]>()).prop_map(|(mac, nonce)| Proof { mac, nonce }).boxed()
+    (prop::option::of(bytes()), any::<[u8; 32]>())
+        .prop_map(|(mac, nonce)| Proof { mac, nonce, user: None })
+        .boxed()
 }
 
 /// A valid value of any wire type, every variant reachable.
