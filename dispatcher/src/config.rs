@@ -13,6 +13,7 @@ use protocol::{Branch, Name, NotificationEvent, RepoUrl};
 use crate::cli::Cli;
 use crate::scheduler::Settings;
 use crate::store::Sync;
+use crate::users::{UserFile, Users};
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct Config {
     pub log_json: bool,
     /// Where the web report service listens; `None` when it is off.
     pub http: Option<Http>,
+    /// The `[[user]]` tables: people and their roles (empty: none).
+    pub users: std::sync::Arc<Users>,
 }
 
 /// The web report service's address.
@@ -62,6 +65,8 @@ struct FileConfig {
     repo: Vec<RepoFile>,
     #[serde(default)]
     notifier: Vec<NotifierFile>,
+    #[serde(default)]
+    user: Vec<UserFile>,
 }
 
 /// A `[[repo]]` table: release and deploy settings of one repository.
@@ -199,6 +204,7 @@ impl Config {
         };
         let releases = releases(file.release_branches, file.repo)?;
         let notifiers = notifiers(file.notifier)?;
+        let users = Users::from_files(file.user)?;
         let listen = cli.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8888".into());
         anyhow::ensure!(
             protocol::peer::host_port(&listen).is_some(),
@@ -216,6 +222,7 @@ impl Config {
             None => Some(Http { addr: "127.0.0.1:8080".into(), explicit: false }),
         };
         Ok(Config {
+            users: std::sync::Arc::new(users),
             http,
             tls,
             listen,

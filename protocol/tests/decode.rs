@@ -239,6 +239,8 @@ fn task_info() -> BoxedStrategy<TaskInfo> {
                 labels,
                 trigger,
                 kind,
+                requested_by: None,
+                aborted_by: None,
             },
         )
         .boxed()

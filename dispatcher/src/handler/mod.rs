@@ -14,7 +14,8 @@ pub(crate) fn new_task(
     commit: protocol::CommitId,
     labels: Vec<protocol::Label>,
     trigger: crate::store::Trigger,
+    requested_by: Option<String>,
 ) -> crate::store::NewTask {
     let kind = crate::store::TaskKind::Test;
-    crate::store::NewTask { repo, branch, commit, labels, trigger, kind, release_id: None }
+    crate::store::NewTask { repo, branch, commit, labels, trigger, kind, release_id: None, requested_by }
 }

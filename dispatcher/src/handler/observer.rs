@@ -61,6 +61,7 @@ pub async fn serve(
                         submit.commit,
                         submit.labels,
                         Trigger::Observer,
+                        None,
                     );
                     if shared.scheduler.send(Event::Submit { task, reply }).await.is_err()
                         || answers.send(answer).await.is_err()

@@ -149,6 +149,7 @@ impl Releases {
         effects: &mut Effects,
         repo: &RepoUrl,
         to: Option<u32>,
+        by: Option<&str>,
     ) -> anyhow::Result<Result<(ReleaseInfo, Deploys), String>> {
         let releases = tx.releases_of(repo)?;
         let current = releases.iter().find(|r| r.info.state.is_current());
@@ -175,8 +176,11 @@ impl Releases {
             }
         };
         let mut deploys = Vec::new();
-        let release =
-            self.record_rollback(tx, effects, &mut deploys, current, target, "baton rollback".into())?;
+        let trigger = match by {
+            Some(user) => format!("baton rollback by {user}"),
+            None => "baton rollback".to_string(),
+        };
+        let release = self.record_rollback(tx, effects, &mut deploys, current, target, trigger)?;
         Ok(Ok((release.info, deploys)))
     }
 
@@ -229,6 +233,7 @@ impl Releases {
                 trigger: Trigger::Deploy,
                 kind: TaskKind::Deploy,
                 release_id: Some(record.id),
+                requested_by: None,
             };
             let (accepted, queued) = tasks::insert(tx, deploy, now_ms())?;
             deploys.extend(queued);

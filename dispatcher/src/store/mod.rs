@@ -23,10 +23,11 @@ const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");
 const SCHEMA_V3: &str = include_str!("v3.sql");
 const SCHEMA_V4: &str = include_str!("v4.sql");
+const SCHEMA_USERS: &str = include_str!("users.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_USERS];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,9 @@ pub struct NewTask {
     pub kind: TaskKind,
     /// The release a deploy task deploys.
     pub release_id: Option<i64>,
+    /// Who asked for it (a client's submit or rerun): the proven user, or
+    /// the client's name.
+    pub requested_by: Option<String>,
 }
 
 /// A task that is queued or running, as the scheduler keeps it in memory.
@@ -312,8 +316,9 @@ impl Tx<'_> {
         let inserted = self
             .tx
             .prepare_cached(
-                "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels, kind, release_id)
-             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8)
+                "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels, kind, release_id,
+                requested_by)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (repo, commit_id) WHERE trigger = 'observer' DO NOTHING",
             )?
             .execute(params![
@@ -324,7 +329,8 @@ impl Tx<'_> {
                 now_ms,
                 labels,
                 task.kind.as_str(),
-                task.release_id
+                task.release_id,
+                task.requested_by
             ])?;
         if inserted == 1 {
             return Ok((task_id(self.tx.last_insert_rowid())?, true));
@@ -374,6 +380,18 @@ impl Tx<'_> {
                 "UPDATE tasks SET state = 'pending', runner = NULL, attempts = ?3, reason = ?2 WHERE id = ?1",
             )?
             .execute(params![id.get(), reason, attempts])?;
+        Ok(())
+    }
+
+    /// Records who asked to abort a task (its end is recorded when it ends).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn set_aborted_by(&self, id: TaskId, by: &str) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached("UPDATE tasks SET aborted_by = ?2 WHERE id = ?1")?
+            .execute(params![id.get(), by])
+            .context("recording who aborted a task")?;
         Ok(())
     }
 
@@ -515,7 +533,8 @@ impl Reader {
 }
 
 const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \
-     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind";
+     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind, \
+     requested_by, aborted_by";
 
 fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
     let passed: Option<u32> = row.get(12)?;
@@ -544,6 +563,8 @@ fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
         labels: parse_labels(row, 16)?,
         trigger: row.get(17)?,
         kind: row.get(18)?,
+        requested_by: row.get(19)?,
+        aborted_by: row.get(20)?,
     })
 }
 

@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::{json, parse_task_id, ApiError, Web};
 use crate::scheduler::Event;
 use crate::store::Trigger;
+use crate::users::Action;
 
 /// Tasks one list returns when the request does not say.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -182,11 +183,12 @@ pub async fn submit(
     web.auth.check(peer, &headers)?;
     let body: SubmitBody = parse_body(body)?;
     let repo = RepoUrl::new(body.repo).map_err(|err| ApiError::bad_request(format!("bad repo: {err}")))?;
+    let by = web.auth.steer(peer, &headers, Action::Trigger { repo: &repo })?;
     let commit =
         CommitId::new(body.commit).map_err(|err| ApiError::bad_request(format!("bad commit: {err}")))?;
     let branch = Branch::new(body.branch.unwrap_or_else(|| "main".into()))
         .map_err(|err| ApiError::bad_request(format!("bad branch: {err}")))?;
-    let task = crate::handler::new_task(repo, branch, commit, Vec::new(), Trigger::Manual);
+    let task = crate::handler::new_task(repo, branch, commit, Vec::new(), Trigger::Manual, Some(by));
     let accepted = web
         .scheduler
         .ask(|reply| Event::Submit { task, reply })
@@ -196,6 +198,30 @@ pub async fn submit(
     tracing::info!(peer = %peer, task_id = %accepted.task_id, "task submitted over http");
     let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json::accepted(&accepted))).into_response())
+}
+
+/// Checks a steering request on an existing task (the token or loopback,
+/// then, with users, the roles on the task's repository).
+///
+/// # Returns
+/// The actor steering records name.
+///
+/// # Errors
+/// 401/403 as [`super::auth::Auth::steer`]; 404 for a task that does not
+/// exist, once users make its repository matter.
+async fn steer_task(
+    web: &Web,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    task_id: TaskId,
+) -> Result<String, ApiError> {
+    if !web.auth.users_enabled() {
+        // Without users every steering action has the same rule.
+        return web.auth.steer(peer, headers, Action::Admin);
+    }
+    web.auth.check(peer, headers)?;
+    let task = read_task(web, task_id).await?;
+    web.auth.steer(peer, headers, Action::Trigger { repo: &task.repo })
 }
 
 /// A scheduler's refusal: "no task N" is a 404, anything else (already
@@ -215,10 +241,10 @@ pub async fn rerun(
     Path(id): Path<String>,
 ) -> ApiResult {
     let task_id = parse_task_id(&id)?;
-    web.auth.check(peer, &headers)?;
+    let by = steer_task(&web, peer, &headers, task_id).await?;
     let accepted = web
         .scheduler
-        .ask(|reply| Event::Rerun { task_id, reply })
+        .ask(|reply| Event::Rerun { task_id, by, reply })
         .await
         .map_err(ApiError::unavailable)?
         .map_err(refused)?;
@@ -233,10 +259,10 @@ pub async fn abort(
     Path(id): Path<String>,
 ) -> ApiResult {
     let task_id = parse_task_id(&id)?;
-    web.auth.check(peer, &headers)?;
+    let by = steer_task(&web, peer, &headers, task_id).await?;
     let task = web
         .scheduler
-        .ask(|reply| Event::Abort { task_id, reply })
+        .ask(|reply| Event::Abort { task_id, by, reply })
         .await
         .map_err(ApiError::unavailable)?
         .map_err(refused)?;
@@ -266,7 +292,7 @@ pub async fn rollback(
     let repo = RepoUrl::new(repo.to_string())
         .or_else(|err| if repo.starts_with('/') { Err(err) } else { RepoUrl::new(format!("/{repo}")) })
         .map_err(|err| ApiError::bad_request(format!("bad repo: {err}")))?;
-    web.auth.check(peer, &headers)?;
+    web.auth.steer(peer, &headers, Action::Approve { repo: &repo, environment: None })?;
     let body: RollbackBody = match &body {
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => RollbackBody::default(),
         _ => parse_body(body)?,
@@ -274,7 +300,7 @@ pub async fn rollback(
     let to = body.to;
     let release = web
         .scheduler
-        .ask(|reply| Event::Rollback { repo, to, reply })
+        .ask(|reply| Event::Rollback { repo, to, by: None, reply })
         .await
         .map_err(ApiError::unavailable)?
         .map_err(refused)?;

@@ -1,22 +1,67 @@
 //! Who may steer through HTTP: with a token file, requests carrying
 //! `Authorization: Bearer <the secret>` (compared in constant time); without
-//! one, loopback peers only, as on the protocol port.
+//! one, loopback peers only, as on the protocol port. Then the same rule as
+//! the client port ([`crate::users::authorize`]): HTTP cannot prove a user,
+//! so with `[[user]]` tables configured the web API does not steer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use crate::users::{authorize, Action, Principal, Users, Via};
+
+/// The name steering records give requests made over HTTP.
+pub const WEB_ACTOR: &str = "web";
 
 /// The steering rule.
 pub struct Auth {
     secret: Option<Vec<u8>>,
+    users: Arc<Users>,
 }
 
 impl Auth {
     pub fn new(secret: Option<Vec<u8>>) -> Auth {
-        Auth { secret }
+        Auth { secret, users: Arc::new(Users::default()) }
+    }
+
+    /// Sets the configured users.
+    pub fn with_users(mut self, users: Arc<Users>) -> Auth {
+        self.users = users;
+        self
+    }
+
+    /// Whether `[[user]]` tables are configured.
+    pub fn users_enabled(&self) -> bool {
+        self.users.enabled()
+    }
+
+    /// Allows or refuses a steering request: the token or loopback, then the
+    /// roles.
+    ///
+    /// # Returns
+    /// The actor steering records name.
+    ///
+    /// # Errors
+    /// As [`Auth::check`]; 403 when the roles refuse.
+    pub fn steer(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        action: Action<'_>,
+    ) -> Result<String, ApiError> {
+        self.check(peer, headers)?;
+        let via = if self.secret.is_some() { Via::Secret } else { Via::Loopback };
+        let principal = Principal { user: None, via };
+        authorize(&self.users, &principal, action).map_err(|refusal| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{refusal} (the web API cannot prove a user: steer with `baton` and your key)"),
+            )
+        })?;
+        Ok(principal.actor(WEB_ACTOR))
     }
 
     /// Whether a token is needed (the page then shows its token prompt).

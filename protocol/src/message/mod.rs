@@ -525,6 +525,11 @@ pub struct TaskInfo {
     pub trigger: String,
     /// `test`, or `deploy` for a release's deploy steps.
     pub kind: String,
+    /// Who asked for a task a client created (submit, rerun): the proven
+    /// user, or the client's name.
+    pub requested_by: Option<String>,
+    /// Who asked to abort it.
+    pub aborted_by: Option<String>,
 }
 
 // ----------------------------------------------------------------- manager

@@ -27,6 +27,8 @@ fn task_info() -> TaskInfo {
         labels: vec![Label::new("linux").unwrap()],
         trigger: "observer".into(),
         kind: "test".into(),
+        requested_by: None,
+        aborted_by: None,
     }
 }
 

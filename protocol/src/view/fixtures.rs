@@ -31,6 +31,8 @@ pub fn task_info() -> TaskInfo {
         labels: vec![Label::new("linux").unwrap()],
         trigger: "observer".into(),
         kind: "test".into(),
+        requested_by: None,
+        aborted_by: None,
     }
 }
 
@@ -49,6 +51,8 @@ pub fn pending_task() -> TaskInfo {
         labels: vec![],
         trigger: "manual".into(),
         kind: "test".into(),
+        requested_by: None,
+        aborted_by: None,
         ..task_info()
     }
 }

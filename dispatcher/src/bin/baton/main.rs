@@ -13,6 +13,7 @@
 mod cli;
 mod command;
 mod git;
+mod key;
 mod log;
 mod render;
 mod request;
