@@ -324,6 +324,19 @@ fn user(file: UserFile) -> anyhow::Result<User> {
 /// # Errors
 /// A line that is not an OpenSSH public key, or a key of another kind.
 pub fn public_key(line: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    // Other kinds of key are not even parsed (the crate is built for
+    // Ed25519 only), so name the kind from the line itself.
+    match line.split_whitespace().next() {
+        Some("ssh-ed25519") => {}
+        Some(kind) if kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-") => {
+            anyhow::bail!(
+                "public_key is a {kind} key; only ssh-ed25519 keys are accepted (ssh-keygen -t ed25519)"
+            )
+        }
+        _ => anyhow::bail!(
+            "public_key is not an OpenSSH public key line (expected \"ssh-ed25519 AAAA... comment\")"
+        ),
+    }
     let key = ssh_key::PublicKey::from_openssh(line.trim())
         .map_err(|err| anyhow::anyhow!("public_key is not an OpenSSH public key line ({err})"))?;
     let Some(ed25519) = key.key_data().ed25519() else {

@@ -21,5 +21,6 @@ mod runner_liveness;
 mod security;
 mod support;
 mod tls;
+mod users;
 mod web;
 mod web_browser;
