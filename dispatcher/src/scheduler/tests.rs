@@ -478,6 +478,37 @@ fn abort_ends_a_queued_task_at_once_and_a_running_one_through_its_runner() {
     assert_ne!(rerun.unwrap().task_id, running);
 }
 
+/// Steering records name who asked (issue 18: people approve).
+#[test]
+fn steering_records_name_who_asked() {
+    let mut h = Harness::new(settings());
+    let observed = h.submit();
+    assert_eq!((h.task(observed).requested_by, h.task(observed).aborted_by), (None, None));
+    let aborted: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: observed, by: "alice".into(), reply });
+    assert_eq!(aborted.unwrap().aborted_by.as_deref(), Some("alice"));
+
+    let running = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(r1).len(), 1);
+    let _: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: running, by: "bob".into(), reply });
+    h.down(r1);
+    let ended = h.task(running);
+    assert_eq!((ended.state, ended.aborted_by.as_deref()), (TaskState::Aborted, Some("bob")));
+    // Asking again after the end changes nothing.
+    let again: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: running, by: "mallory".into(), reply });
+    assert!(again.is_err());
+    assert_eq!(h.task(running).aborted_by.as_deref(), Some("bob"));
+
+    let rerun: Result<Accepted, String> =
+        h.ask(|reply| Event::Rerun { task_id: running, by: "carol".into(), reply });
+    let new = h.task(rerun.unwrap().task_id);
+    assert_eq!((new.trigger.as_str(), new.requested_by.as_deref()), ("rerun", Some("carol")));
+    assert_eq!(new.aborted_by, None);
+}
+
 #[test]
 fn followers_hear_of_a_new_attempt_output_and_the_end_after_the_commit() {
     let mut h = Harness::new(settings());
