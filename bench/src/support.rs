@@ -50,6 +50,36 @@ impl Dispatcher {
         let addr = daemon.first_line(START_PATIENCE).context("reading the dispatcher's address")?;
         Ok(Dispatcher { daemon, addr })
     }
+
+    /// Starts `baton-dispatcher` with its web service on `--http
+    /// 127.0.0.1:0`; returns it with the HTTP address (its second stdout line,
+    /// `http: ADDR`).
+    ///
+    /// # Errors
+    /// When it cannot start or prints no `http:` line.
+    pub fn start_with_http(
+        bins: &Bins,
+        dir: &Path,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<(Dispatcher, String)> {
+        let mut all = strings(&["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"]);
+        all.push(data_dir.display().to_string());
+        all.extend(strings(args));
+        let mut launch = harness::Launch::new("baton-dispatcher", &all, &dir.join("dispatcher.log"));
+        launch.stdout = true;
+        launch.die_with_parent = true;
+        let mut daemon = Daemon::spawn(bins, launch)?;
+        let (addr, rest) =
+            daemon.first_lines(START_PATIENCE).context("reading the dispatcher's addresses")?;
+        let http = rest
+            .iter()
+            .find_map(|line| line.strip_prefix("http: "))
+            .with_context(|| format!("the dispatcher printed no `http: ADDR` line after {addr}"))?
+            .trim()
+            .to_string();
+        Ok((Dispatcher { daemon, addr }, http))
+    }
 }
 
 /// Starts `baton-runner` named `name`, its work dir and log under `dir`.

@@ -80,7 +80,15 @@ pub struct Cli {
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
-    /// A TOML file with the same keys as the long flags, plus `[[repo]]` tables.
+    /// Receive forge push webhooks on this address (e.g. 127.0.0.1:8090); off by default.
+    #[arg(long, env = "BATON_WEBHOOK", value_name = "ADDR")]
+    pub webhook: Option<String>,
+
+    /// File holding the secret webhooks are signed with (required unless --webhook is loopback).
+    #[arg(long, env = "BATON_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// A TOML file with the same keys as the long flags, plus `[[repo]]` and `[[schedule]]` tables.
     #[arg(long, env = "BATON_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 

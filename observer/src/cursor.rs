@@ -1,5 +1,6 @@
 //! The cursors (the last commits the dispatcher acknowledged, per repository
-//! and branch) and the state file that keeps them across restarts.
+//! and branch), each schedule's last fire time, and the state file that keeps
+//! them across restarts.
 //!
 //! A cursor is normally one commit: the branch's last acknowledged commit.
 //! While the side branch of a merge is half submitted, the acknowledged
@@ -18,6 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
 use protocol::{Branch, CommitId, RepoUrl};
 use serde::{Deserialize, Serialize};
 
@@ -45,13 +47,33 @@ impl Cursor {
     }
 }
 
-/// Every cursor, by repository and branch.
+/// Every cursor, by repository and branch, and the schedules' last fire times.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursors {
     repos: BTreeMap<RepoUrl, BTreeMap<Branch, Cursor>>,
+    /// By schedule key: the last time the schedule fired (its submission was
+    /// acknowledged), or when it was first seen.
+    fired: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl Cursors {
+    /// When the schedule `key` last fired, if it ever did (or was first seen).
+    pub fn last_fired(&self, key: &str) -> Option<DateTime<Utc>> {
+        self.fired.get(key).copied()
+    }
+
+    /// Records that the schedule `key` fired at `at`; an older time than the
+    /// one recorded is ignored. Returns whether anything changed.
+    pub fn fired(&mut self, key: &str, at: DateTime<Utc>) -> bool {
+        match self.fired.get(key) {
+            Some(recorded) if *recorded >= at => false,
+            _ => {
+                self.fired.insert(key.to_string(), at);
+                true
+            }
+        }
+    }
+
     /// The cursor of one branch, if it has one.
     pub fn get(&self, repo: &RepoUrl, branch: &Branch) -> Option<&Cursor> {
         self.repos.get(repo)?.get(branch)
@@ -134,6 +156,11 @@ impl Cursors {
                 cursors.repos.entry(repo.clone()).or_default().insert(branch, cursor);
             }
         }
+        for (key, at) in file.schedules {
+            let at = DateTime::parse_from_rfc3339(&at)
+                .with_context(|| format!("schedule {key:?}: invalid time {at:?}"))?;
+            cursors.fired.insert(key, at.with_timezone(&Utc));
+        }
         Ok(cursors)
     }
 
@@ -157,6 +184,11 @@ impl Cursors {
                         .collect();
                     (repo.to_string(), branches)
                 })
+                .collect(),
+            schedules: self
+                .fired
+                .iter()
+                .map(|(key, at)| (key.clone(), at.to_rfc3339_opts(SecondsFormat::Millis, true)))
                 .collect(),
         };
         // Serialising maps of strings cannot fail.
@@ -191,6 +223,10 @@ struct StateFile {
     version: u32,
     /// Repository, then branch, then cursor.
     repositories: BTreeMap<String, BTreeMap<String, FileCursor>>,
+    /// Schedule key, then its last fire time (RFC 3339). Files without it
+    /// (written before schedules existed) read as no schedule ever fired.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    schedules: BTreeMap<String, String>,
 }
 
 /// One cursor, as stored.
@@ -258,6 +294,24 @@ mod tests {
         assert_eq!(cursor.commit, commit('c'));
         assert_eq!(cursor.also, [commit('a')], "a head that is not a parent stays");
         assert!(!tmp_path(&path).exists(), "the temporary file was renamed");
+    }
+
+    #[test]
+    fn schedule_fire_times_round_trip_and_only_move_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (mut cursors, _, _) = sample();
+        let early = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z").unwrap().with_timezone(&Utc);
+        let late = early + chrono::Duration::hours(1);
+        assert!(cursors.fired("nightly", late));
+        assert!(!cursors.fired("nightly", early), "an older fire time is ignored");
+        cursors.save(&path).unwrap();
+        let loaded = Cursors::load(&path).unwrap();
+        assert_eq!(loaded.last_fired("nightly"), Some(late));
+        assert_eq!(loaded.last_fired("other"), None);
+        std::fs::write(&path, r#"{"version": 1, "repositories": {}, "schedules": {"a": "yesterday"}}"#)
+            .unwrap();
+        assert!(format!("{:#}", Cursors::load(&path).unwrap_err()).contains("is corrupt"));
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! connection and moves the cursors (`cursor`, saved in the state file) only
 //! on the dispatcher's answers.
 //!
+//! Two more things wake a scan loop: a forge's push through the webhook
+//! receiver (`webhook`, with `--webhook`), and a schedule (`schedule`), whose
+//! firing also submits a branch's tip as a new task.
+//!
 //! The observer never exits because a repository or the dispatcher misbehaves:
 //! those are logged and retried. Only bad settings, an unreadable state file
 //! or token file at start-up, and the shutdown token end [`run`].
@@ -20,7 +24,9 @@ mod git;
 mod link;
 mod queue;
 mod scan;
+mod schedule;
 mod watch;
+pub mod webhook;
 
 #[cfg(test)]
 mod test_repo;
@@ -30,6 +36,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use protocol::peer::Credentials;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,15 +46,37 @@ pub use crate::config::Config;
 /// grace for answers in flight, plus time for a scan thread to notice.
 const STOP_TIMEOUT: Duration = link::SHUTDOWN_GRACE.saturating_add(Duration::from_secs(2));
 
-/// Observes the configured repositories until `shutdown` is cancelled, then
-/// saves the cursors and returns.
+/// Binds the webhook receiver's address, when `--webhook` is given, so
+/// `main` can print the bound address before [`run`] serves it.
 ///
 /// # Errors
-/// Only at start-up: an unreadable token or CA file, a state file that cannot be
-/// read (corrupt) or whose folder cannot be created. Afterwards, failing
-/// repositories and an unreachable dispatcher are logged and retried; a final
-/// save that fails is returned.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The address cannot be bound (taken, or not this host's).
+pub async fn bind_webhook(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    let Some(webhook) = &config.webhook else { return Ok(None) };
+    let listener = TcpListener::bind(webhook.addr)
+        .await
+        .with_context(|| format!("binding the webhook address {}", webhook.addr))?;
+    Ok(Some(listener))
+}
+
+/// Observes the configured repositories until `shutdown` is cancelled, then
+/// saves the cursors and returns. `webhook` is the listener of
+/// [`bind_webhook`], served when given.
+///
+/// # Errors
+/// Only at start-up: an unreadable token, CA or webhook secret file, a state
+/// file that cannot be read (corrupt) or whose folder cannot be created.
+/// Afterwards, failing repositories and an unreachable dispatcher are logged
+/// and retried; a final save that fails is returned.
+pub async fn run(
+    config: Config,
+    webhook: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let secret = match config.webhook.as_ref().and_then(|webhook| webhook.secret_file.as_deref()) {
+        Some(path) => Some(webhook::Secret::load(path)?),
+        None => None,
+    };
     let credentials = Credentials::load(
         config.token_file.as_deref(),
         config.tls_ca.as_deref(),
@@ -76,9 +105,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracker.spawn(link::run(Arc::clone(&ledger), link_config, shutdown.child_token()));
     let settings =
         scan::ScanSettings { trigger: config.trigger, initial: config.initial, max_new: config.max_new };
+    let mut targets = Vec::new();
     for repo in config.repos {
         tracing::info!(repo = %repo.id, mode = repo.mode.as_str(), "observing");
-        tracker.spawn(scan::observe(repo, settings, Arc::clone(&ledger), shutdown.child_token()));
+        let wake = Arc::new(scan::Wake::default());
+        for schedule in config.schedules.iter().filter(|schedule| schedule.repo == repo.id) {
+            tracing::info!(schedule = %schedule.key, branch = %schedule.branch, "scheduled");
+            let ledger = Arc::clone(&ledger);
+            tracker.spawn(schedule::run(schedule.clone(), ledger, Arc::clone(&wake), shutdown.child_token()));
+        }
+        let target = webhook::Target {
+            id: repo.id.to_string(),
+            webhook_name: repo.webhook_name.clone(),
+            wake: Arc::clone(&wake),
+        };
+        targets.push(target);
+        tracker.spawn(scan::observe(repo, settings, Arc::clone(&ledger), wake, shutdown.child_token()));
+    }
+    if let Some(listener) = webhook {
+        let addr = listener.local_addr().context("reading the webhook address")?;
+        tracing::info!(%addr, signed = secret.is_some(), "receiving webhooks");
+        tracker.spawn(webhook::serve(listener, secret, targets, shutdown.child_token()));
     }
     tracker.close();
 
@@ -108,6 +155,7 @@ mod tests {
                 id,
                 branches: Vec::new(),
                 mode: Mode::Every,
+                webhook_name: None,
             }],
             state_file: state_dir.join("state.json"),
             initial: 1,
@@ -117,6 +165,8 @@ mod tests {
             tls_server_name: None,
             name: protocol::Name::new("observer-test").unwrap(),
             log_json: false,
+            webhook: None,
+            schedules: Vec::new(),
         }
     }
 
@@ -133,7 +183,7 @@ mod tests {
         let state_dir = tempfile::tempdir().unwrap();
         let config = config(&repo, state_dir.path(), dead_address().await);
         let shutdown = CancellationToken::new();
-        let observer = tokio::spawn(run(config, shutdown.clone()));
+        let observer = tokio::spawn(run(config, None, shutdown.clone()));
         repo.commit("c2");
         assert!(!observer.is_finished());
         shutdown.cancel();
@@ -149,7 +199,7 @@ mod tests {
         let state_dir = tempfile::tempdir().unwrap();
         std::fs::write(state_dir.path().join("state.json"), "{ half a file").unwrap();
         let config = config(&repo, state_dir.path(), dead_address().await);
-        let err = run(config, CancellationToken::new()).await.unwrap_err();
+        let err = run(config, None, CancellationToken::new()).await.unwrap_err();
         assert!(format!("{err:#}").contains("is corrupt"), "{err:#}");
     }
 }

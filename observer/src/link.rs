@@ -146,7 +146,11 @@ async fn submit(
 ) -> anyhow::Result<()> {
     let send = async {
         for pending in batch {
-            link.sender.feed(&ObserverToDispatcher::Submit(pending.submit.clone())).await?;
+            let message = match pending.fire {
+                Some(_) => ObserverToDispatcher::SubmitScheduled(pending.submit.clone()),
+                None => ObserverToDispatcher::Submit(pending.submit.clone()),
+            };
+            link.sender.feed(&message).await?;
         }
         link.sender.flush().await
     };
@@ -178,7 +182,8 @@ async fn submit(
             None => return Err(anyhow!("the dispatcher closed the connection")),
             Some(DispatcherToObserver::Accepted(accepted)) => {
                 ledger.answered(pending.seq);
-                tracing::info!(repo = %submit.repo, branch = %submit.branch, commit = %submit.commit, task_id = %accepted.task_id, duplicate = accepted.duplicate, "submission accepted");
+                let schedule = pending.fire.as_ref().map(|fire| fire.key.as_str());
+                tracing::info!(repo = %submit.repo, branch = %submit.branch, commit = %submit.commit, task_id = %accepted.task_id, duplicate = accepted.duplicate, schedule, "submission accepted");
             }
             Some(DispatcherToObserver::Refused(refused)) if refused.reason.starts_with("data dir full") => {
                 // Acceptable later: reconnect with back-off and submit again.

@@ -45,7 +45,19 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match observer::run(config, token).await {
+    // The webhook's bound address is the one line on stdout (logs go to
+    // stderr), as the dispatcher prints its own: `--webhook 127.0.0.1:0` works.
+    let webhook = match observer::bind_webhook(&config).await {
+        Ok(webhook) => webhook,
+        Err(err) => {
+            protocol::peer::print_fatal("baton-observer", &format!("{err:#}"));
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(addr) = webhook.as_ref().and_then(|listener| listener.local_addr().ok()) {
+        println!("webhook: {addr}");
+    }
+    match observer::run(config, webhook, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "baton-observer failed");

@@ -9,18 +9,23 @@
 //!
 //! The queue lives in memory only and is bounded by [`MAX_QUEUED`]: when it is
 //! full, a scan queues what fits and the rest stays unseen until a later scan.
+//!
+//! A schedule's submission ([`Fire`]) waits in the same queue but stands
+//! apart from the cursors: it does not count as seen, and its answer records
+//! the schedule's fire time instead of moving a cursor.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use protocol::message::Submit;
-use protocol::{Branch, CommitId, RepoUrl};
+use protocol::{Branch, CommitId, Label, RepoUrl};
 use tokio::sync::Notify;
 
 use crate::cursor::Cursors;
-use crate::git::ScanOutput;
+use crate::git::{NewCommit, ScanOutput};
 
 /// The most commits waiting for the dispatcher, across all repositories. Ten
 /// pushes of a thousand commits fit; each entry is a few hundred bytes, so the
@@ -36,6 +41,17 @@ pub struct Pending {
     pub submit: Submit,
     /// The commit's parents, to fold the cursor's heads once it is acknowledged.
     pub parents: Vec<CommitId>,
+    /// The schedule firing this submission is for; `None` for a new commit.
+    pub fire: Option<Fire>,
+}
+
+/// One firing of a schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fire {
+    /// The schedule's key in the state file.
+    pub key: String,
+    /// The time this firing stands for (a time the cron expression names).
+    pub at: DateTime<Utc>,
 }
 
 /// Cursors and queue, behind one lock that is never held across an await.
@@ -77,7 +93,9 @@ impl Ledger {
         for (branch, cursor) in inner.cursors.repo(repo) {
             seen.entry(branch.clone()).or_default().extend(cursor.heads().cloned());
         }
-        for pending in inner.pending.iter().filter(|pending| pending.submit.repo == *repo) {
+        for pending in
+            inner.pending.iter().filter(|pending| pending.submit.repo == *repo && pending.fire.is_none())
+        {
             seen.entry(pending.submit.branch.clone()).or_default().push(pending.submit.commit.clone());
         }
         seen
@@ -107,10 +125,9 @@ impl Ledger {
             if scanned.skipped > 0 {
                 tracing::warn!(repo = %repo, branch = %branch, skipped = scanned.skipped, kept = scanned.new.len(), "too many new commits, submitting only the newest");
             }
-            let has_pending = inner
-                .pending
-                .iter()
-                .any(|pending| pending.submit.repo == *repo && pending.submit.branch == *branch);
+            let has_pending = inner.pending.iter().any(|pending| {
+                pending.submit.repo == *repo && pending.submit.branch == *branch && pending.fire.is_none()
+            });
             if scanned.new.is_empty() {
                 // Nothing to submit and nothing in flight: the tip's history
                 // is all seen, so the cursor may rest on it.
@@ -138,7 +155,7 @@ impl Ledger {
                     commit: new.commit,
                     labels: new.labels,
                 };
-                inner.pending.push_back(Pending { seq, submit, parents: new.parents });
+                inner.pending.push_back(Pending { seq, submit, parents: new.parents, fire: None });
                 n_added += 1;
             }
         }
@@ -147,6 +164,57 @@ impl Ledger {
         if n_added > 0 {
             self.queued.notify_one();
         }
+        changed
+    }
+
+    /// Queues a schedule's submission of `tip`, the tip of `branch`, with the
+    /// labels its `.baton.toml` requires plus the schedule's own.
+    ///
+    /// # Returns
+    /// Whether it was queued: `false` when the queue is full (the firing is
+    /// then lost, and logged).
+    pub fn schedule(
+        &self,
+        repo: &RepoUrl,
+        branch: &Branch,
+        tip: NewCommit,
+        labels: &[Label],
+        fire: Fire,
+    ) -> bool {
+        let mut inner = self.lock();
+        if inner.pending.len() >= MAX_QUEUED {
+            drop(inner);
+            tracing::warn!(repo = %repo, branch = %branch, schedule = %fire.key, "submission queue full, skipping this firing");
+            return false;
+        }
+        let mut all_labels = tip.labels;
+        for label in labels {
+            if !all_labels.contains(label) {
+                all_labels.push(label.clone());
+            }
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let submit =
+            Submit { repo: repo.clone(), branch: branch.clone(), commit: tip.commit, labels: all_labels };
+        inner.pending.push_back(Pending { seq, submit, parents: tip.parents, fire: Some(fire) });
+        drop(inner);
+        self.queued.notify_one();
+        true
+    }
+
+    /// When the schedule `key` last fired (or was first seen), as saved.
+    pub fn last_fired(&self, key: &str) -> Option<DateTime<Utc>> {
+        self.lock().cursors.last_fired(key)
+    }
+
+    /// Records a firing that needs no submission (first sight of a schedule,
+    /// or a branch that does not exist). Returns whether the state changed
+    /// (the caller saves).
+    pub fn fired(&self, fire: &Fire) -> bool {
+        let mut inner = self.lock();
+        let changed = inner.cursors.fired(&fire.key, fire.at);
+        inner.dirty |= changed;
         changed
     }
 
@@ -167,7 +235,8 @@ impl Ledger {
     }
 
     /// The dispatcher answered entry `seq` (accepted or refused): the entry
-    /// leaves the queue and its branch's cursor moves to it.
+    /// leaves the queue and its branch's cursor moves to it (or, for a
+    /// schedule's submission, the schedule's fire time).
     ///
     /// # Returns
     /// The entry, or `None` when it was dropped meanwhile (its branch vanished).
@@ -175,8 +244,15 @@ impl Ledger {
         let mut inner = self.lock();
         let idx = inner.pending.iter().position(|pending| pending.seq == seq)?;
         let pending = inner.pending.remove(idx)?;
-        let Submit { repo, branch, commit, .. } = &pending.submit;
-        inner.cursors.acknowledge(repo, branch, commit, &pending.parents);
+        match &pending.fire {
+            Some(fire) => {
+                inner.cursors.fired(&fire.key, fire.at);
+            }
+            None => {
+                let Submit { repo, branch, commit, .. } = &pending.submit;
+                inner.cursors.acknowledge(repo, branch, commit, &pending.parents);
+            }
+        }
         inner.dirty = true;
         Some(pending)
     }
@@ -280,6 +356,24 @@ mod tests {
         };
         assert!(ledger.record(&repo, vanished));
         assert_eq!(ledger.cursors(), Cursors::default());
+    }
+
+    #[test]
+    fn a_scheduled_submission_is_not_seen_and_moves_no_cursor() {
+        let (ledger, repo, _dir) = ledger();
+        let main = Branch::new("main").unwrap();
+        let at = DateTime::parse_from_rfc3339("2026-12-01T03:00:00Z").unwrap().with_timezone(&Utc);
+        let fire = Fire { key: "nightly".into(), at };
+        let tip = NewCommit { commit: commit('7'), parents: Vec::new(), labels: Vec::new() };
+        let gpu = Label::new("gpu").unwrap();
+        assert!(ledger.schedule(&repo, &main, tip, std::slice::from_ref(&gpu), fire.clone()));
+        assert!(ledger.seen(&repo).is_empty(), "a scheduled tip may still be new to the branch");
+        let front = ledger.front(10);
+        assert_eq!((front[0].submit.labels.as_slice(), front[0].fire.as_ref()), (&[gpu][..], Some(&fire)));
+        assert_eq!(ledger.last_fired("nightly"), None);
+        ledger.answered(front[0].seq).unwrap();
+        assert_eq!(ledger.last_fired("nightly"), Some(at));
+        assert_eq!(ledger.cursors().get(&repo, &main), None);
     }
 
     #[test]

@@ -179,6 +179,7 @@ mod tests {
             max_new: 1000,
             seen: Default::default(),
             known: None,
+            tips_of: Vec::new(),
         };
         let mut n_scans = 0;
         loop {

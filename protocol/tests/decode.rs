@@ -304,9 +304,14 @@ fn runner_info() -> BoxedStrategy<RunnerInfo> {
 }
 
 fn observer_to_dispatcher() -> BoxedStrategy<ObserverToDispatcher> {
-    (repo(), branch(), commit(), labels())
-        .prop_map(|(repo, branch, commit, labels)| {
-            ObserverToDispatcher::Submit(Submit { repo, branch, commit, labels })
+    (repo(), branch(), commit(), labels(), any::<bool>())
+        .prop_map(|(repo, branch, commit, labels, scheduled)| {
+            let submit = Submit { repo, branch, commit, labels };
+            if scheduled {
+                ObserverToDispatcher::SubmitScheduled(submit)
+            } else {
+                ObserverToDispatcher::Submit(submit)
+            }
         })
         .boxed()
 }

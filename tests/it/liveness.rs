@@ -156,6 +156,50 @@ fn a_refused_assignment_is_not_an_attempt() {
     assert!(refusals <= 1, "the runner was asked {refusals} times while its slot was busy:\n{log}");
 }
 
+/// Issue 12, item 4: heartbeats are read and answered independently of
+/// output. Twenty tests print as fast as they can on four runners of five
+/// slots each, with the default heartbeats (a 3 s window, the runner's
+/// mirror rule at 6 s); no runner may be taken for a silent one, every task
+/// runs once, and every byte is stored.
+#[test]
+fn twenty_tasks_streaming_output_as_fast_as_they_can_lose_no_runner() {
+    const TASKS: usize = 20;
+    const BYTES: u64 = 8 * 1024 * 1024;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dispatcher = Dispatcher::start(&data, &[]);
+    let _runners: Vec<_> = (1..=4)
+        .map(|n| support::runner(tmp.path(), &dispatcher.addr, &format!("r{n}"), &["--slots", "5"]))
+        .collect();
+    let repo = Repo::init(&tmp.path().join("repo"));
+    let mut ids = Vec::new();
+    for n in 0..TASKS {
+        let baton_toml = format!(
+            "[test]\ncommand = \"yes 'task {n}: 0123456789abcdefghijklmnopqrstuvwxyz' | head -c {BYTES}; \
+             echo '1 passed, 0 failed'\"\n"
+        );
+        let commit = repo.commit(&[(".baton.toml", &baton_toml)], &format!("streaming test {n}"));
+        ids.push(submit(&dispatcher.addr, &[], &repo, &commit));
+    }
+    for id in &ids {
+        let task = wait_final(&dispatcher.addr, id);
+        assert_eq!(
+            (task["state"].as_str(), task["attempts"].as_i64()),
+            (Some("passed"), Some(1)),
+            "{task:#}"
+        );
+        let stored = support::baton(&dispatcher.addr, &["log", id]);
+        assert!(stored.status.success(), "baton log {id}: {}", String::from_utf8_lossy(&stored.stderr));
+        assert_eq!(
+            stored.stdout.len() as u64,
+            BYTES + "1 passed, 0 failed\n".len() as u64,
+            "task {id}'s log"
+        );
+    }
+    let log = dispatcher.daemon.log();
+    assert!(!log.contains("runner lost"), "a streaming runner was declared lost:\n{log}");
+}
+
 // ------------------------------------------------------------ partitions
 
 /// Heartbeats for partition tests: a 2 s window, wide enough that the

@@ -106,6 +106,11 @@ pub const ALL: &[Scenario] = &[
         run: |ctx| Box::pin(manager_scale::run(ctx)),
     },
     Scenario {
+        name: "web_polled",
+        about: "throughput_tasks without and with 200 HTTP clients polling the task list once a second (default 3)",
+        run: |ctx| Box::pin(throughput::run_polled(ctx)),
+    },
+    Scenario {
         name: "web",
         about: "web service with 1,000,000 tasks: GET / and /api/v1/tasks?limit=50, a test's line -> followed log (default 20)",
         run: |ctx| Box::pin(web::run(ctx)),

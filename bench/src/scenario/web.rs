@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 
 use super::{seed, Ctx};
 use crate::client::Client;
-use crate::report::Figure;
-use crate::support::{self, Daemon, Deadline, Repo, START_PATIENCE};
+use crate::report::{Bound, Figure};
+use crate::support::{self, Deadline, Dispatcher, Repo};
 
 /// Tasks in the database.
 const TASKS: usize = 1_000_000;
@@ -41,7 +41,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let data_dir = ctx.dir.join("data");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     seed::copy_database(&cached, &data_dir.join("baton.db"))?;
-    let (mut dispatcher, addr, http) = start_dispatcher(ctx, &data_dir)?;
+    let (Dispatcher { daemon: mut dispatcher, addr }, http) =
+        Dispatcher::start_with_http(&ctx.bins, &ctx.dir, &data_dir, &[])?;
 
     let overview = time_get(&http, "/", reps).await?;
     let tasks = time_get(&http, "/api/v1/tasks?limit=50", reps).await?;
@@ -81,32 +82,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let runners = client.runners().await?;
     anyhow::ensure!(runners.iter().any(|runner| runner.state != RunnerState::Dead), "the runner died");
     Ok(vec![
-        Figure::new("web_overview", "ms", overview),
-        Figure::new("web_api_tasks_limit50", "ms", tasks),
-        Figure::new("web_log_follow", "ms", follow),
+        Figure::new("web_overview", "ms", overview).target(Bound::AtMost(20.0)),
+        Figure::new("web_api_tasks_limit50", "ms", tasks).target(Bound::AtMost(20.0)),
+        Figure::new("web_log_follow", "ms", follow).target(Bound::AtMost(50.0)),
     ])
-}
-
-/// Starts the dispatcher with `--http 127.0.0.1:0`; returns it with its
-/// protocol and HTTP addresses (its first two stdout lines).
-fn start_dispatcher(ctx: &Ctx, data_dir: &std::path::Path) -> anyhow::Result<(Daemon, String, String)> {
-    let args: Vec<String> = ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"]
-        .iter()
-        .map(|arg| arg.to_string())
-        .chain([data_dir.display().to_string()])
-        .collect();
-    let mut launch = harness::Launch::new("baton-dispatcher", &args, &ctx.dir.join("dispatcher.log"));
-    launch.stdout = true;
-    launch.die_with_parent = true;
-    let mut daemon = Daemon::spawn(&ctx.bins, launch)?;
-    let (addr, rest) = daemon.first_lines(START_PATIENCE).context("reading the dispatcher's addresses")?;
-    let http = rest
-        .iter()
-        .find_map(|line| line.strip_prefix("http: "))
-        .with_context(|| format!("the dispatcher printed no `http: ADDR` line after {addr}"))?
-        .trim()
-        .to_string();
-    Ok((daemon, addr, http))
 }
 
 /// Wall times in ms of `reps` GETs of `path`, after one untimed one.
@@ -131,7 +110,7 @@ async fn time_get(http: &str, path: &str, reps: usize) -> anyhow::Result<Vec<f64
 }
 
 /// One GET with `Connection: close`, the whole answer (head and body).
-async fn get(http: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) async fn get(http: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(http).await.with_context(|| format!("connecting to {http}"))?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");

@@ -47,33 +47,26 @@ pub async fn serve(
                     }
                 },
             };
-            match message {
-                Ok(Some(ObserverToDispatcher::Pong(_))) => {}
+            let (submit, trigger) = match message {
+                Ok(Some(ObserverToDispatcher::Pong(_))) => continue,
                 Ok(Some(_)) if !limiter.allow() => {
                     tracing::warn!("observer is flooding; closing");
                     break;
                 }
-                Ok(Some(ObserverToDispatcher::Submit(submit))) => {
-                    let (reply, answer) = oneshot::channel();
-                    let task = super::new_task(
-                        submit.repo,
-                        submit.branch,
-                        submit.commit,
-                        submit.labels,
-                        Trigger::Observer,
-                        None,
-                    );
-                    if shared.scheduler.send(Event::Submit { task, reply }).await.is_err()
-                        || answers.send(answer).await.is_err()
-                    {
-                        break;
-                    }
-                }
+                Ok(Some(ObserverToDispatcher::Submit(submit))) => (submit, Trigger::Observer),
+                Ok(Some(ObserverToDispatcher::SubmitScheduled(submit))) => (submit, Trigger::Schedule),
                 Ok(None) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, "bad frame from observer; closing");
                     break;
                 }
+            };
+            let (reply, answer) = oneshot::channel();
+            let task = super::new_task(submit.repo, submit.branch, submit.commit, submit.labels, trigger, None);
+            if shared.scheduler.send(Event::Submit { task, reply }).await.is_err()
+                || answers.send(answer).await.is_err()
+            {
+                break;
             }
         }
     };

@@ -1,13 +1,14 @@
 //! Runner connections: the first message must be `Register`; then every
 //! message goes to the scheduler, and a writer task sends what the scheduler
-//! queues for this runner. The connection closing is how a dead runner is
+//! queues for this runner, and a ping every heartbeat interval. The
+//! connection closing is how a dead runner is
 //! noticed at once; every frame read is noted in the connection's
 //! [`LastHeard`] before it joins the scheduler's queue, so a runner busy
 //! sending output is never taken for a silent one.
 
 use std::sync::Arc;
 
-use protocol::message::{DispatcherToRunner, RunnerToDispatcher};
+use protocol::message::{DispatcherToRunner, Ping, RunnerToDispatcher};
 use protocol::{Connection, Name};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -66,22 +67,41 @@ pub async fn serve(
         return;
     }
     let writer_kill = kill.clone();
+    let wire = Arc::clone(&heard);
+    let interval = shared.heartbeat.interval;
     let writer = async move {
+        // Pings come from here, every interval, not from the scheduler: a
+        // busy scheduler never makes them late (see `scheduler::liveness`).
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0;
         loop {
             let message = tokio::select! {
                 _ = writer_kill.cancelled() => break,
-                message = queued.recv() => message,
+                _ = pings.tick() => {
+                    seq += 1;
+                    DispatcherToRunner::Ping(Ping { seq })
+                }
+                message = queued.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
             };
-            let Some(message) = message else { break };
+            let mut pinged = matches!(message, DispatcherToRunner::Ping(_));
             // Feed everything already queued, then flush once.
             let mut result = sender.feed(&message).await;
             while let (Ok(()), Ok(more)) = (&result, queued.try_recv()) {
+                pinged |= matches!(more, DispatcherToRunner::Ping(_));
                 result = sender.feed(&more).await;
             }
             if let Err(err) = result.and(sender.flush().await) {
                 tracing::debug!(error = %err, "cannot write to runner");
                 writer_kill.cancel();
                 break;
+            }
+            if pinged {
+                // On the socket now: the runner owes an answer from here.
+                wire.pinged();
             }
         }
     };
@@ -98,6 +118,9 @@ pub async fn serve(
             match message {
                 Ok(Some(_)) if !limiter.allow() => break "flooding: too many messages per second".into(),
                 Ok(Some(message)) => {
+                    // Waiting here for room in the scheduler's queue is our
+                    // time, not the runner's silence.
+                    let _delivering = heard.delivering();
                     if shared.scheduler.send(Event::FromRunner { conn: conn_id, message }).await.is_err() {
                         break "dispatcher stopping".into();
                     }

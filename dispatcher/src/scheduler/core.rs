@@ -67,7 +67,7 @@ impl Core {
             files,
             started: now,
             tasks,
-            runners: Runners::new(now),
+            runners: Runners::new(),
             follows: Follows::default(),
             releases,
             disk,

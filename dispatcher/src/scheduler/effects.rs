@@ -13,7 +13,7 @@ use protocol::message::DispatcherToRunner;
 use protocol::TaskId;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-use super::{ConnId, Core, LogProgress, StateChange};
+use super::{Change, ConnId, Core, LogProgress, StateChange};
 use crate::files::FileJob;
 
 /// What a committed batch is to do.
@@ -27,8 +27,8 @@ pub(crate) struct Effects {
     pub(crate) file_jobs: Vec<FileJob>,
     /// The batch queued notifications: wake the notifier worker.
     pub(crate) outbox_changed: bool,
-    /// Task state changes, for subscribers.
-    pub(crate) state_changes: Vec<StateChange>,
+    /// Task state changes, release changes and lost runners, for subscribers.
+    pub(crate) state_changes: Vec<Change>,
 }
 
 /// Where effects go, outside the scheduler's own state.
@@ -38,7 +38,7 @@ pub(crate) struct Sinks {
     /// The file writer thread.
     pub(crate) file_writer: SyncSender<FileJob>,
     /// State-change subscribers.
-    pub(crate) changes: broadcast::Sender<StateChange>,
+    pub(crate) changes: broadcast::Sender<Change>,
 }
 
 impl Effects {
@@ -63,6 +63,11 @@ impl Effects {
     }
 
     pub(crate) fn state_changed(&mut self, change: StateChange) {
+        self.state_changes.push(Change::Task(change));
+    }
+
+    /// Publishes a release or runner change once the batch is committed.
+    pub(crate) fn changed(&mut self, change: Change) {
         self.state_changes.push(change);
     }
 

@@ -3,79 +3,107 @@
 //! A runner is lost when its connection closes, or when pings that were
 //! actually sent go unanswered for the window (`heartbeat-interval ×
 //! heartbeat-misses`), measured on the monotonic clock over time the
-//! dispatcher itself was running. Any frame from the runner is a sign of
-//! life: the connection's reader notes it in a [`LastHeard`] before the
-//! frame joins the scheduler's queue, so a pong never waits behind output.
+//! dispatcher itself was running. Each connection's writer sends the pings,
+//! every interval, and notes each once it is on the socket: however busy the
+//! scheduler is (a queue full of output, a slow fsync), pings go out on time
+//! (a runner applies the mirror rule and would otherwise reconnect) and are
+//! never counted as sent before they were. Any frame from the runner is a
+//! sign of life: the connection's reader notes it in the [`LastHeard`]
+//! before the frame joins the scheduler's queue, so a pong never waits
+//! behind output; while the reader waits for room in that queue it is not
+//! reading the socket, and the runner cannot be judged silent for that time.
+//! The scheduler judges at each heartbeat tick, and ticks itself at the start
+//! of a batch when a tick is due, so a tick never waits behind the queue.
 //! When the scheduler notices that it was not running (a batch starts much
 //! later than the last heartbeat tick: SIGSTOP, a VM pause, a slow fsync),
 //! it drops the evidence gathered across the stall, pings everyone afresh,
 //! and for one window treats a closed connection like a dispatcher restart
 //! (the runner may re-adopt its tasks) instead of a death.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// When a connection's reader last received a frame. Written by the
-/// reader, read by the scheduler thread; one atomic, no lock.
+/// What the wire says about one runner connection: when a ping was last
+/// written to it and not answered yet, and whether its reader is busy. The
+/// connection's writer notes each ping once it is on the socket, its reader
+/// notes every frame, the scheduler thread judges; atomics, no lock.
 #[derive(Debug)]
 pub struct LastHeard {
     epoch: Instant,
-    /// Microseconds after `epoch`.
-    micros: AtomicU64,
+    /// Microseconds after `epoch`, plus one, of the first ping written
+    /// since the last frame from the runner; 0 when every ping written was
+    /// followed by a frame.
+    unanswered: AtomicU64,
+    /// The connection's reader holds a frame it is handing to the
+    /// scheduler's full queue: it is not reading the socket, so the
+    /// runner's silence cannot be judged (its frames wait in our buffer).
+    delivering: AtomicBool,
 }
 
 impl LastHeard {
-    /// Heard now.
+    /// Nothing owed yet.
     pub fn new() -> LastHeard {
-        LastHeard { epoch: Instant::now(), micros: AtomicU64::new(0) }
+        LastHeard { epoch: Instant::now(), unanswered: AtomicU64::new(0), delivering: AtomicBool::new(false) }
     }
 
-    /// Notes that a frame arrived.
+    /// A frame arrived: every ping written before it is answered.
     pub fn note(&self) {
-        let micros = self.epoch.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-        self.micros.fetch_max(micros, Ordering::Relaxed);
+        self.unanswered.store(0, Ordering::Relaxed);
     }
 
-    /// When the last frame arrived.
-    pub fn at(&self) -> Instant {
-        self.epoch + Duration::from_micros(self.micros.load(Ordering::Relaxed))
+    /// A ping was just written to the socket.
+    pub fn pinged(&self) {
+        self.pinged_at(Instant::now());
+    }
+
+    /// A ping was written at `at`; the runner owes an answer from the first
+    /// ping not answered yet.
+    pub fn pinged_at(&self, at: Instant) {
+        // Rounded up: the runner is never judged before the window is over.
+        let since = at.saturating_duration_since(self.epoch);
+        let micros = since.as_micros() + u128::from(!since.subsec_nanos().is_multiple_of(1000));
+        let micros = micros.min(u128::from(u64::MAX - 1)) as u64;
+        let _ = self.unanswered.compare_exchange(0, micros + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Marks the reader as handing a frame to the scheduler until the guard
+    /// drops, which counts as hearing the runner then: time the dispatcher
+    /// itself spent is never counted as the runner's silence.
+    pub fn delivering(&self) -> Delivering<'_> {
+        self.delivering.store(true, Ordering::Relaxed);
+        Delivering(self)
+    }
+
+    /// Whether the runner is silent past `window` at `now`: a ping written
+    /// that long ago is unanswered, and the reader is listening.
+    pub(super) fn silent_for(&self, now: Instant, window: Duration) -> bool {
+        let unanswered = self.unanswered.load(Ordering::Relaxed);
+        if unanswered == 0 || self.delivering.load(Ordering::Relaxed) {
+            return false;
+        }
+        let since = self.epoch + Duration::from_micros(unanswered - 1);
+        now.saturating_duration_since(since) > window
+    }
+
+    /// Evidence gathered across a stall of the dispatcher is void.
+    pub(super) fn forget(&self) {
+        self.unanswered.store(0, Ordering::Relaxed);
+    }
+}
+
+/// See [`LastHeard::delivering`].
+pub struct Delivering<'a>(&'a LastHeard);
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        self.0.note();
+        self.0.delivering.store(false, Ordering::Relaxed);
     }
 }
 
 impl Default for LastHeard {
     fn default() -> LastHeard {
         LastHeard::new()
-    }
-}
-
-/// A runner's heartbeat evidence.
-#[derive(Debug, Default)]
-pub(super) struct Heartbeat {
-    /// When the oldest ping still unanswered was sent; `None` when every
-    /// ping sent so far was followed by a frame from the runner.
-    pub unanswered_since: Option<Instant>,
-}
-
-impl Heartbeat {
-    /// A ping is being sent now.
-    pub fn pinged(&mut self, now: Instant) {
-        self.unanswered_since.get_or_insert(now);
-    }
-
-    /// Whether the runner is silent past `window`: pings went unanswered
-    /// for that long, and no frame arrived since the first of them.
-    pub fn silent_for(&mut self, heard: &LastHeard, now: Instant, window: Duration) -> bool {
-        let Some(since) = self.unanswered_since else { return false };
-        if heard.at() >= since {
-            self.unanswered_since = None;
-            return false;
-        }
-        now.saturating_duration_since(since) > window
-    }
-
-    /// Evidence gathered across a stall of the dispatcher is void.
-    pub fn forget(&mut self) {
-        self.unanswered_since = None;
     }
 }
 
@@ -95,30 +123,45 @@ mod tests {
     #[test]
     fn a_frame_after_the_ping_answers_it() {
         let heard = LastHeard::new();
-        let mut heartbeat = Heartbeat::default();
         let start = Instant::now();
-        heartbeat.pinged(start);
+        heard.pinged_at(start);
         let window = Duration::from_millis(10);
-        assert!(heartbeat.silent_for(&heard, start + Duration::from_millis(20), window));
+        assert!(heard.silent_for(start + Duration::from_millis(20), window));
         heard.note();
-        assert!(!heartbeat.silent_for(&heard, start + Duration::from_secs(60), window));
-        assert_eq!(heartbeat.unanswered_since, None);
+        assert!(!heard.silent_for(start + Duration::from_secs(60), window));
     }
 
     #[test]
-    fn silence_counts_from_the_first_unanswered_ping_only() {
+    fn silence_counts_from_the_first_ping_written_and_unanswered() {
         let heard = LastHeard::new();
-        let mut heartbeat = Heartbeat::default();
         let window = Duration::from_secs(3);
-        // No ping sent: no judgement, however long.
-        assert!(!heartbeat.silent_for(&heard, Instant::now() + Duration::from_secs(600), window));
+        // No ping written: no judgement, however long.
+        assert!(!heard.silent_for(Instant::now() + Duration::from_secs(600), window));
         let sent = Instant::now() + Duration::from_secs(1);
-        heartbeat.pinged(sent);
-        heartbeat.pinged(sent + Duration::from_secs(1));
-        assert!(!heartbeat.silent_for(&heard, sent + Duration::from_secs(3), window));
-        assert!(heartbeat.silent_for(&heard, sent + Duration::from_millis(3001), window));
-        heartbeat.forget();
-        assert!(!heartbeat.silent_for(&heard, sent + Duration::from_secs(60), window));
+        heard.pinged_at(sent);
+        heard.pinged_at(sent + Duration::from_secs(1));
+        assert!(!heard.silent_for(sent + Duration::from_secs(3), window));
+        assert!(heard.silent_for(sent + Duration::from_millis(3001), window));
+        heard.forget();
+        assert!(!heard.silent_for(sent + Duration::from_secs(60), window));
+    }
+
+    #[test]
+    fn a_reader_busy_delivering_to_the_scheduler_is_not_the_runners_silence() {
+        let heard = LastHeard::new();
+        let window = Duration::from_secs(1);
+        let sent = Instant::now() + Duration::from_secs(1);
+        heard.pinged_at(sent);
+        {
+            let _delivering = heard.delivering();
+            assert!(!heard.silent_for(sent + Duration::from_secs(10), window));
+        }
+        // Delivered: that counts as heard. A later ping unanswered for the
+        // window is silence again.
+        assert!(!heard.silent_for(sent + Duration::from_secs(10), window));
+        let later = Instant::now() + Duration::from_secs(2);
+        heard.pinged_at(later);
+        assert!(heard.silent_for(later + Duration::from_secs(10), window));
     }
 
     #[test]

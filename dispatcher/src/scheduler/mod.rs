@@ -180,7 +180,7 @@ impl Settings {
 #[derive(Clone)]
 pub struct Handle {
     events: mpsc::Sender<Event>,
-    changes: broadcast::Sender<StateChange>,
+    changes: broadcast::Sender<Change>,
     load: manager::LoadSender,
 }
 
@@ -197,8 +197,9 @@ impl Handle {
         answer.await.map_err(|_| Stopped)
     }
 
-    /// Task state changes from now on, each published after its commit.
-    pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
+    /// Task state changes, release changes and lost runners from now on,
+    /// each published after its commit.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
 
@@ -223,8 +224,27 @@ impl std::fmt::Display for Stopped {
 /// `Lagged` and should re-read what it shows from the store.
 const STATE_CHANGES: usize = 4096;
 
-/// A task changed state: published after the commit that recorded it, for
-/// subscribers such as a web service's live views.
+/// What subscribers such as the web service's live views and metrics learn,
+/// each published after the commit that recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Task(StateChange),
+    Release(ReleaseChange),
+    /// A runner was declared lost (its connection closed or it went silent).
+    RunnerLost {
+        runner: Name,
+    },
+}
+
+/// A release record was made or changed state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseChange {
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub state: protocol::ReleaseState,
+}
+
+/// A task changed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateChange {
     pub task_id: TaskId,
@@ -286,6 +306,12 @@ fn run(
     let _stop_daemon = fatal.clone().drop_guard();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = receiver.blocking_recv() {
+        // A tick queued behind thousands of output events would come late
+        // and the runners, missing pings, would reconnect: tick now when one
+        // is due (the ticker's own ticks then find nothing to do).
+        if reactor::tick_due(&core, std::time::Instant::now()) {
+            batch.push(Event::Tick);
+        }
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -335,7 +361,7 @@ pub(crate) fn step(
     events: impl Iterator<Item = Event>,
 ) -> anyhow::Result<Effects> {
     let mut effects = Effects::default();
-    reactor::notice_stall(core, &mut effects, std::time::Instant::now());
+    reactor::notice_stall(core, std::time::Instant::now());
     let tx = store.begin()?;
     for event in events {
         reactor::handle(core, &tx, &mut effects, event)?;

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::message::{
-    DispatcherToRunner, Forget, HostFacts, Ping, Register, Registered, Resend, Resume, RunnerToDispatcher,
+    DispatcherToRunner, Forget, HostFacts, Register, Registered, Resend, Resume, RunnerToDispatcher,
 };
 use protocol::{Name, TaskId};
 
 use super::liveness::{self, LastHeard};
 
 use super::runners::{Conn, Registration};
-use super::{life, printable_line, ConnId, Core, Effects, Event};
+use super::{life, printable_line, Change, ConnId, Core, Effects, Event};
 use crate::store::Tx;
 
 /// Host facts are shown, never interpreted: keep them short.
@@ -222,13 +222,19 @@ fn lose_runner(
 ) -> anyhow::Result<()> {
     let tasks = core.runners.lose(name);
     tracing::warn!(runner = %name, reason, tasks = tasks.len(), "runner lost");
+    effects.changed(Change::RunnerLost { runner: name.clone() });
     for task_id in tasks {
         life::requeue_or_fail(core, tx, effects, task_id, &format!("runner {name} lost: {reason}"))?;
     }
     Ok(())
 }
 
-/// Heartbeats: pings every interval, declares silent runners dead, and
+/// Whether a heartbeat tick is due: the last was a tick period ago.
+pub(super) fn tick_due(core: &Core, now: Instant) -> bool {
+    now.saturating_duration_since(core.last_tick) >= core.settings.tick_period()
+}
+
+/// Heartbeats: declares silent runners dead, asks for output not stored, and
 /// requeues tasks whose runner did not come back after a restart.
 pub(super) fn on_tick(
     core: &mut Core,
@@ -257,11 +263,6 @@ pub(super) fn on_tick(
             )?;
         }
     }
-    if let Some((seq, conns)) = core.runners.ping_round(now, core.settings.heartbeat_interval) {
-        for conn in conns {
-            effects.send_runner(conn, DispatcherToRunner::Ping(Ping { seq }));
-        }
-    }
     Ok(())
 }
 
@@ -281,10 +282,10 @@ fn orphan_runner(core: &mut Core, name: &Name, now: Instant, reason: &str) {
 
 /// At the start of each batch: if the last heartbeat tick is long ago, the
 /// dispatcher was not running (SIGSTOP, a VM pause, a stalled disk).
-/// Evidence gathered across that gap is void: forget unanswered pings, ping
-/// everyone now, and give runners (and tasks waiting for theirs) a full
-/// window from now (see `liveness`).
-pub(super) fn notice_stall(core: &mut Core, effects: &mut Effects, now: Instant) {
+/// Evidence gathered across that gap is void: forget unanswered pings (the
+/// connections' writers, late too, ping at once), and give runners (and
+/// tasks waiting for theirs) a full window from now (see `liveness`).
+pub(super) fn notice_stall(core: &mut Core, now: Instant) {
     if !liveness::stalled(core.last_tick, now, core.settings.heartbeat_interval) {
         return;
     }
@@ -294,10 +295,6 @@ pub(super) fn notice_stall(core: &mut Core, effects: &mut Effects, now: Instant)
     core.closes_wait_until = Some(now + core.settings.dead_after());
     core.tasks.restart_orphan_clocks(now);
     core.runners.forget_heartbeats();
-    let (seq, conns) = core.runners.ping_now(now);
-    for conn in conns {
-        effects.send_runner(conn, DispatcherToRunner::Ping(Ping { seq }));
-    }
 }
 
 /// Asks runners to send again the output the dispatcher could not store,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use protocol::message::{Deploy, Job, ReleaseInfo};
 use protocol::{Label, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl, TaskState};
 
-use super::{now_ms, tasks, Effects};
+use super::{now_ms, tasks, Change, Effects, ReleaseChange};
 use crate::config::Notifier;
 use crate::files::{release_json, task_event_json, FileJob};
 use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Trigger, Tx};
@@ -108,11 +108,11 @@ impl Releases {
         };
         let version = release.info.version;
         if finish.state == TaskState::Passed {
-            tx.set_release_state(release.id, ReleaseState::Deployed)?;
+            set_state(tx, effects, &release, ReleaseState::Deployed)?;
             tracing::info!(repo = %task.repo, release = version, task_id = %task.id, "release deployed");
             return Ok(());
         }
-        tx.set_release_state(release.id, ReleaseState::Failed)?;
+        set_state(tx, effects, &release, ReleaseState::Failed)?;
         tracing::warn!(repo = %task.repo, release = version, step = ?finish.failed_step, "deploy failed");
         let event = serde_json::json!({
             "release": release_json(&release.info),
@@ -194,7 +194,7 @@ impl Releases {
         trigger: String,
     ) -> anyhow::Result<Release> {
         if let Some(current) = current {
-            tx.set_release_state(current.id, ReleaseState::RolledBack)?;
+            set_state(tx, effects, current, ReleaseState::RolledBack)?;
         }
         let release = NewRelease {
             repo: target.info.repo.clone(),
@@ -243,6 +243,11 @@ impl Releases {
         tracing::info!(repo = %record.info.repo, release = record.info.version, commit = %record.info.commit,
             kind = %record.info.kind, trigger = %record.info.trigger, "release recorded");
         effects.file(FileJob::Release(Box::new(record.info.clone())));
+        effects.changed(Change::Release(ReleaseChange {
+            repo: record.info.repo.clone(),
+            version: record.info.version,
+            state: record.info.state,
+        }));
         let event = match record.info.kind {
             ReleaseKind::Rollback => NotificationEvent::Rollback,
             ReleaseKind::Release => NotificationEvent::ReleaseRecorded,
@@ -294,4 +299,20 @@ impl Releases {
         }
         Ok(())
     }
+}
+
+/// Records a release's new state and tells subscribers once committed.
+fn set_state(
+    tx: &Tx<'_>,
+    effects: &mut Effects,
+    release: &Release,
+    state: ReleaseState,
+) -> anyhow::Result<()> {
+    tx.set_release_state(release.id, state)?;
+    effects.changed(Change::Release(ReleaseChange {
+        repo: release.info.repo.clone(),
+        version: release.info.version,
+        state,
+    }));
+    Ok(())
 }

@@ -12,17 +12,13 @@ use protocol::{Label, Name, TaskId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::liveness::{Heartbeat, LastHeard};
+use super::liveness::LastHeard;
 use super::ConnId;
 
 /// The runners and their connections.
 pub(crate) struct Runners {
     by_name: BTreeMap<Name, Runner>,
     conns: HashMap<ConnId, Conn>,
-    /// The sequence number of the next ping round.
-    next_ping: u64,
-    /// When the last ping round was sent.
-    last_ping: Instant,
 }
 
 /// One runner connection (a runner reconnecting gets a new one).
@@ -59,15 +55,14 @@ pub(crate) struct Runner {
 pub(crate) struct Liveness {
     /// Wall-clock time of the last frame handled, for people (`baton runners`).
     pub(crate) last_seen: SystemTime,
-    /// Monotonic time of the last frame, noted by the connection's reader.
+    /// Pings written and frames read, noted by the connection's writer and
+    /// reader.
     pub(crate) heard: Arc<LastHeard>,
-    /// Pings sent and not answered yet.
-    pub(crate) heartbeat: Heartbeat,
 }
 
 impl Liveness {
     fn new(heard: Arc<LastHeard>) -> Liveness {
-        Liveness { last_seen: SystemTime::now(), heard, heartbeat: Heartbeat::default() }
+        Liveness { last_seen: SystemTime::now(), heard }
     }
 
     /// Any frame from the runner is a sign of life (its reader noted it).
@@ -91,8 +86,8 @@ pub(crate) struct Registration {
 }
 
 impl Runners {
-    pub(crate) fn new(now: Instant) -> Runners {
-        Runners { by_name: BTreeMap::new(), conns: HashMap::new(), next_ping: 1, last_ping: now }
+    pub(crate) fn new() -> Runners {
+        Runners { by_name: BTreeMap::new(), conns: HashMap::new() }
     }
 
     /// Adds a connection before its runner registers; a connection its
@@ -213,7 +208,7 @@ impl Runners {
     /// Evidence gathered across a stall of the dispatcher is void.
     pub(crate) fn forget_heartbeats(&mut self) {
         for runner in self.by_name.values_mut() {
-            runner.liveness.heartbeat.forget();
+            runner.liveness.heard.forget();
         }
     }
 
@@ -249,44 +244,13 @@ impl Runners {
 
     /// Connected runners that left pings unanswered for longer than
     /// `window` (see `liveness`).
-    pub(crate) fn silent(&mut self, now: Instant, window: std::time::Duration) -> Vec<Name> {
+    pub(crate) fn silent(&self, now: Instant, window: std::time::Duration) -> Vec<Name> {
         self.by_name
-            .values_mut()
+            .values()
             .filter(|runner| runner.conn.is_some())
-            .filter_map(|runner| {
-                let liveness = &mut runner.liveness;
-                liveness.heartbeat.silent_for(&liveness.heard, now, window).then(|| runner.name.clone())
-            })
+            .filter(|runner| runner.liveness.heard.silent_for(now, window))
+            .map(|runner| runner.name.clone())
             .collect()
-    }
-
-    /// The next ping round, if one is due: its sequence number and the
-    /// connections to send it to.
-    pub(crate) fn ping_round(
-        &mut self,
-        now: Instant,
-        interval: std::time::Duration,
-    ) -> Option<(u64, Vec<ConnId>)> {
-        if now.saturating_duration_since(self.last_ping) < interval {
-            return None;
-        }
-        Some(self.ping_now(now))
-    }
-
-    /// A ping round now, due or not: its sequence number and the
-    /// connections to send it to. Each pinged runner owes an answer from now.
-    pub(crate) fn ping_now(&mut self, now: Instant) -> (u64, Vec<ConnId>) {
-        self.last_ping = now;
-        let seq = self.next_ping;
-        self.next_ping += 1;
-        let mut conns = Vec::new();
-        for runner in self.by_name.values_mut() {
-            if let Some(conn) = runner.conn {
-                runner.liveness.heartbeat.pinged(now);
-                conns.push(conn);
-            }
-        }
-        (seq, conns)
     }
 
     /// Idle, busy and dead runners.

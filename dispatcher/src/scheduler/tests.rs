@@ -11,13 +11,13 @@ use protocol::message::{
     Accepted, DeployStep, DispatcherToRunner, Held, HostFacts, Job, Outcome, Output, Pong, Register,
     ReleaseInfo, RunnerToDispatcher, TaskInfo, TaskResult,
 };
-use protocol::{Branch, CommitId, Label, Name, RepoUrl, TaskId, TaskState};
+use protocol::{Branch, CommitId, Label, Name, ReleaseState, RepoUrl, TaskId, TaskState};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    life, printable, printable_line, reactor, step, ConnId, Core, Effects, Event, LogProgress, Settings,
-    Sinks, StateChange,
+    life, printable, printable_line, reactor, step, Change, ConnId, Core, Effects, Event, LogProgress,
+    ReleaseChange, Settings, Sinks,
 };
 use crate::config::{Releases, RepoSettings};
 use crate::files::{DataDir, FileJob};
@@ -34,9 +34,11 @@ struct Harness {
     core: Core,
     sinks: Sinks,
     files: Receiver<FileJob>,
-    changes: broadcast::Receiver<StateChange>,
+    changes: broadcast::Receiver<Change>,
     /// Each runner connection's queue, as its writer task would read it.
     runners: HashMap<ConnId, mpsc::Receiver<DispatcherToRunner>>,
+    /// Each connection's wire evidence, as its writer and reader note it.
+    wires: HashMap<ConnId, Arc<super::LastHeard>>,
     next_conn: ConnId,
     next_commit: u32,
 }
@@ -74,6 +76,7 @@ impl Harness {
             files: file_jobs,
             changes: change_receiver,
             runners: HashMap::new(),
+            wires: HashMap::new(),
             next_conn: 1,
             next_commit: 1,
         };
@@ -167,6 +170,8 @@ impl Harness {
         self.next_conn += 1;
         let (outbox, queue) = mpsc::channel(super::RUNNER_OUTBOX);
         self.runners.insert(conn, queue);
+        let heard = Arc::new(super::LastHeard::new());
+        self.wires.insert(conn, Arc::clone(&heard));
         let register = Register {
             labels: labels.iter().map(|label| Label::new(*label).unwrap()).collect(),
             slots,
@@ -183,12 +188,22 @@ impl Harness {
             register,
             outbox,
             kill: CancellationToken::new(),
-            heard: Arc::new(super::LastHeard::new()),
+            heard,
         };
         (conn, event)
     }
 
+    /// The connection's writer put a ping on the socket at `at`.
+    fn pinged_at(&self, conn: ConnId, at: Instant) {
+        self.wires[&conn].pinged_at(at);
+    }
+
     fn runner_says(&mut self, conn: ConnId, message: RunnerToDispatcher) {
+        // The connection's reader notes every frame before the scheduler
+        // sees it.
+        if let Some(wire) = self.wires.get(&conn) {
+            wire.note();
+        }
         self.step(vec![Event::FromRunner { conn, message }]);
     }
 
@@ -253,10 +268,20 @@ impl Harness {
             .collect()
     }
 
+    /// Task state changes published since the last call.
     fn changes(&mut self) -> Vec<(TaskId, TaskState, u32)> {
-        std::iter::from_fn(|| self.changes.try_recv().ok())
-            .map(|change| (change.task_id, change.state, change.attempt))
+        self.published()
+            .into_iter()
+            .filter_map(|change| match change {
+                Change::Task(change) => Some((change.task_id, change.state, change.attempt)),
+                _ => None,
+            })
             .collect()
+    }
+
+    /// Everything published since the last call.
+    fn published(&mut self) -> Vec<Change> {
+        std::iter::from_fn(|| self.changes.try_recv().ok()).collect()
     }
 }
 
@@ -331,16 +356,21 @@ fn a_lost_runner_requeues_its_task_until_the_attempts_are_spent() {
     let task = h.submit();
     let r1 = h.connect("r1", 1, &[], &[]);
     assert_eq!(h.assigned(r1).len(), 1);
+    h.published();
     h.down(r1);
     assert_eq!(h.task(task).state, TaskState::Pending);
+    assert!(h.published().contains(&Change::RunnerLost { runner: name("r1") }), "subscribers hear of it");
     let r2 = h.connect("r2", 1, &[], &[]);
     assert_eq!(h.assigned(r2), vec![(task, 2, Job::Test)]);
     // A silent runner is lost once pings actually sent went unanswered for
-    // the window, on the scheduler's clock (issue 12): the first late tick
-    // only pings.
+    // the window, on the scheduler's clock (issue 12): silence without a
+    // ping written proves nothing.
     let start = Instant::now();
     h.tick_at(start + Duration::from_secs(10));
     assert_eq!(h.task(task).state, TaskState::Running, "judged before any ping went unanswered");
+    h.pinged_at(r2, start + Duration::from_secs(10));
+    h.tick_at(start + Duration::from_secs(10) + h.settings.dead_after());
+    assert_eq!(h.task(task).state, TaskState::Running, "judged at the window, not past it");
     h.tick_at(start + Duration::from_secs(20));
     let info = h.task(task);
     assert_eq!((info.state, info.attempts), (TaskState::Error, 2));
@@ -348,15 +378,20 @@ fn a_lost_runner_requeues_its_task_until_the_attempts_are_spent() {
 }
 
 #[test]
-fn pings_go_to_connected_runners_each_interval() {
+fn a_runner_that_answers_its_pings_is_never_lost() {
     let mut h = Harness::new(settings());
     let r1 = h.connect("r1", 1, &[], &[]);
-    h.sent(r1);
-    h.tick_at(Instant::now() + Duration::from_millis(1500));
-    assert!(matches!(h.sent(r1).as_slice(), [DispatcherToRunner::Ping(_)]));
-    h.runner_says(r1, RunnerToDispatcher::Pong(Pong { seq: 1 }));
-    h.tick_at(Instant::now() + Duration::from_millis(1600));
-    assert!(h.sent(r1).is_empty(), "one round per interval");
+    let start = Instant::now();
+    for round in 1..=10u32 {
+        let at = start + h.settings.heartbeat_interval * round;
+        h.pinged_at(r1, at);
+        h.runner_says(r1, RunnerToDispatcher::Pong(Pong { seq: u64::from(round) }));
+        h.tick_at(at + h.settings.dead_after() * 2);
+    }
+    let runners = h.core.runners.silent(start + h.settings.dead_after() * 30, h.settings.dead_after());
+    assert!(runners.is_empty(), "{runners:?}");
+    // The scheduler sends no pings itself: the connection's writer does.
+    assert!(h.sent(r1).iter().all(|message| !matches!(message, DispatcherToRunner::Ping(_))));
 }
 
 #[test]
@@ -551,7 +586,19 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
     let releases = Releases { repos: vec![repo], ..Releases::default() };
     let mut h = Harness::new(Settings { releases, ..settings() });
     let deployer = h.connect("deployer", 1, &["deploy"], &[]);
-    for _ in 0..2 {
+    let repo_url = RepoUrl::new(REPO).unwrap();
+    let release_changes = |published: Vec<Change>| -> Vec<(u32, ReleaseState)> {
+        published
+            .into_iter()
+            .filter_map(|change| match change {
+                Change::Release(ReleaseChange { repo, version, state }) if repo == repo_url => {
+                    Some((version, state))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    for version in 1..=2 {
         let task = h.new_task("main");
         let task = h.submit_task(task);
         let assigned = h.assigned(deployer);
@@ -563,12 +610,19 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
         assert_eq!(h.task(*deploy).kind, "deploy");
         h.result(deployer, *deploy, 1, Outcome::Passed);
         assert!(job.release.starts_with('r'));
+        // Subscribers (the web's live releases page) see each state.
+        let seen = release_changes(h.published());
+        assert_eq!(seen, vec![(version, ReleaseState::Deploying), (version, ReleaseState::Deployed)]);
     }
     let repo_url = RepoUrl::new(REPO).unwrap();
     let rolled: Result<ReleaseInfo, String> =
         h.ask(|reply| Event::Rollback { repo: repo_url.clone(), to: None, by: None, reply });
     let rolled = rolled.unwrap();
     assert_eq!((rolled.kind.as_str(), rolled.rollback_to), ("rollback", Some(1)));
+    assert_eq!(
+        release_changes(h.published()),
+        vec![(2, ReleaseState::RolledBack), (3, ReleaseState::Deploying)]
+    );
     let deploy = rolled.deploy_task_id.expect("a rollback with deploy steps deploys");
     assert!(matches!(h.assigned(deployer).as_slice(), [(id, 1, Job::Deploy(_))] if *id == deploy));
     let none: Result<ReleaseInfo, String> =

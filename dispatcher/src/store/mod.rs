@@ -47,6 +47,9 @@ pub enum Trigger {
     Rerun,
     /// A deploy task made for a release.
     Deploy,
+    /// A branch tip submitted by one of an observer's schedules: never
+    /// deduplicated (only `observer` tasks are).
+    Schedule,
 }
 
 impl Trigger {
@@ -56,6 +59,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Rerun => "rerun",
             Trigger::Deploy => "deploy",
+            Trigger::Schedule => "schedule",
         }
     }
 }

@@ -25,7 +25,7 @@ fn file_store() -> (tempfile::TempDir, Store, Reader) {
 }
 
 #[test]
-fn observer_duplicates_are_not_inserted_but_manual_ones_are() {
+fn observer_duplicates_are_not_inserted_but_manual_and_scheduled_ones_are() {
     let mut store = Store::open_in_memory().unwrap();
     let tx = store.begin().unwrap();
     let (first, inserted) = tx.insert_task(&new_task('a', Trigger::Observer), 1).unwrap();
@@ -34,8 +34,13 @@ fn observer_duplicates_are_not_inserted_but_manual_ones_are() {
     assert_eq!((again, inserted), (first, false));
     let (manual, inserted) = tx.insert_task(&new_task('a', Trigger::Manual), 3).unwrap();
     assert!(inserted && manual > first);
+    // A schedule submits a tip even when it was tested: a new task each time.
+    let (scheduled, inserted) = tx.insert_task(&new_task('a', Trigger::Schedule), 4).unwrap();
+    assert!(inserted && scheduled > manual);
+    let (again, inserted) = tx.insert_task(&new_task('a', Trigger::Schedule), 5).unwrap();
+    assert!(inserted && again > scheduled);
     tx.commit().unwrap();
-    assert_eq!(store.live_tasks().unwrap().len(), 2);
+    assert_eq!(store.live_tasks().unwrap().len(), 4);
 }
 
 #[test]

@@ -1,8 +1,6 @@
-//! `GET /api/v1/events`: server-sent events, one per committed task state
-//! change (`task`), from the scheduler's state changes.
-//!
-//! FIXME: release and deployment changes are not events yet: the scheduler
-//! publishes task state changes only.
+//! `GET /api/v1/events`: server-sent events, one per committed change the
+//! scheduler publishes: a task's state (`task`), a release record made or
+//! changed (`release`), a runner declared lost (`runner_lost`).
 //!
 //! A client too slow for the feed loses the oldest changes and gets a
 //! `lagged` event saying how many it missed (the page then reloads what it
@@ -34,7 +32,10 @@ pub async fn serve(State(web): State<Arc<Web>>) -> Result<Response, ApiError> {
         // The permit lives as long as the stream.
         let _ = &permit;
         let event = match change {
-            Ok(change) => Event::default().event("task").data(json::change(&change).to_string()),
+            Ok(change) => {
+                let (name, data) = json::change(&change);
+                Event::default().event(name).data(data.to_string())
+            }
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
                 Event::default().event("lagged").data(serde_json::json!({ "missed": missed }).to_string())
             }

@@ -5,16 +5,33 @@
 pub use protocol::view::{accepted, count, release, runner, status, task};
 use serde_json::{json, Value};
 
-use crate::scheduler::StateChange;
+use crate::scheduler::Change;
 use crate::time::rfc3339;
 
-/// A task's state change as a server-sent event's data.
-pub fn change(change: &StateChange) -> Value {
-    json!({
-        "id": change.task_id.get(),
-        "state": change.state.as_str(),
-        "attempt": change.attempt,
-        "runner": change.runner.as_ref().map(|name| name.as_str()),
-        "at": rfc3339(crate::time::now_ms()),
-    })
+/// A change as a server-sent event: its name (`task`, `release`,
+/// `runner_lost`) and its data.
+pub fn change(change: &Change) -> (&'static str, Value) {
+    let at = rfc3339(crate::time::now_ms());
+    match change {
+        Change::Task(change) => (
+            "task",
+            json!({
+                "id": change.task_id.get(),
+                "state": change.state.as_str(),
+                "attempt": change.attempt,
+                "runner": change.runner.as_ref().map(|name| name.as_str()),
+                "at": at,
+            }),
+        ),
+        Change::Release(change) => (
+            "release",
+            json!({
+                "repo": change.repo.as_str(),
+                "version": change.version,
+                "state": change.state.as_str(),
+                "at": at,
+            }),
+        ),
+        Change::RunnerLost { runner } => ("runner_lost", json!({ "runner": runner.as_str(), "at": at })),
+    }
 }

@@ -2,12 +2,12 @@
 //! `prometheus-client` crate.
 //!
 //! Gauges (`baton_tasks`, `baton_runners`, `baton_queue_depth`) are set from
-//! the scheduler's status snapshot at each scrape, and so is
-//! `baton_runners_lost_total` (runners alive at one scrape and dead at the
-//! next; FIXME: exact once the scheduler publishes lost runners). The other
-//! counters and the histograms are fed by the scheduler's state changes: a task's time from queued to running and from
-//! running to its end is measured from the changes this process saw (tasks
-//! queued before the dispatcher started are not in the histograms).
+//! the scheduler's status snapshot at each scrape. The counters
+//! (`baton_tasks_finished_total`, `baton_runners_lost_total`) and the
+//! histograms are fed by the scheduler's published changes since this
+//! process started: a task's time from queued to running and from running to
+//! its end is measured from the changes this process saw (tasks queued before
+//! the dispatcher started are not in the histograms).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::{json, ApiError, Web};
-use crate::scheduler::StateChange;
+use crate::scheduler::Change;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -46,8 +46,6 @@ pub struct Metrics {
     runners_lost: Counter,
     submit_to_running: Histogram,
     task_duration: Histogram,
-    /// Runners alive at the last scrape, to count the ones lost since.
-    alive: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Metrics {
@@ -95,14 +93,14 @@ impl Metrics {
             runners_lost,
             submit_to_running,
             task_duration,
-            alive: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
     /// Feeds counters and histograms from the scheduler's state changes
     /// until `shutdown`.
-    pub fn follow(&self, mut changes: broadcast::Receiver<StateChange>, shutdown: CancellationToken) {
+    pub fn follow(&self, mut changes: broadcast::Receiver<Change>, shutdown: CancellationToken) {
         let finished = self.finished.clone();
+        let runners_lost = self.runners_lost.clone();
         let submit_to_running = self.submit_to_running.clone();
         let task_duration = self.task_duration.clone();
         tokio::spawn(async move {
@@ -114,7 +112,11 @@ impl Metrics {
                 };
                 let at_ms = crate::time::now_ms();
                 match change {
-                    Ok(change) => {
+                    Ok(Change::RunnerLost { .. }) => {
+                        runners_lost.inc();
+                    }
+                    Ok(Change::Release(_)) => {}
+                    Ok(Change::Task(change)) => {
                         let started = since.remove(&change.task_id);
                         match change.state {
                             TaskState::Pending | TaskState::Running => {
@@ -143,22 +145,6 @@ impl Metrics {
             }
         });
     }
-
-    /// Counts runners that were alive at the previous scrape and are dead
-    /// now.
-    fn observe_runners(&self, runners: &[protocol::message::RunnerInfo]) {
-        let mut alive = self.alive.lock().unwrap_or_else(|err| err.into_inner());
-        for runner in runners {
-            let name = runner.name.as_str().to_string();
-            if runner.state == RunnerState::Dead {
-                if alive.remove(&name) {
-                    self.runners_lost.inc();
-                }
-            } else {
-                alive.insert(name);
-            }
-        }
-    }
 }
 
 fn seconds(ms: i64) -> f64 {
@@ -179,7 +165,6 @@ pub async fn serve(State(web): State<Arc<Web>>) -> Result<Response, ApiError> {
             let count = json::count(&view.status, state);
             metrics.tasks.get_or_create(&vec![("state", state.as_str())]).set(count as i64);
         }
-        metrics.observe_runners(&view.runners);
         metrics.queue_depth.set(json::count(&view.status, TaskState::Pending) as i64);
         for (state, count) in [
             (RunnerState::Idle, view.status.runners_idle),

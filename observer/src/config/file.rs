@@ -33,8 +33,12 @@ pub struct FileConfig {
     pub(super) tls_server_name: Option<String>,
     pub(super) name: Option<String>,
     pub(super) log_format: Option<LogFormat>,
+    pub(super) webhook: Option<String>,
+    pub(super) webhook_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) repo: Vec<FileRepo>,
+    #[serde(default)]
+    pub(super) schedule: Vec<FileSchedule>,
     /// The file's folder: relative paths in the file are relative to it.
     #[serde(skip)]
     pub(super) base_dir: PathBuf,
@@ -49,6 +53,23 @@ pub(super) struct FileRepo {
     pub(super) branches: Option<Vec<String>>,
     pub(super) mode: Option<Mode>,
     pub(super) clone_url: Option<String>,
+    /// The name a forge's push payload gives this repository (`full_name`,
+    /// `path_with_namespace`), or the NAME of `POST /hook/NAME`.
+    pub(super) webhook_name: Option<String>,
+}
+
+/// One `[[schedule]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSchedule {
+    /// Names the schedule in logs and the state file [default: `repo branch cron`].
+    pub(super) name: Option<String>,
+    /// An observed repository: its `path` as in `[[repo]]` or its location as submitted.
+    pub(super) repo: String,
+    pub(super) branch: String,
+    pub(super) cron: String,
+    #[serde(default)]
+    pub(super) labels: Vec<String>,
 }
 
 impl FileConfig {

@@ -9,8 +9,10 @@
 
 mod file;
 mod pattern;
+mod schedule;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use serde::Deserialize;
 
 pub use self::file::FileConfig;
 pub use self::pattern::BranchPattern;
+pub use self::schedule::{parse_cron, Schedule};
 use crate::cli::{Cli, LogFormat, ModeArg};
 
 /// Everything `run` needs, validated.
@@ -47,6 +50,20 @@ pub struct Config {
     pub name: Name,
     /// Whether logs are JSON lines.
     pub log_json: bool,
+    /// The webhook receiver, when `--webhook` is given.
+    pub webhook: Option<WebhookConfig>,
+    /// The `[[schedule]]` tables.
+    pub schedules: Vec<Schedule>,
+}
+
+/// Where the webhook receiver listens and how it checks requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// The address to listen on.
+    pub addr: SocketAddr,
+    /// The file holding the secret that forges sign with; `None` only on a
+    /// loopback address (requests are then not checked).
+    pub secret_file: Option<PathBuf>,
 }
 
 /// What makes the observer scan its repositories.
@@ -92,6 +109,8 @@ pub struct RepoConfig {
     pub branches: Vec<BranchPattern>,
     /// Which commits are submitted.
     pub mode: Mode,
+    /// The name webhooks give this repository, when set in `[[repo]]`.
+    pub webhook_name: Option<String>,
 }
 
 /// Where the observer reads a repository.
@@ -167,15 +186,15 @@ impl Config {
             };
             let entry_mode = entry.mode.unwrap_or(mode);
             let clone = entry.clone_url.as_deref();
-            repos.push(repo(
-                &entry.path,
-                &file.base_dir,
-                clone,
-                entry_branches,
-                entry_mode,
-                &cache_dir,
-                watch,
-            )?);
+            let mut resolved =
+                repo(&entry.path, &file.base_dir, clone, entry_branches, entry_mode, &cache_dir, watch)?;
+            if let Some(name) = &entry.webhook_name {
+                if name.trim().is_empty() {
+                    bail!("repository {}: webhook_name is empty", resolved.id);
+                }
+                resolved.webhook_name = Some(name.clone());
+            }
+            repos.push(resolved);
         }
         if repos.is_empty() {
             bail!("no repository to observe: give REPO arguments or [[repo]] entries in --config");
@@ -196,10 +215,19 @@ impl Config {
         let token_file = cli.token_file.or_else(|| file.token_file.as_ref().map(|path| file.path(path)));
         let tls_ca = cli.tls_ca.or_else(|| file.tls_ca.as_ref().map(|path| file.path(path)));
         let tls_server_name = cli.tls_server_name.or(file.tls_server_name.clone());
-        let dispatcher = cli.dispatcher.or(file.dispatcher).unwrap_or_else(|| "127.0.0.1:8888".into());
+        let dispatcher =
+            cli.dispatcher.or(file.dispatcher.clone()).unwrap_or_else(|| "127.0.0.1:8888".into());
         if protocol::peer::host_port(&dispatcher).is_none_or(|(_, port)| port == 0) {
             bail!("--dispatcher {dispatcher:?}: host:port is needed, e.g. 127.0.0.1:8888");
         }
+        let schedules = schedule::resolve(&file.schedule, &file.base_dir, &repos)?;
+        let webhook_secret_file =
+            cli.webhook_secret_file.or_else(|| file.webhook_secret_file.as_ref().map(|path| file.path(path)));
+        let webhook = match cli.webhook.or(file.webhook.clone()) {
+            None if webhook_secret_file.is_some() => bail!("--webhook-secret-file needs --webhook ADDR"),
+            None => None,
+            Some(text) => Some(webhook_config(&text, webhook_secret_file)?),
+        };
         Ok(Config {
             dispatcher,
             trigger,
@@ -212,6 +240,8 @@ impl Config {
             tls_server_name,
             name,
             log_json: cli.log_format.or(file.log_format) == Some(LogFormat::Json),
+            webhook,
+            schedules,
         })
     }
 }
@@ -241,6 +271,22 @@ fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
         bail!("{flag} must be longer than zero");
     }
     Ok(value)
+}
+
+fn webhook_config(text: &str, secret_file: Option<PathBuf>) -> anyhow::Result<WebhookConfig> {
+    let addr: SocketAddr = text.parse().with_context(|| {
+        format!("--webhook {text:?}: an IP address and port is needed, e.g. 127.0.0.1:8090")
+    })?;
+    if secret_file.is_none() && !addr.ip().is_loopback() {
+        bail!(
+            "--webhook {addr} is not a loopback address and no --webhook-secret-file is given: \
+             anyone who can reach it could make the observer fetch at will; give the secret \
+             your forge signs with, or listen on 127.0.0.1"
+        );
+    }
+    let secret_file =
+        secret_file.map(std::path::absolute).transpose().context("resolving --webhook-secret-file")?;
+    Ok(WebhookConfig { addr, secret_file })
 }
 
 fn parse_patterns(patterns: &[String]) -> anyhow::Result<Vec<BranchPattern>> {
@@ -283,11 +329,11 @@ fn repo(
         },
     };
     let id = RepoUrl::new(id).map_err(anyhow::Error::msg)?;
-    Ok(RepoConfig { location, id, branches, mode })
+    Ok(RepoConfig { location, id, branches, mode, webhook_name: None })
 }
 
 /// A URL with a scheme, or git's scp-like `host:path` (a colon before any slash).
-fn is_url(arg: &str) -> bool {
+pub(crate) fn is_url(arg: &str) -> bool {
     if arg.contains("://") {
         return true;
     }
@@ -384,5 +430,47 @@ mod tests {
 
         std::fs::write(&file_path, "colour = \"blue\"").unwrap();
         assert!(FileConfig::load(&file_path).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn webhook_without_a_secret_only_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        gix::init(dir.path()).unwrap();
+        let path = dir.path().to_str().unwrap();
+        let config = parse(&["--webhook", "127.0.0.1:0", path]).unwrap();
+        assert_eq!(config.webhook.unwrap().secret_file, None);
+        let err = parse(&["--webhook", "0.0.0.0:8090", path]).unwrap_err();
+        assert!(format!("{err:#}").contains("not a loopback address"), "{err:#}");
+        let config = parse(&["--webhook", "0.0.0.0:8090", "--webhook-secret-file", "s", path]).unwrap();
+        assert!(config.webhook.unwrap().secret_file.unwrap().is_absolute());
+        assert!(parse(&["--webhook", "localhost", path]).is_err());
+        assert!(parse(&["--webhook-secret-file", "s", path]).is_err());
+        assert!(parse(&[path]).unwrap().webhook.is_none(), "off by default");
+    }
+
+    #[test]
+    fn schedules_name_an_observed_repository_and_a_valid_cron() {
+        let dir = tempfile::tempdir().unwrap();
+        gix::init(dir.path().join("a")).unwrap();
+        let file_path = dir.path().join("observer.toml");
+        let load = |schedule: &str| {
+            let text = format!("[[repo]]\npath = \"a\"\nwebhook_name = \"acme/a\"\n{schedule}");
+            std::fs::write(&file_path, text).unwrap();
+            let file = FileConfig::load(&file_path).unwrap();
+            Config::from_cli(Cli::try_parse_from(["baton-observer"]).unwrap(), Some(file))
+        };
+        let config =
+            load("[[schedule]]\nrepo = \"a\"\nbranch = \"main\"\ncron = \"0 3 * * *\"\nlabels = [\"gpu\"]")
+                .unwrap();
+        assert_eq!(config.repos[0].webhook_name.as_deref(), Some("acme/a"));
+        let schedule = &config.schedules[0];
+        assert_eq!((&schedule.repo, schedule.branch.as_str()), (&config.repos[0].id, "main"));
+        assert_eq!(schedule.key, format!("{} main 0 3 * * *", config.repos[0].id));
+        let err =
+            load("[[schedule]]\nname = \"nightly\"\nrepo = \"a\"\nbranch = \"main\"\ncron = \"0 25 * * *\"")
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("schedule \"nightly\": invalid cron expression"), "{err:#}");
+        let err = load("[[schedule]]\nrepo = \"b\"\nbranch = \"main\"\ncron = \"0 3 * * *\"").unwrap_err();
+        assert!(format!("{err:#}").contains("is not one of the observed repositories"), "{err:#}");
     }
 }

@@ -45,6 +45,8 @@ pub struct ScanInput {
     /// the first scan. A branch missing from it was created while observed,
     /// so all its commits are new, not history to skip with `initial`.
     pub known: Option<BTreeSet<Branch>>,
+    /// Branches whose tips a schedule submits, observed or not.
+    pub tips_of: Vec<Branch>,
 }
 
 /// What one scan found.
@@ -56,6 +58,9 @@ pub struct ScanOutput {
     pub vanished: Vec<Branch>,
     /// Every branch of the repository, observed or not: the next scan's `known`.
     pub present: BTreeSet<Branch>,
+    /// The tip of each branch of `tips_of` that exists, with the runner
+    /// labels its `.baton.toml` requires.
+    pub tips: BTreeMap<Branch, NewCommit>,
 }
 
 /// One observed branch.
@@ -113,6 +118,13 @@ pub fn scan(input: &ScanInput, interrupt: &AtomicBool) -> anyhow::Result<ScanOut
         present: all.keys().cloned().collect(),
         ..ScanOutput::default()
     };
+    for branch in &input.tips_of {
+        let Some(tip) = all.get(branch) else { continue };
+        let commit = repo.find_commit(*tip).with_context(|| format!("reading the tip of {branch}"))?;
+        let parents = commit.parent_ids().map(|id| commit_id(id.detach())).collect();
+        let labels = walk::required_labels(&repo, *tip);
+        output.tips.insert(branch.clone(), NewCommit { commit: commit_id(*tip), parents, labels });
+    }
     for branch in observed {
         let tip = all[branch];
         let scanned =
@@ -285,6 +297,7 @@ mod tests {
                 max_new: self.max_new,
                 seen: self.seen.clone(),
                 known: self.known.clone(),
+                tips_of: Vec::new(),
             };
             scan(&input, &AtomicBool::new(false)).unwrap()
         }

@@ -25,6 +25,10 @@ pub enum ObserverToDispatcher {
     /// Answer to a [`DispatcherToObserver::Ping`] with the same sequence
     /// number: the dispatcher closes an observer that stays silent.
     Pong(Pong),
+    /// A branch tip submitted by one of the observer's schedules: always a
+    /// new task (trigger `schedule`), even when the commit was tested before.
+    /// Answered like `Submit`, in the same order.
+    SubmitScheduled(Submit),
 }
 
 /// A commit seen on a branch of a repository.

@@ -104,6 +104,14 @@ fn observer_messages_golden() {
     assert_eq!(round_trip(&refused), "01026e6f");
     assert_eq!(round_trip(&DispatcherToObserver::Ping(Ping { seq: 4 })), "0204");
     assert_eq!(round_trip(&ObserverToDispatcher::Pong(Pong { seq: 4 })), "0104");
+    let scheduled = ObserverToDispatcher::SubmitScheduled(Submit {
+        repo: RepoUrl::new("/r").unwrap(),
+        branch: Branch::new("main").unwrap(),
+        commit: commit(),
+        labels: Vec::new(),
+    });
+    let expected = format!("02{}{}{}00", hex("/r"), hex("main"), hex(commit().as_str()));
+    assert_eq!(round_trip(&scheduled), expected);
 }
 
 #[test]
