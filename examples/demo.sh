@@ -110,7 +110,9 @@ git -C "$repo" add -A
 git -C "$repo" commit -q -m "a slow test run"
 slow=$(git -C "$repo" rev-parse HEAD)
 for _ in $(seq 300); do
-  runner=$(baton show "$slow" --json 2>/dev/null | sed -nE 's/.*"runner": ?"([a-z0-9-]+)".*/\1/p' | head -n 1)
+  # Until the observer has submitted the commit, `baton show` says it knows
+  # no such task (and fails): keep asking.
+  runner=$(baton show "$slow" --json 2>/dev/null | sed -nE 's/.*"runner": ?"([a-z0-9-]+)".*/\1/p' | head -n 1 || true)
   [ -n "$runner" ] && break
   sleep 0.05
 done

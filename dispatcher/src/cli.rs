@@ -39,6 +39,10 @@ pub struct Cli {
     /// Runs of a task before a lost runner makes it `error` [default: 3].
     #[arg(long, env = "BATON_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// Times a failed test task is run again, on another runner when one is
+    /// free; a retry that passes ends it `passed` and flaky [default: 0].
+    #[arg(long, env = "BATON_RETRY_FAILED", value_name = "N")]
+    pub retry_failed: Option<u32>,
     /// Bytes of console output kept per task [default: 64 MiB].
     #[arg(long, env = "BATON_OUTPUT_CAP", value_name = "BYTES")]
     pub output_cap: Option<u64>,
@@ -51,6 +55,23 @@ pub struct Cli {
     /// second line of standard output, `http: ADDR`.
     #[arg(long, env = "BATON_HTTP", value_name = "ADDR")]
     pub http: Option<String>,
+    /// The web report's address as users reach it, for links in commit
+    /// statuses (e.g. https://ci.example.com) [default: http:// and the
+    /// address `--http` bound].
+    #[arg(long, env = "BATON_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Remove the logs of tasks that ended longer ago than this (e.g. 30d);
+    /// the tasks stay [default: keep every log].
+    #[arg(long, env = "BATON_KEEP_LOGS", value_name = "DUR")]
+    pub keep_logs: Option<String>,
+    /// Keep this many of each repository's newest tasks and remove older
+    /// ended ones, never a release's [default: keep every task].
+    #[arg(long, env = "BATON_KEEP_TASKS", value_name = "N")]
+    pub keep_tasks: Option<u32>,
+    /// How often the pruner looks for what `--keep-logs` and `--keep-tasks`
+    /// remove [default: 1m].
+    #[arg(long, env = "BATON_PRUNE_INTERVAL", value_name = "DUR")]
+    pub prune_interval: Option<String>,
     /// Log format on stderr [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT", value_name = "FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 
 use anyhow::Context;
-use protocol::message::{ReleaseInfo, TaskInfo};
+use protocol::message::{DeploymentInfo, ReleaseInfo, TaskInfo};
 /// A release as JSON: the shape of `baton releases --json`, of the files in
 /// `releases/` (without `state`) and of release notifications.
 pub use protocol::view::release as release_json;
@@ -25,6 +25,8 @@ use crate::store::{Finish, LiveTask, Store};
 #[derive(Clone, Debug)]
 pub struct DataDir {
     root: PathBuf,
+    /// Bytes under `root`, as last measured ([`DataDir::measure`]).
+    size: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DataDir {
@@ -37,7 +39,32 @@ impl DataDir {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        Ok(DataDir { root: root.to_path_buf() })
+        Ok(DataDir { root: root.to_path_buf(), size: Default::default() })
+    }
+
+    /// Bytes under the data dir when last measured (0 before the first
+    /// measurement, which the pruner makes at start-up).
+    pub fn size(&self) -> u64 {
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Walks the data dir and notes its size in bytes (files' lengths; the
+    /// database's WAL included). Blocking: call it off the async runtime.
+    pub fn measure(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|entry| match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => walk(&entry.path()),
+                    Ok(kind) if kind.is_file() => entry.metadata().map(|meta| meta.len()).unwrap_or(0),
+                    _ => 0,
+                })
+                .sum()
+        }
+        let bytes = walk(&self.root);
+        self.size.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        bytes
     }
 
     /// The data directory itself.
@@ -119,7 +146,8 @@ impl DataDir {
         writeln!(file, "summary: {summary}")?;
         writeln!(file, "reason: {}", task.reason.as_deref().unwrap_or("-"))?;
         writeln!(file)?;
-        if let Ok(mut log) = File::open(self.log_path(task.id)) {
+        // Plain, or compressed already when a restart catches up.
+        if let Some(mut log) = crate::logs::open(self, task.id).context("opening the log")? {
             std::io::copy(&mut log, &mut file).context("copying the log into the result")?;
         }
         file.into_inner().map_err(|err| err.into_error())?;
@@ -160,6 +188,24 @@ impl DataDir {
         file.into_inner().map_err(|err| err.into_error())?;
         fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
     }
+
+    /// Writes `releases/<repository>/deployments/d<id>.json`, the deployment
+    /// as it is now (rewritten on every change), atomically.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_deployment(&self, deployment: &DeploymentInfo) -> anyhow::Result<()> {
+        let dir = self.root.join("releases").join(repo_dir_name(&deployment.repo)).join("deployments");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("d{}.json", deployment.id));
+        let tmp = dir.join(format!(".d{}.json.tmp", deployment.id));
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut file, &protocol::view::deployment(deployment))?;
+        file.write_all(b"\n")?;
+        file.into_inner().map_err(|err| err.into_error())?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
 }
 
 /// Where the file writer notes how far it got.
@@ -171,6 +217,9 @@ pub enum FileJob {
     Result(Box<TaskInfo>),
     /// `releases/<repository>/r<N>.json`.
     Release(Box<ReleaseInfo>),
+    /// `releases/<repository>/deployments/d<N>.json`, stamped with when the
+    /// change was made.
+    Deployment(Box<DeploymentInfo>),
 }
 
 impl FileJob {
@@ -178,6 +227,9 @@ impl FileJob {
         match self {
             FileJob::Result(task) => task.finished_at_ms.unwrap_or(0),
             FileJob::Release(release) => release.created_at_ms,
+            // Its change was committed just now; the store's `updated_at`
+            // is at most this.
+            FileJob::Deployment(_) => now_ms(),
         }
     }
 }
@@ -190,11 +242,15 @@ impl FileJob {
 const FILE_QUEUE: usize = 65_536;
 
 /// Starts the thread that writes result and release files off the
-/// scheduler's path, in the order the scheduler committed them.
+/// scheduler's path, in the order the scheduler committed them, and then
+/// hands each finished task's log to `logs` for compression.
 ///
 /// # Errors
 /// When the thread cannot be started.
-pub fn start_writer(files: DataDir) -> anyhow::Result<(SyncSender<FileJob>, std::thread::JoinHandle<()>)> {
+pub fn start_writer(
+    files: DataDir,
+    logs: crate::logs::Logs,
+) -> anyhow::Result<(SyncSender<FileJob>, std::thread::JoinHandle<()>)> {
     let (jobs, queue) = sync_channel::<FileJob>(FILE_QUEUE);
     let thread = std::thread::Builder::new().name("files".into()).spawn(move || {
         let mut written_until = None;
@@ -206,9 +262,15 @@ pub fn start_writer(files: DataDir) -> anyhow::Result<(SyncSender<FileJob>, std:
                 let written = match &job {
                     FileJob::Result(task) => files.write_result(task),
                     FileJob::Release(release) => files.write_release(release),
+                    FileJob::Deployment(deployment) => files.write_deployment(deployment),
                 };
                 if let Err(err) = written {
                     tracing::error!(error = %format!("{err:#}"), "cannot write a result or release file");
+                }
+                // The result file holds a copy of the plain log: compress
+                // only after it is written.
+                if let FileJob::Result(task) = &job {
+                    logs.compress(task.id);
                 }
                 next = queue.try_recv().ok();
             }
@@ -235,10 +297,19 @@ pub fn catch_up(store: &Store, files: &DataDir) -> anyhow::Result<()> {
         return files.write_watermark(now_ms());
     };
     let (tasks, releases) = store.finished_since(since)?;
-    if tasks.is_empty() && releases.is_empty() {
+    let deployments = store.deployments_changed_since(since)?;
+    if tasks.is_empty() && releases.is_empty() && deployments.is_empty() {
         return Ok(());
     }
-    tracing::info!(tasks = tasks.len(), releases = releases.len(), "writing files a crash left unwritten");
+    tracing::info!(
+        tasks = tasks.len(),
+        releases = releases.len(),
+        deployments = deployments.len(),
+        "writing files a crash left unwritten"
+    );
+    for deployment in &deployments {
+        files.write_deployment(deployment)?;
+    }
     for task in &tasks {
         files.write_result(task)?;
     }

@@ -12,7 +12,7 @@
 //! scheduler's time: it reads later, from the file.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use protocol::TaskId;
 use tokio::io::AsyncReadExt;
@@ -94,10 +94,22 @@ pub async fn read_log(
 /// empty one until it appears), read in order.
 #[derive(Default)]
 struct AttemptLog {
-    file: Option<tokio::fs::File>,
+    source: Option<Source>,
     /// Bytes sent so far.
     offset: u64,
 }
+
+/// Where an attempt's bytes come from.
+enum Source {
+    /// The plain log, still growing or not yet compressed.
+    Plain(tokio::fs::File),
+    /// A finished task's compressed log, decoded by a blocking thread
+    /// (zstd's decoder is synchronous) into a small bounded queue.
+    Compressed(tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>),
+}
+
+/// Decoded chunks queued ahead of a slow reader of a compressed log.
+const DECODED_CHUNKS: usize = 4;
 
 impl AttemptLog {
     /// Sends the log from where the last call stopped up to `end` (or its
@@ -106,29 +118,114 @@ impl AttemptLog {
         if end.is_some_and(|end| self.offset >= end) {
             return Ok(());
         }
-        let file = match &mut self.file {
-            Some(file) => file,
+        let source = match &mut self.source {
+            Some(source) => source,
             None => match tokio::fs::File::open(path).await {
-                Ok(file) => self.file.insert(file),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Ok(file) => self.source.insert(Source::Plain(file)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    // Compressed once the task ended; the plain file goes
+                    // only after the compressed one is whole.
+                    match decode(path.with_extension("log.zst"), self.offset, S::CHUNK) {
+                        Some(queue) => self.source.insert(Source::Compressed(queue)),
+                        None => return Ok(()),
+                    }
+                }
                 Err(err) => return Err(err.into()),
             },
         };
-        loop {
-            let want = match end {
-                Some(end) if self.offset >= end => break,
-                Some(end) => S::CHUNK.min(usize::try_from(end - self.offset).unwrap_or(S::CHUNK)),
-                None => S::CHUNK,
-            };
-            let mut buffer = vec![0u8; want];
-            let read = file.read(&mut buffer).await?;
-            if read == 0 {
-                break;
+        match source {
+            Source::Plain(file) => loop {
+                let want = match end {
+                    Some(end) if self.offset >= end => break,
+                    Some(end) => S::CHUNK.min(usize::try_from(end - self.offset).unwrap_or(S::CHUNK)),
+                    None => S::CHUNK,
+                };
+                let mut buffer = vec![0u8; want];
+                let read = file.read(&mut buffer).await?;
+                if read == 0 {
+                    break;
+                }
+                buffer.truncate(read);
+                self.offset += read as u64;
+                sink.chunk(buffer).await?;
+            },
+            // A compressed log is complete: `end` never cuts it.
+            Source::Compressed(queue) => {
+                while let Some(chunk) = queue.recv().await {
+                    let chunk = chunk?;
+                    self.offset += chunk.len() as u64;
+                    sink.chunk(chunk).await?;
+                }
             }
-            buffer.truncate(read);
-            self.offset += read as u64;
-            sink.chunk(buffer).await?;
         }
         Ok(())
     }
+}
+
+/// Starts decoding the compressed log at `path` from byte `skip`, in chunks
+/// of `chunk` bytes; `None` when there is no such file.
+fn decode(
+    path: PathBuf,
+    skip: u64,
+    chunk: usize,
+) -> Option<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(err) => {
+            let (sender, queue) = tokio::sync::mpsc::channel(1);
+            let _ = sender.try_send(Err(err));
+            return Some(queue);
+        }
+    };
+    let (sender, queue) = tokio::sync::mpsc::channel(DECODED_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        let mut decoder = match zstd::stream::read::Decoder::new(file) {
+            Ok(decoder) => decoder,
+            Err(err) => {
+                let _ = sender.blocking_send(Err(err));
+                return;
+            }
+        };
+        if skip > 0 {
+            if let Err(err) = std::io::copy(&mut (&mut decoder).take(skip), &mut std::io::sink()) {
+                let _ = sender.blocking_send(Err(err));
+                return;
+            }
+        }
+        loop {
+            let mut buffer = vec![0u8; chunk];
+            match read_full(&mut decoder, &mut buffer) {
+                Ok(0) => return,
+                Ok(read) => {
+                    buffer.truncate(read);
+                    // The reader went away: stop decoding.
+                    if sender.blocking_send(Ok(buffer)).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    let _ = sender.blocking_send(Err(err));
+                    return;
+                }
+            }
+        }
+    });
+    Some(queue)
+}
+
+/// Fills `buffer` as far as the stream allows (a decoder returns short
+/// reads at frame boundaries; whole chunks keep per-chunk costs low).
+fn read_full(reader: &mut impl std::io::Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
 }

@@ -11,8 +11,10 @@ pub mod config;
 pub mod files;
 pub mod follow;
 pub mod handler;
+pub mod logs;
 pub mod notify;
 pub mod readers;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -92,7 +94,11 @@ pub async fn run_with_web(
     if let Err(err) = files::catch_up(&store, &files) {
         tracing::error!(error = %format!("{err:#}"), "cannot write the files a crash left unwritten; starting anyway");
     }
-    let (file_writer, file_thread) = files::start_writer(files.clone())?;
+    let readers = readers::Readers::new(files.database());
+    // The logs thread is not joined at exit: a compression cut short is
+    // finished by the next start, like one a crash cut short.
+    let (logs, _logs_thread) = logs::start(files.clone(), Arc::clone(&readers))?;
+    let (file_writer, file_thread) = files::start_writer(files.clone(), logs.clone())?;
     let (scheduler, thread) = scheduler::start(
         store,
         files.clone(),
@@ -101,7 +107,6 @@ pub async fn run_with_web(
         file_writer,
         shutdown.clone(),
     )?;
-    let readers = readers::Readers::new(files.database());
     let shared = Arc::new(
         server::Shared::new(scheduler.clone(), readers, files, secret, tls, shutdown.clone())
             .with_heartbeat(config.settings.heartbeat_interval, config.settings.heartbeat_misses)
@@ -127,8 +132,23 @@ pub async fn run_with_web(
             }
         })
     };
+    // Links in commit statuses: the public URL given, or the web's own.
+    let public_url = match (&config.public_url, &web) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(web)) => Some(format!("http://{}", web.local_addr()?)),
+        (None, None) => None,
+    };
+    tracker.spawn(retention::run(
+        config.retention.clone(),
+        Arc::clone(&shared.readers),
+        scheduler.clone(),
+        shared.files.clone(),
+        logs,
+        shutdown.clone(),
+    ));
     tracker.spawn(notify::run(
         Arc::clone(&config.settings.notifiers),
+        public_url,
         Arc::clone(&shared.readers),
         scheduler.clone(),
         outbox,

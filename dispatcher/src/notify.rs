@@ -1,17 +1,23 @@
 //! The notifier worker: delivers the outbox's events to the configured
 //! notifiers, a command (the event as JSON on stdin, run as an argument
-//! vector, never through a shell) or a URL (HTTP POST of the JSON).
+//! vector, never through a shell), a URL (HTTP POST of the JSON) or a
+//! forge's commit status API (`status`).
 //!
 //! It reads the outbox through a read-only connection and reports each
 //! delivery to the scheduler, which deletes the entry or schedules a retry
 //! (capped exponential back-off) in its own transaction. A notifier that
-//! fails keeps its events, in order, and never delays scheduling.
+//! fails keeps its events, in order, and never delays scheduling. Order per
+//! notifier is what keeps commit statuses right: a task's `pending` is
+//! queued before its end, so it can never land after it.
+
+pub mod status;
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::view::now_ms;
+use protocol::Name;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,9 +34,11 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Longest wait between two tries of one event.
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
-/// Runs until `shutdown`.
+/// Runs until `shutdown`. `public_url` is the web report's base URL, for
+/// the links of commit statuses.
 pub async fn run(
     notifiers: Arc<Vec<Notifier>>,
+    public_url: Option<String>,
     readers: Arc<Readers>,
     scheduler: Handle,
     wake: Arc<Notify>,
@@ -39,8 +47,12 @@ pub async fn run(
     if notifiers.is_empty() {
         return;
     }
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(DELIVERY_TIMEOUT)).build().into();
+    // Statuses judge the HTTP status themselves (`status::answer`).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(DELIVERY_TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .into();
     loop {
         let due = match readers.query(|reader| reader.due_notifications(now_ms())).await {
             Ok(due) => due,
@@ -52,7 +64,7 @@ pub async fn run(
         for outgoing in due {
             let delivery = match notifiers.iter().find(|notifier| notifier.name.as_str() == outgoing.notifier)
             {
-                Some(notifier) => deliver(&agent, notifier, &outgoing).await,
+                Some(notifier) => deliver(&agent, notifier, &outgoing, public_url.as_deref()).await,
                 // The configuration changed since the event was queued.
                 None => Ok(()),
             };
@@ -80,23 +92,81 @@ pub async fn run(
     }
 }
 
-async fn deliver(agent: &ureq::Agent, notifier: &Notifier, outgoing: &Outgoing) -> Result<(), String> {
+async fn deliver(
+    agent: &ureq::Agent,
+    notifier: &Notifier,
+    outgoing: &Outgoing,
+    public_url: Option<&str>,
+) -> Result<(), String> {
     match &notifier.target {
+        NotifierTarget::Status(target) => {
+            let event: serde_json::Value = serde_json::from_str(&outgoing.event).unwrap_or_default();
+            let request = match status::request(target, &event, public_url) {
+                Ok(request) => request,
+                Err(why) => {
+                    // It can never be delivered; keeping it would block the
+                    // notifier's later statuses.
+                    tracing::warn!(id = outgoing.id, notifier = %notifier.name, why, "dropping a status that cannot be posted");
+                    return Ok(());
+                }
+            };
+            let agent = agent.clone();
+            let notifier = notifier.name.clone();
+            let id = outgoing.id;
+            tokio::task::spawn_blocking(move || post_status(&agent, &notifier, id, request))
+                .await
+                .map_err(|err| err.to_string())?
+        }
         NotifierTarget::Command(argv) => run_command(argv, &outgoing.event).await,
         NotifierTarget::Url(url) => {
             let agent = agent.clone();
             let url = url.clone();
             let body = outgoing.event.clone();
             tokio::task::spawn_blocking(move || {
-                agent
+                let response = agent
                     .post(&url)
                     .header("content-type", "application/json")
                     .send(body.as_bytes())
-                    .map(|_| ())
-                    .map_err(|err| format!("POST {url}: {err}"))
+                    .map_err(|err| format!("POST {url}: {err}"))?;
+                let code = response.status();
+                if code.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("POST {url}: HTTP {}", code.as_u16()))
+                }
             })
             .await
             .map_err(|err| err.to_string())?
+        }
+    }
+}
+
+/// Posts one commit status; `Ok` when the forge took it or refused it for
+/// good (logged), `Err` to retry.
+fn post_status(
+    agent: &ureq::Agent,
+    notifier: &Name,
+    id: i64,
+    request: status::Request,
+) -> Result<(), String> {
+    let mut post = agent
+        .post(&request.url)
+        .header("content-type", "application/json")
+        .header("user-agent", concat!("baton/", env!("CARGO_PKG_VERSION")));
+    for (name, value) in &request.headers {
+        post = post.header(*name, value);
+    }
+    let response = post
+        .send(request.body.to_string().as_bytes())
+        .map_err(|err| format!("POST {}: {err}", request.url))?;
+    let code = response.status().as_u16();
+    match status::answer(code) {
+        status::Answer::Delivered => Ok(()),
+        status::Answer::Retry => Err(format!("POST {}: HTTP {code}", request.url)),
+        status::Answer::Refused => {
+            tracing::warn!(id, notifier = %notifier, url = %request.url, status = code,
+                "the forge refused a commit status; dropped (check the token and forge_repo)");
+            Ok(())
         }
     }
 }

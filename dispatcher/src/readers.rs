@@ -32,20 +32,26 @@ impl Readers {
         F: FnOnce(&Reader) -> anyhow::Result<T> + Send + 'static,
     {
         let pool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            // The lock is held only to pop or push, never across a query.
-            let reader = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let reader = match reader {
-                Some(reader) => reader,
-                None => Reader::open(&pool.path)?,
-            };
-            let result = query(&reader);
-            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < POOL_SIZE {
-                idle.push(reader);
-            }
-            result
-        })
-        .await?
+        tokio::task::spawn_blocking(move || pool.query_blocking(query)).await?
+    }
+
+    /// Runs `query` on a pooled connection in the calling thread (a thread
+    /// of the dispatcher's own, never the async runtime's).
+    ///
+    /// # Errors
+    /// The query's error, or opening a connection failed.
+    pub fn query_blocking<T>(&self, query: impl FnOnce(&Reader) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        // The lock is held only to pop or push, never across a query.
+        let reader = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reader = match reader {
+            Some(reader) => reader,
+            None => Reader::open(&self.path)?,
+        };
+        let result = query(&reader);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < POOL_SIZE {
+            idle.push(reader);
+        }
+        result
     }
 }

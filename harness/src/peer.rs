@@ -54,6 +54,7 @@ pub fn passed(task_id: TaskId, attempt: u32) -> TaskResult {
         output_len: 0,
         tag: None,
         failed_step: None,
+        tests: vec![],
     }
 }
 

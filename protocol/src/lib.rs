@@ -29,12 +29,12 @@ pub use connection::{Connection, IntoTransport, Receiver, Sender, Transport};
 pub use error::Error;
 pub use handshake::{Role, Secret};
 pub use types::{
-    Branch, CommitId, CommitPrefix, Label, Name, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl,
-    TaskId, TaskState,
+    Branch, CommitId, CommitPrefix, DeploymentState, HostState, Label, Name, NotificationEvent, ReleaseKind,
+    ReleaseState, RepoUrl, TaskId, TaskState,
 };
 
 /// Version of the wire format; bump it on any change to a message type.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame either side accepts unless configured lower (8 MiB).
 ///

@@ -482,6 +482,61 @@ vocabulary! {
         ReleaseRecorded => "release_recorded",
         DeployFailed => "deploy_failed",
         Rollback => "rollback",
+        /// A deployment waits (for approval, `after`, `needs`, hosts).
+        DeploymentWaiting => "deployment_waiting",
+        /// A deployment's first hosts got their deploy tasks.
+        DeploymentStarted => "deployment_started",
+        DeploymentDeployed => "deployment_deployed",
+        DeploymentFailed => "deployment_failed",
+        /// Bisection found the first failing commit of a range.
+        CulpritFound => "culprit_found",
+        /// A test task started its first attempt (commit statuses:
+        /// `pending`). Not sent to notifiers that list no events.
+        TaskStarted => "task_started",
+        /// A test task ended, whatever its state (commit statuses: the
+        /// final state). Not sent to notifiers that list no events.
+        TaskFinished => "task_finished",
+    }
+}
+
+vocabulary! {
+    /// The state of a deployment: a release in an environment (SPEC §12).
+    DeploymentState, "deployment state" {
+        /// For approval, for `after`, for a `needs` repository, for hosts, or
+        /// for another deployment of the environment to end.
+        Waiting => "waiting",
+        /// Deploy steps on the canary hosts.
+        Canary => "canary",
+        /// Deploy steps on the (other) hosts.
+        Deploying => "deploying",
+        Deployed => "deployed",
+        Failed => "failed",
+        /// A later rollback replaced it.
+        RolledBack => "rolled_back",
+        /// Someone rejected it while it waited.
+        Rejected => "rejected",
+    }
+}
+
+impl DeploymentState {
+    /// Whether the deployment has ended (it changes no more, except that a
+    /// deployed one may later be rolled back).
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeploymentState::Waiting | DeploymentState::Canary | DeploymentState::Deploying)
+    }
+}
+
+vocabulary! {
+    /// Where one host of a deployment is.
+    HostState, "host state" {
+        /// Not started yet (a later host of a gray release).
+        Waiting => "waiting",
+        /// Its deploy task is queued or running.
+        Deploying => "deploying",
+        Deployed => "deployed",
+        Failed => "failed",
+        /// Never touched: the deployment stopped before reaching it.
+        Skipped => "skipped",
     }
 }
 

@@ -239,6 +239,9 @@ fn task_info() -> BoxedStrategy<TaskInfo> {
                 labels,
                 trigger,
                 kind,
+                flaky: false,
+                flaky_tests: vec![],
+                culprit: None,
                 requested_by: None,
                 aborted_by: None,
             },
@@ -373,6 +376,7 @@ fn runner_to_dispatcher() -> BoxedStrategy<RunnerToDispatcher> {
                     output_len,
                     tag,
                     failed_step,
+                    tests: vec![],
                 }
             },
         );
@@ -465,6 +469,7 @@ fn dispatcher_to_client() -> BoxedStrategy<DispatcherToClient> {
                 runners_dead,
                 tasks,
                 data_dir_full: None,
+                data_dir_bytes: 0,
             })
         },
     );

@@ -67,6 +67,11 @@ pub struct Cli {
     #[arg(long, env = "BATON_OUTPUT_CAP", value_name = "BYTES")]
     pub output_cap: Option<u64>,
 
+    /// Names of passed and skipped tests reported per task; failed tests
+    /// are always reported [default: 1000].
+    #[arg(long, env = "BATON_MAX_TEST_NAMES", value_name = "N")]
+    pub max_test_names: Option<usize>,
+
     /// Log format on stderr [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT", value_name = "FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,

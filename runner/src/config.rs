@@ -56,6 +56,8 @@ pub struct Config {
     pub drain_timeout: Option<Duration>,
     /// Bytes of output kept per attempt.
     pub output_cap: u64,
+    /// Names of passed and skipped tests reported per task.
+    pub max_test_names: usize,
     /// Log JSON lines instead of text.
     pub log_json: bool,
 }
@@ -76,6 +78,7 @@ struct FileConfig {
     timeout: Option<String>,
     drain_timeout: Option<String>,
     output_cap: Option<u64>,
+    max_test_names: Option<usize>,
     log_format: Option<String>,
 }
 
@@ -144,6 +147,8 @@ impl Config {
             .map(|text| parse_duration("--drain-timeout", &text))
             .transpose()?;
         let output_cap = cli.output_cap.or(file.output_cap).unwrap_or(DEFAULT_OUTPUT_CAP);
+        let max_test_names =
+            cli.max_test_names.or(file.max_test_names).unwrap_or(crate::outcomes::DEFAULT_MAX_NAMES);
         let log_json = match cli.log_format.or(file.log_format).as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -162,6 +167,7 @@ impl Config {
             timeout,
             drain_timeout,
             output_cap,
+            max_test_names,
             log_json,
         })
     }

@@ -22,6 +22,7 @@ mod exec;
 mod git;
 mod link;
 pub mod manager;
+mod outcomes;
 mod spool;
 mod summary;
 pub mod supervise;

@@ -38,6 +38,9 @@ use tracing::Instrument;
 use crate::attempts::{Control, Progress, Shared};
 use crate::spool::AttemptKey;
 
+/// A last look for a frame once the idle timer fired (see the read loop).
+const IDLE_GRACE: Duration = Duration::from_millis(250);
+
 /// Messages that must not wait behind output (register, pongs, draining):
 /// the writer always drains this lane first, so a heartbeat answer waits for
 /// at most the one frame being written. Few are ever queued: one pong per
@@ -164,8 +167,18 @@ async fn session(
                 _ = stop.cancelled() => return Ok(()),
                 received = tokio::time::timeout(link.idle, receiver.recv()) => {
                     let idle = link.idle;
+                    let received = match received {
+                        Ok(received) => received,
+                        // After a thread of ours was held up (a write slowed by
+                        // the kernel's dirty-page throttling, a busy machine),
+                        // the timer can fire before a frame already waiting in
+                        // the socket is seen: look again, briefly, before
+                        // calling the link dead.
+                        Err(_) => tokio::time::timeout(IDLE_GRACE, receiver.recv()).await.map_err(|_| {
+                            anyhow::anyhow!("no message from the dispatcher for {idle:?}: the link is dead")
+                        })?,
+                    };
                     let message = received
-                        .map_err(|_| anyhow::anyhow!("no message from the dispatcher for {idle:?}: the link is dead"))?
                         .context("receiving")?
                         .ok_or_else(|| anyhow::anyhow!("closed by the dispatcher"))?;
                     link.handle(message, backoff).await?;

@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use protocol::message::{Assign, Job, Outcome, Summary, TaskResult};
+use protocol::message::{Assign, Job, Outcome, Summary, TaskResult, TestCase, TestStatus};
 use protocol::{Branch, CommitId, RepoUrl, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,8 @@ pub struct Finished {
     pub tag: Option<Branch>,
     /// The deploy step that failed, for a deploy job.
     pub failed_step: Option<String>,
+    /// Per-test outcomes, already bounded (see `outcomes`).
+    pub tests: Vec<TestCase>,
 }
 
 impl Finished {
@@ -90,6 +92,7 @@ impl Finished {
             output_len,
             tag: None,
             failed_step: None,
+            tests: Vec::new(),
         }
     }
 
@@ -106,6 +109,7 @@ impl Finished {
             output_len: self.output_len,
             tag: self.tag.clone(),
             failed_step: self.failed_step.clone(),
+            tests: self.tests.clone(),
         }
     }
 }
@@ -217,6 +221,11 @@ impl Spool {
             output_len: finished.output_len,
             tag: finished.tag.as_ref().map(|tag| tag.to_string()),
             failed_step: finished.failed_step.clone(),
+            tests: finished
+                .tests
+                .iter()
+                .map(|test| TestFile { name: test.name.clone(), outcome: test.status.as_str().to_string() })
+                .collect(),
         };
         write_atomically(&self.dir(key).join("result.json"), &serde_json::to_vec_pretty(&record)?)
     }
@@ -387,6 +396,14 @@ struct ResultFile {
     tag: Option<String>,
     #[serde(default)]
     failed_step: Option<String>,
+    #[serde(default)]
+    tests: Vec<TestFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TestFile {
+    name: String,
+    outcome: String,
 }
 
 fn read_result(path: &Path) -> Option<Finished> {
@@ -411,6 +428,11 @@ fn read_result(path: &Path) -> Option<Finished> {
         output_len: record.output_len,
         tag: record.tag.and_then(|tag| Branch::new(tag).ok()),
         failed_step: record.failed_step,
+        tests: record
+            .tests
+            .into_iter()
+            .filter_map(|test| Some(TestCase { status: TestStatus::parse(&test.outcome)?, name: test.name }))
+            .collect(),
     })
 }
 
@@ -500,6 +522,10 @@ mod tests {
             output_len: 6,
             tag: Some(Branch::new("v1.0").unwrap()),
             failed_step: Some("deploy".into()),
+            tests: vec![
+                TestCase { name: "t.T.test_a".into(), status: TestStatus::Failed },
+                TestCase { name: "t.T.test_b".into(), status: TestStatus::Passed },
+            ],
         };
         spool.write_result(key, &finished).unwrap();
         std::fs::create_dir_all(spool.tree(key)).unwrap();

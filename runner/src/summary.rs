@@ -165,7 +165,7 @@ fn counted_items(text: &str, separator: char) -> Option<Vec<(u32, &str)>> {
 
 /// Removes ANSI escape sequences (colours), which pytest and cargo add when
 /// told to.
-fn strip_ansi(line: &str) -> String {
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

@@ -21,7 +21,7 @@ use crate::attempts::{Control, Progress, Shared};
 use crate::command::TestCommand;
 use crate::exec::{self, StopCause, Supervised};
 use crate::spool::{AttemptKey, Finished, OutputLog};
-use crate::{command, git, summary};
+use crate::{command, git, outcomes, summary};
 
 /// How long reading the repository's tags again may delay a passed result.
 const TAG_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -124,11 +124,15 @@ pub async fn execute(
         }
     }
     let output_len = log.written();
-    let summary = read_tail(&shared.spool.output_path(key), output_len)
-        .await
-        .and_then(|tail| summary::summarize(&String::from_utf8_lossy(&tail)));
+    let tail = read_tail(&shared.spool.output_path(key), output_len).await;
+    let tail = tail.as_deref().map(String::from_utf8_lossy);
+    let summary = tail.as_deref().and_then(summary::summarize);
     if let Ending::Finished(finished) = &mut ending {
         finished.summary = summary;
+        if matches!(assign.job, Job::Test) {
+            finished.tests =
+                test_outcomes(tail.as_deref().unwrap_or(""), &tree, shared.config.max_test_names).await;
+        }
         if finished.outcome == Outcome::Passed && matches!(assign.job, Job::Test) {
             finished.tag = fresh_tag(shared, assign, prepared.mirror).await;
         }
@@ -177,6 +181,11 @@ async fn prepare(
     {
         return Err("this runner has no deploy label and runs no deploy steps".into());
     }
+    if let Job::DeployHost(host) = &assign.job {
+        if host.host != shared.config.name {
+            return Err(format!("deploy steps for host {} reached runner {}", host.host, shared.config.name));
+        }
+    }
     let mirror = match shared.cache.fetch(&assign.repo, &assign.commit, interrupt.clone()).await {
         Ok(Some(mirror)) => mirror,
         Ok(None) => return Err(format!("commit {} not found in {}", assign.commit, assign.repo)),
@@ -190,7 +199,7 @@ async fn prepare(
                     .map_err(|err| format!("{err:#}"))?;
             Ok(Prepared { steps: vec![(None, command)], mirror })
         }
-        Job::Deploy(deploy) => {
+        Job::Deploy(deploy) | Job::DeployHost(protocol::message::DeployHost { deploy, .. }) => {
             // The steps are the dispatcher operator's configuration; the
             // release and commits reach them only as environment variables.
             let steps = deploy
@@ -220,6 +229,7 @@ fn aborted(duration_ms: u64, output_len: u64) -> Finished {
         output_len,
         tag: None,
         failed_step: None,
+        tests: Vec::new(),
     }
 }
 
@@ -235,6 +245,7 @@ fn classify(supervised: Supervised, duration_ms: u64, output_len: u64) -> Ending
         output_len,
         tag: None,
         failed_step: None,
+        tests: Vec::new(),
     };
     let finished = match supervised.cause {
         Some(StopCause::Timeout) => failed(None, "timeout".into()),
@@ -251,6 +262,7 @@ fn classify(supervised: Supervised, duration_ms: u64, output_len: u64) -> Ending
                 output_len,
                 tag: None,
                 failed_step: None,
+                tests: Vec::new(),
             },
             (Some(code), _) => Finished { reason: None, ..failed(Some(code), String::new()) },
             (None, Some(signal)) => failed(None, format!("killed by signal {signal}")),
@@ -270,12 +282,37 @@ fn environment(assign: &Assign) -> Vec<(&'static str, String)> {
         ("BATON_BRANCH", assign.branch.to_string()),
         ("BATON_REPO", assign.repo.to_string()),
     ];
-    if let Job::Deploy(deploy) = &assign.job {
+    let deploy = match &assign.job {
+        Job::Test => None,
+        Job::Deploy(deploy) => Some(deploy),
+        Job::DeployHost(host) => {
+            env.push(("BATON_ENVIRONMENT", host.environment.to_string()));
+            env.push(("BATON_HOST", host.host.to_string()));
+            Some(&host.deploy)
+        }
+    };
+    if let Some(deploy) = deploy {
         env.push(("BATON_RELEASE", deploy.release.clone()));
         let previous = deploy.previous_commit.as_ref().map(ToString::to_string).unwrap_or_default();
         env.push(("BATON_PREVIOUS_COMMIT", previous));
     }
     env
+}
+
+/// Each test's outcome from the output's tail and the JUnit reports in the
+/// tree (a blocking walk, so off the runtime's threads).
+async fn test_outcomes(tail: &str, tree: &Path, max_names: usize) -> Vec<protocol::message::TestCase> {
+    let mut collected = outcomes::Collected::default();
+    collected.add_output(tail);
+    let tree = tree.to_path_buf();
+    let collected = tokio::task::spawn_blocking(move || {
+        outcomes::junit::collect(&tree, &mut collected);
+        collected
+    })
+    .await
+    .unwrap_or_default();
+    tracing::debug!(tests = collected.len(), "per-test outcomes recognised");
+    collected.into_reported(max_names)
 }
 
 /// The last [`summary::TAIL_BYTES`] of the output, or `None` if unreadable.

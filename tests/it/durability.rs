@@ -56,7 +56,7 @@ fn a_running_task_is_re_adopted_after_a_dispatcher_restart() {
     let task = wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["attempts"], 1, "re-adopted, not rerun: {task:#}");
-    let log = std::fs::read_to_string(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = String::from_utf8_lossy(&support::stored_log(&dispatcher.data_dir, &id)).into_owned();
     assert!(log.contains("started attempt 1") && log.contains("finished attempt 1"), "{log}");
     assert_eq!(log.matches("started attempt").count(), 1, "output delivered once: {log}");
 }

@@ -164,7 +164,7 @@ fn a_refused_assignment_is_not_an_attempt() {
 #[test]
 fn twenty_tasks_streaming_output_as_fast_as_they_can_lose_no_runner() {
     const TASKS: usize = 20;
-    const BYTES: u64 = 8 * 1024 * 1024;
+    const BYTES: u64 = 4 * 1024 * 1024;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let dispatcher = Dispatcher::start(&data, &[]);

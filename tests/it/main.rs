@@ -5,12 +5,16 @@
 
 mod chaos;
 mod client;
+mod culprit;
+mod deployments;
 mod durability;
+mod flaky;
 mod flood;
 mod follow;
 mod foundation;
 mod full_disk;
 mod liveness;
+mod logs;
 mod manager;
 mod newcomer;
 mod observer;
@@ -20,6 +24,7 @@ mod releases;
 mod runner_liveness;
 mod schedules;
 mod security;
+mod statuses;
 mod support;
 mod tls;
 mod users;

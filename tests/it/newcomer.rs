@@ -18,7 +18,9 @@ fn submit(addr: &str, repo: &Repo, commit: &str) -> String {
 }
 
 fn task_log(data_dir: &Path, task_id: &str) -> String {
-    std::fs::read_to_string(data_dir.join("logs").join(format!("{task_id}.log"))).unwrap_or_default()
+    support::stored_log_if_any(data_dir, task_id)
+        .map(|log| String::from_utf8_lossy(&log).into_owned())
+        .unwrap_or_default()
 }
 
 /// Issue 13, item 1: `git rev-parse HEAD` and `git describe --tags` work in

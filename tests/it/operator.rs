@@ -310,7 +310,7 @@ fn a_test_over_its_timeout_fails_with_reason_timeout() {
     assert_eq!(task["state"], "failed", "{task:#}");
     assert_eq!(task["reason"], "timeout", "{task:#}");
     assert_eq!(task["exit_code"], Value::Null, "{task:#}");
-    let log = std::fs::read_to_string(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = String::from_utf8_lossy(&support::stored_log(&dispatcher.data_dir, &id)).into_owned();
     assert_eq!(log, "started\n");
 
     // A timeout longer than the clock can count used to panic the attempt,
@@ -522,7 +522,7 @@ fn output_over_the_cap_is_truncated_with_a_marker() {
     let mut expected = "0123456789\n".repeat(100).into_bytes();
     expected.truncate(1000);
     expected.extend_from_slice(b"\n[baton: output truncated at 1000 bytes]\n");
-    let log = std::fs::read(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = support::stored_log(&dispatcher.data_dir, &id);
     assert_eq!(String::from_utf8_lossy(&log), String::from_utf8_lossy(&expected));
     let output = baton(&dispatcher.addr, &["log", &id]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -545,7 +545,7 @@ fn output_with_any_bytes_is_stored_and_served_byte_for_byte() {
     assert_eq!(wait_final(&dispatcher.addr, &id)["state"], "passed");
 
     assert!(payload.len() < 1000, "the payload stays under the cap");
-    let log = std::fs::read(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = support::stored_log(&dispatcher.data_dir, &id);
     assert!(log == payload, "the log differs:\nexpected {payload:?}\ngot      {log:?}");
     let output = baton(&dispatcher.addr, &["log", &id]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -712,7 +712,7 @@ fn sigterm_lets_the_running_test_finish_before_the_runner_exits() {
     // the task would be pending again.
     let task = show(&dispatcher.addr, &id).unwrap();
     assert_eq!((task["state"].as_str(), task["attempts"].as_i64()), (Some("passed"), Some(1)), "{task:#}");
-    let log = std::fs::read_to_string(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = String::from_utf8_lossy(&support::stored_log(&dispatcher.data_dir, &id)).into_owned();
     assert_eq!(log, "finished\n");
 }
 

@@ -126,7 +126,7 @@ fn a_runner_that_hears_nothing_reconnects_to_a_new_dispatcher_and_keeps_its_test
     let task = wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!(task["attempts"], 1, "re-adopted, not rerun: {task:#}");
-    let log = std::fs::read_to_string(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = String::from_utf8_lossy(&support::stored_log(&dispatcher.data_dir, &id)).into_owned();
     assert_eq!(log.matches("started attempt").count(), 1, "output delivered once: {log}");
     assert!(log.contains("finished attempt 1"), "{log}");
 }

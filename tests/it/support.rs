@@ -295,3 +295,22 @@ pub fn result_file(data_dir: &Path, commit: &str) -> Vec<u8> {
     let path = data_dir.join("test_results").join(commit);
     wait_for(&format!("{}", path.display()), || std::fs::read(&path).ok())
 }
+
+/// A task's stored log, `DIR/logs/<id>.log` or, once the task has ended and
+/// the dispatcher compressed it, `DIR/logs/<id>.log.zst` decoded; `None`
+/// when it has neither.
+pub fn stored_log_if_any(data_dir: &Path, id: impl std::fmt::Display) -> Option<Vec<u8>> {
+    let logs = data_dir.join("logs");
+    // The plain file is removed only after the compressed one is whole.
+    if let Ok(bytes) = std::fs::read(logs.join(format!("{id}.log"))) {
+        return Some(bytes);
+    }
+    let file = std::fs::File::open(logs.join(format!("{id}.log.zst"))).ok()?;
+    Some(zstd::decode_all(file).expect("decoding a compressed log"))
+}
+
+/// As [`stored_log_if_any`], for a log that must be there.
+pub fn stored_log(data_dir: &Path, id: impl std::fmt::Display) -> Vec<u8> {
+    let shown = id.to_string();
+    stored_log_if_any(data_dir, id).unwrap_or_else(|| panic!("task {shown} has no stored log"))
+}

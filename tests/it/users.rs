@@ -238,3 +238,100 @@ fn bad_user_tables_stop_the_dispatcher_with_a_clear_error() {
         assert!(stderr.contains(words), "expected {words:?} in: {stderr}");
     }
 }
+
+/// Approvals of deployments (issue 18 items 4 and 5): roles limited to
+/// environments, `approved_by` naming the person, and `approval = "other"`
+/// refusing the requester's own approval.
+#[test]
+fn approvals_are_given_by_people_with_the_role_in_that_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let [tina, sam, pat, olga] = ["tina", "sam", "pat", "olga"].map(|name| keygen(&keys, name, ""));
+    let repo = Repo::init(&tmp.path().join("repo"));
+    let hosts_log = tmp.path().join("hosts.log");
+    let config = tmp.path().join("dispatcher.toml");
+    let sam_table =
+        user_table("sam", &sam, "\"approve\"").replace("\n\n", "\nenvironments = [\"staging\"]\n\n");
+    std::fs::write(
+        &config,
+        format!(
+            "[[repo]]\nurl = \"{repo}\"\ndeploy = \"echo $BATON_ENVIRONMENT $BATON_HOST $BATON_RELEASE >> {log}\"\n\
+             [[repo.environment]]\nname = \"staging\"\nlabels = [\"deploy\"]\nauto = true\napproval = true\n\
+             [[repo.environment]]\nname = \"production\"\nlabels = [\"deploy\"]\napproval = \"other\"\n\n{users}",
+            repo = repo.path.display(),
+            log = hosts_log.display(),
+            users = user_table("tina", &tina, "\"trigger\"")
+                + &sam_table
+                + &user_table("pat", &pat, "\"approve\"")
+                + &user_table("olga", &olga, "\"approve\""),
+        ),
+    )
+    .unwrap();
+    let dispatcher =
+        Dispatcher::start(&tmp.path().join("data"), &["--config", &config.display().to_string()]);
+    let addr = dispatcher.addr.as_str();
+    let _host = support::runner(tmp.path(), addr, "host-1", &["--labels", "deploy"]);
+    let [tina, sam, pat, olga] = [tina, sam, pat, olga].map(|key| Person::with_key(&home, &key));
+    let repo_arg = repo.path.display().to_string();
+    let hosts = || std::fs::read_to_string(&hosts_log).unwrap_or_default();
+    let deployment = |env: &str| -> Option<Value> {
+        let all = tina.json(addr, &["deployments", "--env", env]);
+        all.as_array()?.iter().find(|found| found["version"] == "r1").cloned()
+    };
+
+    // Tina's passing commit on main becomes r1, which waits for approval
+    // in staging.
+    let commit = repo.commit(&[("tests/test_sum.py", &support::unittest(true))], "one");
+    let submitted = tina.json(addr, &["submit", &repo_arg, &commit, "--branch", "main"]);
+    tina.wait_state(addr, id(&submitted), &["passed"]);
+    wait_for("r1 to wait for approval in staging", || {
+        (deployment("staging")?["waiting_for"] == "approval").then_some(())
+    });
+
+    // Tina may trigger but not approve; Sam approves staging only.
+    tina.refused(
+        addr,
+        &["approve", &repo_arg, "r1", "--env", "staging"],
+        1,
+        "user tina lacks the approve role",
+    );
+    let approved = sam.json(addr, &["approve", &repo_arg, "r1", "--env", "staging"]);
+    assert_eq!(approved["approved_by"], "sam", "{approved:#}");
+    wait_for("r1 deployed in staging", || (deployment("staging")?["state"] == "deployed").then_some(()));
+    assert_eq!(hosts(), "staging host-1 r1\n");
+
+    // Pat asks for production, which needs someone else's approval: not
+    // his own, not Sam's (staging only); Olga's.
+    let asked = pat.json(addr, &["deploy", &repo_arg, "r1", "--env", "production"]);
+    assert_eq!(
+        (asked["requested_by"].as_str(), asked["waiting_for"].as_str()),
+        (Some("pat"), Some("approval"))
+    );
+    pat.refused(
+        addr,
+        &["approve", &repo_arg, "r1", "--env", "production"],
+        1,
+        "pat asked for this deployment",
+    );
+    sam.refused(
+        addr,
+        &["approve", &repo_arg, "r1", "--env", "production"],
+        1,
+        "user sam may not approve in environment production",
+    );
+    tina.refused(addr, &["deploy", &repo_arg, "r1", "--env", "production"], 1, "lacks the approve role");
+    assert_eq!(hosts(), "staging host-1 r1\n", "nothing refused reached a host");
+    let approved = olga.json(addr, &["approve", &repo_arg, "r1", "--env", "production"]);
+    assert_eq!(approved["approved_by"], "olga", "{approved:#}");
+    let deployed = wait_for("r1 deployed in production", || {
+        deployment("production").filter(|found| found["state"] == "deployed")
+    });
+    assert_eq!(
+        (deployed["requested_by"].as_str(), deployed["approved_by"].as_str()),
+        (Some("pat"), Some("olga"))
+    );
+    assert_eq!(hosts(), "staging host-1 r1\nproduction host-1 r1\n");
+}

@@ -5,12 +5,14 @@
 //! Everything it starts is owned by guards, so an error or Ctrl-C (which
 //! drops its future) kills it all.
 
+mod bisect;
 mod checkout;
 mod e2e_passed;
 mod failover;
 mod failover_freeze;
 mod failover_kill;
 mod flood;
+mod logs;
 mod manager_scale;
 mod memory;
 mod orphans;
@@ -126,9 +128,19 @@ pub const ALL: &[Scenario] = &[
         run: |ctx| Box::pin(flood::run(ctx)),
     },
     Scenario {
+        name: "logs",
+        about: "zstd on 16 MB of `python3 -m unittest -v` output: ratio, compress and decompress MB/s (default 5)",
+        run: |ctx| Box::pin(logs::run(ctx)),
+    },
+    Scenario {
         name: "stall",
         about: "SIGSTOP of the dispatcher for 2x its heartbeat window, 4 runners busy -> runners lost, extra attempts (default 5)",
         run: |ctx| Box::pin(stall::run(ctx)),
+    },
+    Scenario {
+        name: "bisect",
+        about: "first failing commit among 64 after the last pass, 4 runners, a 1 s test: steps and wall time (default 3)",
+        run: |ctx| Box::pin(bisect::run(ctx)),
     },
 ];
 

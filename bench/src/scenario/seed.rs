@@ -110,6 +110,8 @@ fn seed(path: &Path, n: usize) -> anyhow::Result<()> {
                 kind: TaskKind::Test,
                 release_id: None,
                 requested_by: None,
+                host: None,
+                deployment_id: None,
             };
             let (task_id, inserted) = tx.insert_task(&task, created)?;
             anyhow::ensure!(inserted, "fake commit {} was not unique", task.commit);

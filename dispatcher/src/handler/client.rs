@@ -7,7 +7,7 @@ use protocol::message::{ClientToDispatcher, DispatcherToClient, LogRequest, Sele
 use protocol::{Connection, Name, RepoUrl, Sender, TaskId};
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::{Event, Stopped};
+use crate::scheduler::{Event, Steer, Stopped};
 use crate::server::Shared;
 use crate::store::Trigger;
 use crate::users::{authorize, Action, Principal};
@@ -101,6 +101,17 @@ async fn check(shared: &Shared, principal: &Principal, request: &ClientToDispatc
             }
         }
         ClientToDispatcher::Rollback(rollback) => Action::Approve { repo: &rollback.repo, environment: None },
+        // Asking for, approving, rejecting or rolling back a deployment is a
+        // delivery right in that environment.
+        ClientToDispatcher::Deploy(request) | ClientToDispatcher::Approve(request) => {
+            Action::Approve { repo: &request.repo, environment: Some(request.env.as_str()) }
+        }
+        ClientToDispatcher::Reject(request) => {
+            Action::Approve { repo: &request.repo, environment: Some(request.env.as_str()) }
+        }
+        ClientToDispatcher::RollbackEnv(request) => {
+            Action::Approve { repo: &request.repo, environment: Some(request.env.as_str()) }
+        }
         ClientToDispatcher::Status
         | ClientToDispatcher::Runners
         | ClientToDispatcher::Tasks(_)
@@ -108,7 +119,10 @@ async fn check(shared: &Shared, principal: &Principal, request: &ClientToDispatc
         | ClientToDispatcher::Log(_)
         | ClientToDispatcher::Pools
         | ClientToDispatcher::Releases(_)
-        | ClientToDispatcher::Commits(_) => Action::Read,
+        | ClientToDispatcher::Commits(_)
+        | ClientToDispatcher::Deployments(_)
+        | ClientToDispatcher::TestCases(_)
+        | ClientToDispatcher::Flaky(_) => Action::Read,
     };
     authorize(users, principal, action).map_err(|refusal| {
         tracing::info!(user = ?principal.user, %refusal, "request refused");
@@ -223,8 +237,41 @@ async fn answer(shared: &Shared, request: ClientToDispatcher, peer: &Peer) -> Di
                 Err(err) => Err(stopped(err)),
             }
         }
+        ClientToDispatcher::Deployments(query) => shared
+            .readers
+            .query(move |reader| reader.deployments(query.repo.as_ref(), query.env.as_ref()))
+            .await
+            .map(DispatcherToClient::Deployments)
+            .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Deploy(request) => steer(shared, Steer::Deploy(request), by).await,
+        ClientToDispatcher::Approve(request) => steer(shared, Steer::Approve(request), by).await,
+        ClientToDispatcher::Reject(request) => steer(shared, Steer::Reject(request), by).await,
+        ClientToDispatcher::RollbackEnv(request) => steer(shared, Steer::Rollback(request), by).await,
+        ClientToDispatcher::TestCases(task_id) => shared
+            .readers
+            .query(move |reader| reader.test_cases(task_id))
+            .await
+            .map(DispatcherToClient::TestCases)
+            .map_err(|err| format!("{err:#}")),
+        ClientToDispatcher::Flaky(query) => {
+            let limit = query.limit.clamp(1, MAX_LIMIT);
+            shared
+                .readers
+                .query(move |reader| reader.flaky_tests(query.repo.as_ref(), limit))
+                .await
+                .map(DispatcherToClient::Flaky)
+                .map_err(|err| format!("{err:#}"))
+        }
     };
     result.unwrap_or_else(DispatcherToClient::Error)
+}
+
+/// A deployment request for the scheduler, on behalf of `by`.
+async fn steer(shared: &Shared, steer: Steer, by: String) -> Result<DispatcherToClient, String> {
+    match shared.scheduler.ask(|reply| Event::Deployment { steer, by, reply }).await {
+        Ok(result) => result.map(|deployment| DispatcherToClient::Deployment(Box::new(deployment))),
+        Err(err) => Err(stopped(err)),
+    }
 }
 
 /// A pending task that needs labels no live runner has says so, instead of
@@ -273,6 +320,11 @@ async fn stream_log(
         sender.send(&DispatcherToClient::Error(format!("no task {task_id}"))).await?;
         return Ok(());
     };
+    if task.state.is_final() && log_pruned(shared, task_id).await? {
+        let message = format!("the log of task {task_id} was pruned (--keep-logs)");
+        sender.send(&DispatcherToClient::Error(message)).await?;
+        return Ok(());
+    }
     let follow = request.follow && !task.state.is_final();
     let read = crate::follow::read_log(
         &shared.scheduler,
@@ -302,6 +354,14 @@ impl crate::follow::Sink for Client<'_> {
         self.0.send(&DispatcherToClient::LogChunk(bytes)).await?;
         Ok(())
     }
+}
+
+/// Whether retention removed the task's log (and it is not there).
+async fn log_pruned(shared: &Shared, task_id: TaskId) -> anyhow::Result<bool> {
+    if crate::logs::exists(&shared.files, task_id) {
+        return Ok(false);
+    }
+    shared.readers.query(move |reader| reader.log_pruned(task_id)).await
 }
 
 async fn read_task(shared: &Shared, task_id: TaskId) -> anyhow::Result<Option<TaskInfo>> {

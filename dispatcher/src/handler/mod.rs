@@ -17,5 +17,16 @@ pub(crate) fn new_task(
     requested_by: Option<String>,
 ) -> crate::store::NewTask {
     let kind = crate::store::TaskKind::Test;
-    crate::store::NewTask { repo, branch, commit, labels, trigger, kind, release_id: None, requested_by }
+    crate::store::NewTask {
+        repo,
+        branch,
+        commit,
+        labels,
+        trigger,
+        kind,
+        release_id: None,
+        host: None,
+        deployment_id: None,
+        requested_by,
+    }
 }

@@ -10,6 +10,7 @@ use super::disk::Disk;
 use protocol::message::StatusReport;
 use protocol::{Name, TaskState};
 
+use super::bisect::Bisections;
 use super::follows::Follows;
 use super::releases::Releases;
 use super::runners::Runners;
@@ -28,6 +29,8 @@ pub(crate) struct Core {
     pub(super) runners: Runners,
     pub(super) follows: Follows,
     pub(super) releases: Releases,
+    /// Bisections under way (`bisect`).
+    pub(super) bisections: Bisections,
     /// Whether the data dir is full (see `disk`).
     pub(super) disk: Disk,
     /// When the last heartbeat tick was handled; a batch that starts much
@@ -62,6 +65,7 @@ impl Core {
         tracing::info!(pending = tasks.n_pending(), running = tasks.n_running(), "recovered live tasks");
         let releases = Releases::new(settings.releases.clone(), std::sync::Arc::clone(&settings.notifiers));
         let disk = Disk::new(files.root());
+        let bisections = Bisections::recover(store)?;
         Ok(Core {
             settings,
             files,
@@ -70,6 +74,7 @@ impl Core {
             runners: Runners::new(),
             follows: Follows::default(),
             releases,
+            bisections,
             disk,
             last_tick: now,
             closes_wait_until: None,
@@ -102,6 +107,60 @@ impl Core {
             runners_dead: dead,
             tasks: TaskState::ALL.iter().map(|state| (*state, self.tasks.count(*state))).collect(),
             data_dir_full: self.disk.full(),
+            data_dir_bytes: self.files.size(),
+        }
+    }
+
+    /// What holds for deployments: a deployment in progress has a live
+    /// task on each host it is deploying to and nowhere else; one that
+    /// ended has none; a deployed one is deployed on every host; at most
+    /// one deployment of an environment is in progress.
+    #[cfg(test)]
+    fn check_deployments(&self, store: &Store) {
+        use protocol::{DeploymentState, HostState};
+        let deployments = store.deployments_changed_since(0).expect("reading deployments");
+        for deployment in &deployments {
+            let id = deployment.id;
+            let in_progress =
+                matches!(deployment.state, DeploymentState::Canary | DeploymentState::Deploying);
+            for host in &deployment.hosts {
+                let live = host.task_id.is_some_and(|task_id| self.tasks.is_live(task_id));
+                assert_eq!(
+                    live,
+                    host.state == HostState::Deploying,
+                    "deployment {id} host {} ({})",
+                    host.name,
+                    host.state
+                );
+                if !in_progress {
+                    assert!(!live, "ended deployment {id} still deploys to {}", host.name);
+                }
+            }
+            if in_progress {
+                assert!(
+                    deployment.hosts.iter().any(|host| host.state == HostState::Deploying),
+                    "deployment {id} is stuck"
+                );
+                let others = deployments.iter().filter(|other| {
+                    other.repo == deployment.repo
+                        && other.environment == deployment.environment
+                        && matches!(other.state, DeploymentState::Canary | DeploymentState::Deploying)
+                });
+                assert_eq!(others.count(), 1, "two deployments in progress in {}", deployment.environment);
+            }
+            if deployment.state == DeploymentState::Deployed {
+                assert!(
+                    deployment.hosts.iter().all(|host| host.state == HostState::Deployed),
+                    "deployment {id}"
+                );
+            }
+            assert_eq!(
+                deployment.state == DeploymentState::Waiting,
+                deployment.waiting_for.is_some(),
+                "deployment {id} is {} and waits for {:?}",
+                deployment.state,
+                deployment.waiting_for
+            );
         }
     }
 
@@ -111,6 +170,7 @@ impl Core {
     pub(crate) fn check_invariants(&self, store: &Store) {
         self.tasks.check_invariants(self.settings.max_attempts);
         self.runners.check_invariants();
+        self.bisections.check_invariants(&self.tasks);
         // Counts by state equal the rows.
         for (state, rows) in store.count_by_state().expect("counting tasks") {
             assert_eq!(self.tasks.count(state), rows, "count of {state} tasks differs from the store");
@@ -137,6 +197,18 @@ impl Core {
                 );
             }
         }
+        // A host's deploy task runs on that host alone.
+        for running in self.tasks.running_tasks() {
+            if let Some(host) = &running.task.host {
+                assert_eq!(
+                    running.task.runner.as_ref(),
+                    Some(host),
+                    "deploy task {} off its host",
+                    running.task.id
+                );
+            }
+        }
+        self.check_deployments(store);
         // Every task a runner lists is running there.
         for (name, task_id) in self.runners.all_listed() {
             let running = self.tasks.running(task_id);

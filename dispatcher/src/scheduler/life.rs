@@ -37,7 +37,7 @@ pub(super) fn submit(
 }
 
 /// Queues a task the store has just inserted.
-fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
+pub(super) fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
     effects.state_changed(StateChange {
         task_id: task.id,
         state: TaskState::Pending,
@@ -50,34 +50,52 @@ fn queue(core: &mut Core, effects: &mut Effects, task: LiveTask) {
 /// Hands queued tasks, oldest first, to runners with a free slot and the
 /// labels the task needs.
 pub(super) fn schedule(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> anyhow::Result<()> {
+    super::bisect::resume(core, tx, effects)?;
     if core.tasks.n_pending() == 0 {
         return Ok(());
     }
     let mut free = core.runners.with_free_slots();
-    if free.is_empty() {
-        return Ok(());
-    }
     let mut chosen = Vec::new();
-    for task in core.tasks.pending_in_order().take(MAX_SCAN) {
-        let fits = free.iter().position(|(name, _)| {
+    // Ordinary tasks left waiting for a runner (a few are enough to decide
+    // whether a bisect step should make room).
+    let mut waiting = Vec::new();
+    // Bisect tasks come after all ordinary work (`bisect::choose`).
+    for task in core.tasks.pending_in_order().filter(|task| task.kind != TaskKind::Bisect).take(MAX_SCAN) {
+        if free.is_empty() {
+            if waiting.len() < 16 {
+                waiting.push(task.id);
+                continue;
+            }
+            break;
+        }
+        let suits = |name: &Name| {
+            // A host's deploy task runs on that host alone.
+            if task.host.as_ref().is_some_and(|host| host != name) {
+                return false;
+            }
             let labels = core.runners.get(name).map(|runner| runner.labels.as_slice()).unwrap_or_default();
             task.labels.iter().all(|needed| labels.contains(needed))
-        });
+        };
+        // A retry of a failed run goes to another runner when one is free.
+        let fits = free
+            .iter()
+            .position(|(name, _)| task.avoid.as_ref() != Some(name) && suits(name))
+            .or_else(|| free.iter().position(|(name, _)| suits(name)));
         if let Some(idx) = fits {
             chosen.push((task.id, free[idx].0.clone()));
             free[idx].1 -= 1;
             if free[idx].1 == 0 {
                 free.remove(idx);
-                if free.is_empty() {
-                    break;
-                }
             }
+        } else if waiting.len() < 16 {
+            waiting.push(task.id);
         }
     }
+    chosen.extend(super::bisect::choose(core, &free));
     for (task_id, runner) in chosen {
         assign(core, tx, effects, task_id, &runner)?;
     }
-    Ok(())
+    super::bisect::preempt(core, tx, effects, &waiting)
 }
 
 fn assign(
@@ -89,7 +107,7 @@ fn assign(
 ) -> anyhow::Result<()> {
     let Some(task) = core.tasks.pending(task_id) else { return Ok(()) };
     let job = match task.kind {
-        TaskKind::Test => Job::Test,
+        TaskKind::Test | TaskKind::Bisect => Job::Test,
         TaskKind::Deploy => match core.releases.deploy_job(tx, task)? {
             Some(job) => job,
             None => {
@@ -107,6 +125,7 @@ fn assign(
     let task = &running.task;
     tx.start_attempt(task_id, task.attempts, name, now_ms())?;
     core.files.start_attempt(task_id, task.attempts);
+    core.releases.task_started(tx, effects, task)?;
     tracing::info!(task_id = %task_id, attempt = task.attempts, runner = %name, commit = %task.commit, "task assigned");
     effects.send_runner(
         conn,
@@ -280,6 +299,11 @@ pub(super) fn result(
             return Ok(());
         }
     };
+    let retried = super::flaky::result(core, tx, effects, task_id, runner, state, result.tests)?;
+    if retried {
+        effects.send_runner(conn, ack(true, None));
+        return Ok(());
+    }
     let finish = Finish {
         state,
         exit_code: result.exit_code,
@@ -325,11 +349,11 @@ pub(super) fn finish(
         attempt: task.attempts,
         runner: task.runner.clone(),
     });
-    let deploys = core.releases.task_finished(tx, effects, &task, finish)?;
+    let deploys = core.releases.task_finished(tx, effects, &core.runners, &task, finish)?;
     for deploy in deploys {
         queue(core, effects, deploy);
     }
-    Ok(())
+    super::bisect::task_finished(core, tx, effects, &task, finish.state)
 }
 
 /// A refused assignment goes back to the queue without spending an attempt
@@ -343,25 +367,15 @@ fn requeue_refused(
 ) -> anyhow::Result<()> {
     let Some(running) = core.tasks.running(task_id) else { return Ok(()) };
     if running.aborting {
-        let finish = Finish {
-            reason: Some(format!("aborted by a client before it started: {reason}")),
-            ..Finish::ended(TaskState::Aborted)
-        };
-        return self::finish(core, tx, effects, task_id, &finish);
+        let why = format!("aborted by a client before it started: {reason}");
+        return end(core, tx, effects, task_id, TaskState::Aborted, why);
     }
-    if let Some(runner) = running.task.runner.clone() {
-        core.runners.remove_task(&runner, task_id);
-    }
+    free_slot(core, task_id);
     let Some(task) = core.tasks.unstart(task_id) else { return Ok(()) };
     let attempts = task.attempts;
     tx.requeue_refused(task_id, attempts, reason)?;
     tracing::info!(task_id = %task_id, attempts, reason, "assignment refused; requeued without spending an attempt");
-    effects.state_changed(StateChange {
-        task_id,
-        state: TaskState::Pending,
-        attempt: attempts,
-        runner: None,
-    });
+    pending_again(effects, task_id, attempts);
     Ok(())
 }
 
@@ -377,33 +391,53 @@ pub(super) fn requeue_or_fail(
 ) -> anyhow::Result<()> {
     let Some(running) = core.tasks.running(task_id) else { return Ok(()) };
     let attempts = running.task.attempts;
+    let lost_runs = attempts - running.task.retries;
     if running.aborting {
-        let finish = Finish {
-            reason: Some(format!("aborted by a client; its runner was lost before stopping it: {reason}")),
-            ..Finish::ended(TaskState::Aborted)
-        };
-        return self::finish(core, tx, effects, task_id, &finish);
+        let why = format!("aborted by a client; its runner was lost before stopping it: {reason}");
+        return end(core, tx, effects, task_id, TaskState::Aborted, why);
     }
-    if attempts >= core.settings.max_attempts {
-        let finish = Finish {
-            reason: Some(format!("gave up after {attempts} attempts; last: {reason}")),
-            ..Finish::ended(TaskState::Error)
-        };
-        return self::finish(core, tx, effects, task_id, &finish);
+    if lost_runs >= core.settings.max_attempts {
+        let why = format!("gave up after {attempts} attempts; last: {reason}");
+        return end(core, tx, effects, task_id, TaskState::Error, why);
     }
-    if let Some(runner) = running.task.runner.clone() {
-        core.runners.remove_task(&runner, task_id);
-    }
+    free_slot(core, task_id);
     core.tasks.requeue(task_id);
     tx.requeue(task_id, reason)?;
     tracing::warn!(task_id = %task_id, attempts, reason, "task requeued");
+    pending_again(effects, task_id, attempts);
+    Ok(())
+}
+
+/// Ends a running task with `state` and the reason why, the way a result
+/// would.
+fn end(
+    core: &mut Core,
+    tx: &Tx<'_>,
+    effects: &mut Effects,
+    task_id: TaskId,
+    state: TaskState,
+    reason: String,
+) -> anyhow::Result<()> {
+    let finish = Finish { reason: Some(reason), ..Finish::ended(state) };
+    self::finish(core, tx, effects, task_id, &finish)
+}
+
+/// Takes a running task off its runner's list (its slot is free again).
+fn free_slot(core: &mut Core, task_id: TaskId) {
+    let runner = core.tasks.running(task_id).and_then(|running| running.task.runner.clone());
+    if let Some(runner) = runner {
+        core.runners.remove_task(&runner, task_id);
+    }
+}
+
+/// Tells subscribers a task waits in the queue again.
+fn pending_again(effects: &mut Effects, task_id: TaskId, attempts: u32) {
     effects.state_changed(StateChange {
         task_id,
         state: TaskState::Pending,
         attempt: attempts,
         runner: None,
     });
-    Ok(())
 }
 
 /// `baton abort`: a queued task ends at once; a running one is stopped by
@@ -459,6 +493,8 @@ pub(super) fn rerun(
         kind: TaskKind::Test,
         release_id: None,
         requested_by: Some(by),
+        host: None,
+        deployment_id: None,
     };
     submit(core, tx, effects, new).map(Ok)
 }
@@ -472,7 +508,7 @@ pub(super) fn rollback(
     to: Option<u32>,
     by: Option<&str>,
 ) -> anyhow::Result<Result<ReleaseInfo, String>> {
-    match core.releases.rollback(tx, effects, repo, to, by)? {
+    match core.releases.rollback(tx, effects, &core.runners, repo, to, by)? {
         Ok((release, deploys)) => {
             for deploy in deploys {
                 queue(core, effects, deploy);
@@ -481,6 +517,36 @@ pub(super) fn rollback(
         }
         Err(why) => Ok(Err(why)),
     }
+}
+
+/// `baton deploy`, `approve`, `reject`, `rollback --env`: the deployment as
+/// it is now, and its deploy tasks queued.
+pub(super) fn steer_deployment(
+    core: &mut Core,
+    tx: &Tx<'_>,
+    effects: &mut Effects,
+    steer: super::deployments::Steer,
+    by: &str,
+) -> anyhow::Result<Result<protocol::message::DeploymentInfo, String>> {
+    match core.releases.steer(tx, effects, &core.runners, steer, by)? {
+        Ok((deployment, deploys)) => {
+            for deploy in deploys {
+                queue(core, effects, deploy);
+            }
+            Ok(Ok(deployment))
+        }
+        Err(why) => Ok(Err(why)),
+    }
+}
+
+/// Waiting deployments may start once a host connects.
+pub(super) fn retry_deployments(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> anyhow::Result<()> {
+    let mut deploys = Vec::new();
+    core.releases.retry_waiting(tx, effects, &core.runners, &mut deploys)?;
+    for deploy in deploys {
+        queue(core, effects, deploy);
+    }
+    Ok(())
 }
 
 /// A follower of a live task's log; `None` if the task has ended.

@@ -18,9 +18,12 @@
 //! Deliberately not here: sockets and framing (`handler`), SQL (`store`), file
 //! layout (`files`).
 
+mod bisect;
 mod core;
+mod deployments;
 mod disk;
 mod effects;
+mod flaky;
 mod follows;
 mod life;
 mod liveness;
@@ -45,6 +48,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::core::Core;
+pub use self::deployments::Steer;
 pub(crate) use self::effects::{Effects, Sinks};
 pub use self::liveness::LastHeard;
 use crate::files::{DataDir, FileJob};
@@ -135,11 +139,32 @@ pub enum Event {
         retry_at_ms: i64,
         reply: oneshot::Sender<()>,
     },
+    /// `baton deploy`, `approve`, `reject`, `rollback --env`; `by` is who
+    /// asks (the client's name).
+    Deployment {
+        steer: Steer,
+        by: String,
+        reply: oneshot::Sender<Result<protocol::message::DeploymentInfo, String>>,
+    },
     /// A runner manager asks to drain an idle runner (`manager`).
     Drain {
         runner: Name,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Retention removes these tasks and these tasks' logs, those that may
+    /// still go (`retention`); answered once committed with what went.
+    Prune {
+        tasks: Vec<TaskId>,
+        logs: Vec<TaskId>,
+        reply: oneshot::Sender<Pruned>,
+    },
+}
+
+/// What one [`Event::Prune`] removed.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub tasks: Vec<crate::store::PrunedTask>,
+    pub logs: Vec<TaskId>,
 }
 
 /// How far a task's log has grown, for followers.
@@ -157,6 +182,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     pub heartbeat_misses: u32,
     pub max_attempts: u32,
+    /// Runs of a failed test task again (`--retry-failed`).
+    pub retry_failed: u32,
     pub output_cap: u64,
     pub releases: crate::config::Releases,
     pub notifiers: std::sync::Arc<Vec<crate::config::Notifier>>,
@@ -230,6 +257,8 @@ const STATE_CHANGES: usize = 4096;
 pub enum Change {
     Task(StateChange),
     Release(ReleaseChange),
+    /// A deployment was asked for or changed (state, hosts, approval).
+    Deployment(Box<protocol::message::DeploymentInfo>),
     /// A runner was declared lost (its connection closed or it went silent).
     RunnerLost {
         runner: Name,

@@ -41,6 +41,8 @@ pub(super) fn handle(
         Event::RunnerUp { conn, name, address, register, outbox, kill, heard } => {
             core.runners.connect(conn, Conn { runner: name.clone(), outbox, kill });
             on_register(core, tx, effects, conn, name, address, register, heard)?;
+            // A new host may be what a waiting deployment waits for.
+            life::retry_deployments(core, tx, effects)?;
         }
         Event::FromRunner { conn, message } => on_runner_message(core, tx, effects, conn, message)?,
         Event::RunnerDown { conn, reason } => {
@@ -88,9 +90,35 @@ pub(super) fn handle(
             }
             effects.reply(reply, ());
         }
+        Event::Deployment { steer, by, reply } => {
+            let result = match core.disk.refusal() {
+                Some(refusal) => Err(refusal),
+                None => life::steer_deployment(core, tx, effects, steer, &by)?,
+            };
+            effects.reply(reply, result);
+        }
         Event::Drain { runner, reply } => {
             let result = super::manager::drain(core, &runner);
             effects.reply(reply, result);
+        }
+        Event::Prune { tasks, logs, reply } => {
+            let mut pruned = super::Pruned::default();
+            // The store checks again that each may go; a live task never may.
+            for task_id in tasks {
+                if core.tasks.is_live(task_id) {
+                    continue;
+                }
+                if let Some(task) = tx.prune_task(task_id)? {
+                    core.tasks.forget(task.state);
+                    pruned.tasks.push(task);
+                }
+            }
+            for task_id in logs {
+                if !core.tasks.is_live(task_id) && tx.prune_log(task_id, super::now_ms())? {
+                    pruned.logs.push(task_id);
+                }
+            }
+            effects.reply(reply, pruned);
         }
     }
     Ok(())

@@ -14,14 +14,15 @@ use std::sync::Arc;
 use protocol::message::{Deploy, Job, ReleaseInfo};
 use protocol::{Label, NotificationEvent, ReleaseKind, ReleaseState, RepoUrl, TaskState};
 
+use super::runners::Runners;
 use super::{now_ms, tasks, Change, Effects, ReleaseChange};
-use crate::config::Notifier;
+use crate::config::{Notifier, NotifierTarget};
 use crate::files::{release_json, task_event_json, FileJob};
 use crate::store::{Finish, LiveTask, NewRelease, NewTask, Release, TaskKind, Trigger, Tx};
 
 /// The release settings and the notifiers.
 pub(crate) struct Releases {
-    settings: crate::config::Releases,
+    pub(super) settings: crate::config::Releases,
     notifiers: Arc<Vec<Notifier>>,
 }
 
@@ -42,13 +43,19 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         task: &LiveTask,
         finish: &Finish,
     ) -> anyhow::Result<Deploys> {
         let mut deploys = Vec::new();
         match task.kind {
-            TaskKind::Test => self.after_test(tx, effects, &mut deploys, task, finish)?,
-            TaskKind::Deploy => self.after_deploy(tx, effects, &mut deploys, task, finish)?,
+            TaskKind::Test => self.after_test(tx, effects, runners, &mut deploys, task, finish)?,
+            TaskKind::Deploy if task.deployment_id.is_some() => {
+                self.host_finished(tx, effects, runners, &mut deploys, task, finish)?
+            }
+            TaskKind::Deploy => self.after_deploy(tx, effects, runners, &mut deploys, task, finish)?,
+            // A bisection's step is neither news nor a release (`bisect`).
+            TaskKind::Bisect => {}
         }
         Ok(deploys)
     }
@@ -57,6 +64,7 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         task: &LiveTask,
         finish: &Finish,
@@ -71,8 +79,12 @@ impl Releases {
             }
             _ => None,
         };
-        if let Some(event) = event {
-            self.notify(tx, effects, event, serde_json::json!({ "task": task_event_json(task, finish) }))?;
+        if event.is_some_and(|event| self.wanted(event)) || self.wanted(NotificationEvent::TaskFinished) {
+            let body = serde_json::json!({ "task": task_event_json(task, finish) });
+            if let Some(event) = event {
+                self.notify_task(tx, effects, event, body.clone(), Some(task))?;
+            }
+            self.notify_task(tx, effects, NotificationEvent::TaskFinished, body, Some(task))?;
         }
         // A rerun of a commit that is already a release records no second one.
         if finish.state == TaskState::Passed
@@ -90,7 +102,7 @@ impl Releases {
                 state: ReleaseState::Recorded,
                 trigger: format!("task {}", task.id),
             };
-            self.record_release(tx, effects, deploys, release)?;
+            self.record_release(tx, effects, runners, deploys, release)?;
         }
         Ok(())
     }
@@ -99,6 +111,7 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         task: &LiveTask,
         finish: &Finish,
@@ -127,7 +140,7 @@ impl Releases {
             match target {
                 Some(target) => {
                     let trigger = format!("auto-rollback of r{version}");
-                    self.record_rollback(tx, effects, deploys, None, target, trigger)?;
+                    self.record_rollback(tx, effects, runners, deploys, None, target, trigger)?;
                 }
                 None => {
                     tracing::warn!(repo = %task.repo, release = version, "no earlier good release to roll back to")
@@ -147,10 +160,16 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         repo: &RepoUrl,
         to: Option<u32>,
         by: Option<&str>,
     ) -> anyhow::Result<Result<(ReleaseInfo, Deploys), String>> {
+        if self.settings.repo(repo).is_some_and(|settings| !settings.environments.is_empty()) {
+            return Ok(Err(format!(
+                "{repo} deploys to environments: name one, baton rollback {repo} --env ENVIRONMENT"
+            )));
+        }
         let releases = tx.releases_of(repo)?;
         let current = releases.iter().find(|r| r.info.state.is_current());
         let target = match to {
@@ -180,14 +199,16 @@ impl Releases {
             Some(user) => format!("baton rollback by {user}"),
             None => "baton rollback".to_string(),
         };
-        let release = self.record_rollback(tx, effects, &mut deploys, current, target, trigger)?;
+        let release = self.record_rollback(tx, effects, runners, &mut deploys, current, target, trigger)?;
         Ok(Ok((release.info, deploys)))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record_rollback(
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         current: Option<&Release>,
         target: &Release,
@@ -207,7 +228,7 @@ impl Releases {
             state: ReleaseState::Recorded,
             trigger,
         };
-        self.record_release(tx, effects, deploys, release)
+        self.record_release(tx, effects, runners, deploys, release)
     }
 
     /// Appends a release record, its JSON file, its deploy task if deploy
@@ -216,10 +237,16 @@ impl Releases {
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
+        runners: &Runners,
         deploys: &mut Deploys,
         mut release: NewRelease,
     ) -> anyhow::Result<Release> {
-        let deployed = self.settings.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
+        // A repository with environments deploys through deployments, one
+        // per environment; without, one deploy task per release, as before.
+        let environments =
+            self.settings.repo(&release.repo).is_some_and(|settings| !settings.environments.is_empty());
+        let deployed = !environments
+            && self.settings.repo(&release.repo).is_some_and(|settings| !settings.steps.is_empty());
         if deployed {
             release.state = ReleaseState::Deploying;
         }
@@ -234,6 +261,8 @@ impl Releases {
                 kind: TaskKind::Deploy,
                 release_id: Some(record.id),
                 requested_by: None,
+                host: None,
+                deployment_id: None,
             };
             let (accepted, queued) = tasks::insert(tx, deploy, now_ms())?;
             deploys.extend(queued);
@@ -253,12 +282,18 @@ impl Releases {
             ReleaseKind::Release => NotificationEvent::ReleaseRecorded,
         };
         self.notify(tx, effects, event, serde_json::json!({ "release": release_json(&record.info) }))?;
+        if environments && record.info.kind == ReleaseKind::Release {
+            self.deploy_new_release(tx, effects, runners, deploys, &record)?;
+        }
         Ok(record)
     }
 
     /// The job of a deploy task, or `None` when its release or the
     /// repository's deploy steps are gone.
     pub(crate) fn deploy_job(&self, tx: &Tx<'_>, task: &LiveTask) -> anyhow::Result<Option<Job>> {
+        if task.deployment_id.is_some() {
+            return self.host_job(tx, task);
+        }
         let Some(release) = task.release_id.map(|id| tx.release(id)).transpose()?.flatten() else {
             return Ok(None);
         };
@@ -280,24 +315,93 @@ impl Releases {
         })))
     }
 
-    /// Queues `event` for every notifier that wants it.
-    fn notify(
+    /// A test task started its first attempt: queues `task_started` (a
+    /// commit's `pending` status).
+    pub(crate) fn task_started(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        task: &LiveTask,
+    ) -> anyhow::Result<()> {
+        // Checked first: this runs for every assignment.
+        if task.kind != TaskKind::Test || task.attempts != 1 || !self.wanted(NotificationEvent::TaskStarted) {
+            return Ok(());
+        }
+        let body = serde_json::json!({ "task": {
+            "id": task.id.get(),
+            "repo": task.repo.as_str(),
+            "branch": task.branch.as_str(),
+            "commit": task.commit.as_str(),
+            "state": "running",
+            "attempts": task.attempts,
+            "runner": task.runner.as_ref().map(|name| name.as_str()),
+        }});
+        self.notify_task(tx, effects, NotificationEvent::TaskStarted, body, Some(task))
+    }
+
+    /// Queues `event` for every notifier that wants it. A status notifier's
+    /// entry also names the repository on the forge (`forge_repo`); a task
+    /// of a repository that has none is not queued for it.
+    pub(super) fn notify(
+        &self,
+        tx: &Tx<'_>,
+        effects: &mut Effects,
+        event: NotificationEvent,
+        body: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.notify_task(tx, effects, event, body, None)
+    }
+
+    /// As [`Releases::notify`], for an event about `task` (which a commit
+    /// status needs).
+    fn notify_task(
         &self,
         tx: &Tx<'_>,
         effects: &mut Effects,
         event: NotificationEvent,
         mut body: serde_json::Value,
+        task: Option<&LiveTask>,
     ) -> anyhow::Result<()> {
+        if !self.wanted(event) {
+            return Ok(());
+        }
         body["event"] = event.as_str().into();
         body["at"] = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().into();
         let text = body.to_string();
         for notifier in self.notifiers.iter() {
-            if notifier.wants(event) {
-                tx.enqueue_notification(&notifier.name, &text, now_ms())?;
-                effects.outbox_changed = true;
+            if !notifier.wants(event) {
+                continue;
             }
+            if let NotifierTarget::Status(_) = notifier.target {
+                let Some(task) = task else { continue };
+                let Some(forge_repo) = self.forge_repo(&task.repo) else {
+                    tracing::debug!(repo = %task.repo, notifier = %notifier.name,
+                        "no forge repository for a commit status (set forge_repo in its [[repo]])");
+                    continue;
+                };
+                let mut body = body.clone();
+                body["forge_repo"] = forge_repo.into();
+                tx.enqueue_notification(&notifier.name, &body.to_string(), now_ms())?;
+            } else {
+                tx.enqueue_notification(&notifier.name, &text, now_ms())?;
+            }
+            effects.outbox_changed = true;
         }
         Ok(())
+    }
+
+    /// Whether any notifier wants `event`.
+    fn wanted(&self, event: NotificationEvent) -> bool {
+        self.notifiers.iter().any(|notifier| notifier.wants(event))
+    }
+
+    /// The repository's path on its forge: its `[[repo]]`'s `forge_repo`,
+    /// or derived from its URL.
+    fn forge_repo(&self, repo: &RepoUrl) -> Option<String> {
+        self.settings
+            .repo(repo)
+            .and_then(|settings| settings.forge_repo.clone())
+            .or_else(|| crate::notify::status::derive_forge_repo(repo.as_str()))
     }
 }
 

@@ -98,6 +98,10 @@ pub(crate) fn insert(
         runner: None,
         kind: task.kind,
         release_id: task.release_id,
+        host: task.host,
+        deployment_id: task.deployment_id,
+        retries: 0,
+        avoid: None,
     };
     Ok((Accepted { task_id, duplicate: false }, Some(live)))
 }
@@ -159,7 +163,6 @@ impl Tasks {
     }
 
     /// Whether the task is queued or running.
-    #[cfg(test)]
     pub(crate) fn is_live(&self, task_id: TaskId) -> bool {
         self.pending.contains_key(&task_id) || self.running.contains_key(&task_id)
     }
@@ -215,6 +218,15 @@ impl Tasks {
         self.back_to_queue(task_id).map(|task| &*task)
     }
 
+    /// Moves a running task whose run failed back to the queue for a retry,
+    /// preferring a runner other than `avoid`.
+    pub(crate) fn retry(&mut self, task_id: TaskId, avoid: Name) -> Option<&LiveTask> {
+        let task = self.back_to_queue(task_id)?;
+        task.retries += 1;
+        task.avoid = Some(avoid);
+        Some(&*task)
+    }
+
     /// Running tasks whose output must be asked for again.
     pub(crate) fn needing_resend(&self) -> Vec<TaskId> {
         self.running.values().filter(|running| running.needs_resend).map(|running| running.task.id).collect()
@@ -264,6 +276,13 @@ impl Tasks {
         Some((task, was_running))
     }
 
+    /// An ended task in `state` was removed by retention.
+    pub(crate) fn forget(&mut self, state: TaskState) {
+        debug_assert!(state.is_final(), "only ended tasks are removed");
+        let slot = self.counts.entry(state).or_default();
+        *slot = slot.saturating_sub(1);
+    }
+
     fn move_count(&mut self, from: Option<TaskState>, to: TaskState) {
         if let Some(from) = from {
             let slot = self.counts.entry(from).or_default();
@@ -281,7 +300,9 @@ impl Tasks {
             assert_eq!(*task_id, task.id);
             assert_eq!(task.state, TaskState::Pending, "queued task {task_id}");
             assert!(task.runner.is_none(), "queued task {task_id} has a runner");
-            assert!(task.attempts < max_attempts, "queued task {task_id} has spent its attempts");
+            // Retries of failed runs are not lost runs: they do not count.
+            let runs = task.attempts - task.retries;
+            assert!(runs < max_attempts, "queued task {task_id} has spent its attempts");
             assert!(!self.running.contains_key(task_id), "task {task_id} is queued and running");
         }
         for (task_id, running) in &self.running {
@@ -289,9 +310,10 @@ impl Tasks {
             assert_eq!(running.task.state, TaskState::Running, "running task {task_id}");
             assert!(running.task.runner.is_some(), "running task {task_id} has no runner");
             assert!(
-                (1..=max_attempts).contains(&running.task.attempts),
-                "task {task_id} runs attempt {} of {max_attempts}",
-                running.task.attempts
+                (1..=max_attempts).contains(&(running.task.attempts - running.task.retries)),
+                "task {task_id} runs attempt {} of {max_attempts} (+ {} retries)",
+                running.task.attempts,
+                running.task.retries
             );
         }
     }

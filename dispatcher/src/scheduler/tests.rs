@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use protocol::message::{
     Accepted, DeployStep, DispatcherToRunner, Held, HostFacts, Job, Outcome, Output, Pong, Register,
-    ReleaseInfo, RunnerToDispatcher, TaskInfo, TaskResult,
+    ReleaseInfo, RunnerToDispatcher, TaskInfo, TaskResult, TestCase, TestStatus,
 };
 use protocol::{Branch, CommitId, Label, Name, ReleaseState, RepoUrl, TaskId, TaskState};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
@@ -48,6 +48,7 @@ fn settings() -> Settings {
         heartbeat_interval: Duration::from_secs(1),
         heartbeat_misses: 3,
         max_attempts: 3,
+        retry_failed: 0,
         output_cap: 1 << 20,
         releases: Releases::default(),
         notifiers: Arc::new(Vec::new()),
@@ -138,6 +139,8 @@ impl Harness {
             kind: TaskKind::Test,
             release_id: None,
             requested_by: None,
+            host: None,
+            deployment_id: None,
         }
     }
 
@@ -229,6 +232,19 @@ impl Harness {
     }
 
     fn result(&mut self, conn: ConnId, task_id: TaskId, attempt: u32, outcome: Outcome) {
+        self.result_with_tests(conn, task_id, attempt, outcome, &[]);
+    }
+
+    fn result_with_tests(
+        &mut self,
+        conn: ConnId,
+        task_id: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+        tests: &[(&str, TestStatus)],
+    ) {
+        let tests =
+            tests.iter().map(|(name, status)| TestCase { name: name.to_string(), status: *status }).collect();
         let result = TaskResult {
             task_id,
             attempt,
@@ -240,6 +256,7 @@ impl Harness {
             output_len: 0,
             tag: None,
             failed_step: None,
+            tests,
         };
         self.runner_says(conn, RunnerToDispatcher::Result(result));
     }
@@ -582,6 +599,8 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
         release_branches: None,
         steps,
         auto_rollback: false,
+        forge_repo: None,
+        environments: Vec::new(),
     };
     let releases = Releases { repos: vec![repo], ..Releases::default() };
     let mut h = Harness::new(Settings { releases, ..settings() });
@@ -666,4 +685,471 @@ fn a_manager_drains_only_idle_runners_and_a_drained_runner_gets_no_work() {
     assert_eq!(load.pending.iter().map(|group| group.count).sum::<u32>(), 1);
     let drained = load.runners.iter().find(|runner| runner.name == free).unwrap();
     assert_eq!(drained.state, protocol::message::LoadState::Draining);
+}
+
+/// Retention (issue 16): only ended tasks go, the counts by state follow the
+/// rows (checked by the harness after every step), and a log is pruned once.
+#[test]
+fn pruning_removes_only_ended_tasks_and_keeps_the_counts() {
+    let mut h = Harness::new(settings());
+    let conn = h.connect("r1", 1, &[], &[]);
+    let ended = h.submit();
+    assert_eq!(h.assigned(conn), vec![(ended, 1, Job::Test)]);
+    h.result(conn, ended, 1, Outcome::Failed);
+    let logged = h.submit();
+    assert_eq!(h.assigned(conn), vec![(logged, 1, Job::Test)]);
+    h.result(conn, logged, 1, Outcome::Passed);
+    let running = h.submit();
+    assert_eq!(h.assigned(conn), vec![(running, 1, Job::Test)]);
+    let pending = h.submit();
+
+    let pruned =
+        h.ask(|reply| Event::Prune { tasks: vec![ended, running, pending], logs: vec![logged], reply });
+    let gone: Vec<TaskId> = pruned.tasks.iter().map(|task| task.id).collect();
+    assert_eq!(gone, vec![ended], "only the ended task goes");
+    assert_eq!(pruned.tasks[0].state, TaskState::Failed);
+    assert_eq!(pruned.logs, vec![logged]);
+    let status = h.ask(|reply| Event::Status { reply });
+    let count = |state| status.tasks.iter().find(|(s, _)| *s == state).map(|(_, n)| *n);
+    assert_eq!(count(TaskState::Failed), Some(0));
+    assert_eq!(count(TaskState::Passed), Some(1));
+    let again = h.ask(|reply| Event::Prune { tasks: vec![ended], logs: vec![logged, pending], reply });
+    assert!(again.tasks.is_empty() && again.logs.is_empty(), "{again:?}");
+}
+
+/// A repository with a staging (auto) and a production environment (auto,
+/// after staging, approval, one canary, auto-rollback).
+fn environments() -> Settings {
+    use crate::config::{Approval, Canary, Environment};
+    let labels = |names: &[&str]| names.iter().map(|label| Label::new(*label).unwrap()).collect::<Vec<_>>();
+    let staging = Environment {
+        name: name("staging"),
+        labels: labels(&["deploy", "staging"]),
+        auto: true,
+        after: None,
+        approval: Approval::None,
+        canary: Canary::None,
+        needs: Vec::new(),
+        auto_rollback: false,
+    };
+    let production = Environment {
+        name: name("production"),
+        labels: labels(&["deploy", "prod"]),
+        auto: true,
+        after: Some(name("staging")),
+        approval: Approval::Other,
+        canary: Canary::Hosts(1),
+        needs: Vec::new(),
+        auto_rollback: true,
+    };
+    let repo = RepoSettings {
+        url: RepoUrl::new(REPO).unwrap(),
+        release_branches: None,
+        steps: vec![DeployStep { name: "deploy".into(), command: "true".into() }],
+        auto_rollback: false,
+        environments: vec![staging, production],
+        forge_repo: None,
+    };
+    Settings { releases: Releases { repos: vec![repo], ..Releases::default() }, ..settings() }
+}
+
+impl Harness {
+    /// Runs a test of a new commit on `main` to a pass on `tester`: a release.
+    fn release(&mut self, tester: ConnId) {
+        let mut task = self.new_task("main");
+        task.labels = vec![Label::new("test").unwrap()];
+        let task = self.submit_task(task);
+        let assigned = self.assigned(tester);
+        assert_eq!(assigned.first().map(|(id, _, _)| *id), Some(task), "{assigned:?}");
+        self.result(tester, task, 1, Outcome::Passed);
+    }
+
+    /// The host deploy jobs sent to `conn`: (task, environment, host, release).
+    fn host_jobs(&mut self, conn: ConnId) -> Vec<(TaskId, String, String, String)> {
+        self.assigned(conn)
+            .into_iter()
+            .map(|(task, _, job)| match job {
+                Job::DeployHost(job) => {
+                    (task, job.environment.to_string(), job.host.to_string(), job.deploy.release)
+                }
+                other => panic!("not a host deploy: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn steer(&mut self, steer: super::Steer, by: &str) -> Result<protocol::message::DeploymentInfo, String> {
+        let by = by.to_string();
+        self.ask(|reply| Event::Deployment { steer, by, reply })
+    }
+
+    fn deployments(&self, env: &str) -> Vec<protocol::message::DeploymentInfo> {
+        let reader = crate::store::Reader::open(&self.core.files.database()).unwrap();
+        reader.deployments(None, Some(&name(env))).unwrap()
+    }
+}
+
+fn request(version: u32, env: &str) -> protocol::message::DeploymentRequest {
+    protocol::message::DeploymentRequest { repo: RepoUrl::new(REPO).unwrap(), version, env: name(env) }
+}
+
+#[test]
+fn a_release_reaches_staging_then_production_after_approval_canary_first() {
+    use protocol::{DeploymentState, HostState};
+    let mut h = Harness::new(environments());
+    let tester = h.connect("tester", 1, &["test"], &[]);
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[]);
+    let prod_a = h.connect("prod-a", 1, &["deploy", "prod"], &[]);
+    let prod_b = h.connect("prod-b", 1, &["deploy", "prod"], &[]);
+    h.release(tester);
+    let staging = h.host_jobs(stage);
+    assert_eq!(
+        staging.iter().map(|j| (j.1.as_str(), j.2.as_str(), j.3.as_str())).collect::<Vec<_>>(),
+        [("staging", "stage-a", "r1")]
+    );
+    assert!(h.host_jobs(prod_a).is_empty() && h.host_jobs(prod_b).is_empty());
+    assert_eq!(h.deployments("production")[0].waiting_for.as_deref(), Some("after: r1 deployed in staging"));
+    h.result(stage, staging[0].0, 1, Outcome::Passed);
+    assert_eq!(h.deployments("staging")[0].state, DeploymentState::Deployed);
+    assert_eq!(h.deployments("production")[0].waiting_for.as_deref(), Some("approval"));
+
+    // approval = "other": the requester may not approve; anyone else may.
+    let requester = h.deployments("production")[0].requested_by.clone();
+    let refused = h.steer(super::Steer::Approve(request(1, "production")), &requester);
+    assert!(refused.unwrap_err().contains("may not approve"));
+    let approved = h.steer(super::Steer::Approve(request(1, "production")), "alice").unwrap();
+    assert_eq!((approved.state, approved.approved_by.as_deref()), (DeploymentState::Canary, Some("alice")));
+    let canary = h.host_jobs(prod_a);
+    assert_eq!(canary.len(), 1);
+    assert!(h.host_jobs(prod_b).is_empty(), "the other host waits for the canary");
+    h.result(prod_a, canary[0].0, 1, Outcome::Passed);
+    let rest = h.host_jobs(prod_b);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(h.deployments("production")[0].state, DeploymentState::Deploying);
+    h.result(prod_b, rest[0].0, 1, Outcome::Passed);
+    let deployed = &h.deployments("production")[0];
+    assert_eq!(deployed.state, DeploymentState::Deployed);
+    assert!(deployed.hosts.iter().all(|host| host.state == HostState::Deployed));
+
+    // A second release fails on the canary: the other host is never touched
+    // and the canary gets r1 back.
+    h.release(tester);
+    let staging = h.host_jobs(stage);
+    h.result(stage, staging[0].0, 1, Outcome::Passed);
+    h.steer(super::Steer::Approve(request(2, "production")), "alice").unwrap();
+    let canary = h.host_jobs(prod_a);
+    h.result(prod_a, canary[0].0, 1, Outcome::Failed);
+    let listed = h.deployments("production");
+    let failed = listed.iter().find(|d| d.version == 2).unwrap();
+    assert_eq!(failed.state, DeploymentState::Failed);
+    let states: Vec<HostState> = failed.hosts.iter().map(|host| host.state).collect();
+    assert_eq!(states, [HostState::Failed, HostState::Skipped]);
+    let rollback = h.host_jobs(prod_a);
+    assert_eq!(rollback.iter().map(|j| j.3.as_str()).collect::<Vec<_>>(), ["r1"]);
+    assert!(h.host_jobs(prod_b).is_empty());
+    h.result(prod_a, rollback[0].0, 1, Outcome::Passed);
+    let newest = &h.deployments("production")[0];
+    assert_eq!((newest.kind, newest.state), (protocol::ReleaseKind::Rollback, DeploymentState::Deployed));
+
+    // Going backwards is refused, unless it is a rollback.
+    let older = h.steer(super::Steer::Deploy(request(1, "staging")), "alice");
+    assert!(older.unwrap_err().contains("r1 is older than r2"));
+    let rollback = protocol::message::EnvRollbackRequest {
+        repo: RepoUrl::new(REPO).unwrap(),
+        env: name("staging"),
+        to: None,
+    };
+    let rolled = h.steer(super::Steer::Rollback(rollback), "alice").unwrap();
+    assert_eq!((rolled.version, rolled.kind), (1, protocol::ReleaseKind::Rollback));
+    assert_eq!(h.deployments("staging")[1].state, DeploymentState::RolledBack);
+}
+
+#[test]
+fn a_deployment_without_hosts_waits_for_one_and_a_restart_keeps_host_tasks() {
+    use protocol::DeploymentState;
+    let mut h = Harness::new(environments());
+    let tester = h.connect("tester", 1, &["test"], &[]);
+    h.release(tester);
+    let waiting = &h.deployments("staging")[0];
+    assert_eq!(waiting.waiting_for.as_deref(), Some("hosts: a runner with labels deploy, staging"));
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[]);
+    let jobs = h.host_jobs(stage);
+    assert_eq!(jobs.len(), 1, "the new host gets the waiting deployment");
+    // The dispatcher restarts while the host deploys; the host re-adopts
+    // its task and its result finishes the deployment: no second task.
+    h.restart();
+    let stage = h.connect("stage-a", 1, &["deploy", "staging"], &[(jobs[0].0, 1)]);
+    assert!(h.host_jobs(stage).is_empty());
+    h.result(stage, jobs[0].0, 1, Outcome::Passed);
+    let deployed = &h.deployments("staging")[0];
+    assert_eq!(deployed.state, DeploymentState::Deployed);
+    assert_eq!(deployed.hosts.len(), 1);
+}
+
+#[test]
+fn a_failed_run_is_retried_on_another_runner_and_a_pass_makes_it_flaky() {
+    let mut h = Harness::new(Settings { retry_failed: 2, max_attempts: 1, ..settings() });
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let task = h.submit();
+    assert_eq!(h.assigned(r1), vec![(task, 1, Job::Test)]);
+    let r2 = h.connect("r2", 1, &[], &[]);
+    h.result_with_tests(
+        r1,
+        task,
+        1,
+        Outcome::Failed,
+        &[("t.a", TestStatus::Failed), ("t.b", TestStatus::Passed)],
+    );
+    assert_eq!(h.acks(r1), vec![(task, true)]);
+    assert!(h.assigned(r1).is_empty(), "the retry avoids the runner that failed it while another is free");
+    assert_eq!(h.assigned(r2), vec![(task, 2, Job::Test)]);
+    assert_eq!(h.task(task).state, TaskState::Running);
+
+    h.result_with_tests(
+        r2,
+        task,
+        2,
+        Outcome::Passed,
+        &[("t.a", TestStatus::Passed), ("t.b", TestStatus::Passed)],
+    );
+    let info = h.task(task);
+    assert_eq!(
+        (info.state, info.attempts, info.flaky, info.flaky_tests),
+        (TaskState::Passed, 2, true, vec!["t.a".to_string()])
+    );
+    let reader = crate::store::Reader::open(&h.core.files.database()).unwrap();
+    let tests = reader.test_cases(task).unwrap().unwrap();
+    assert_eq!(tests.len(), 2, "the last attempt's outcomes: {tests:?}");
+    let flaky = reader.flaky_tests(None, 10).unwrap();
+    let rows: Vec<_> =
+        flaky.iter().map(|test| (test.name.as_str(), test.runs, test.failures, test.flips)).collect();
+    assert_eq!(rows, vec![("t.a", 2, 1, 1)]);
+}
+
+#[test]
+fn retries_end_after_n_failed_runs_and_a_lone_runner_takes_them() {
+    let mut h = Harness::new(Settings { retry_failed: 1, ..settings() });
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let task = h.submit();
+    assert_eq!(h.assigned(r1), vec![(task, 1, Job::Test)]);
+    h.result_with_tests(r1, task, 1, Outcome::Failed, &[("t.a", TestStatus::Failed)]);
+    assert_eq!(h.assigned(r1), vec![(task, 2, Job::Test)], "no other runner: the same one retries");
+    h.result_with_tests(r1, task, 2, Outcome::Failed, &[("t.a", TestStatus::Failed)]);
+    let info = h.task(task);
+    assert_eq!((info.state, info.attempts, info.flaky), (TaskState::Failed, 2, false));
+    assert!(h.assigned(r1).is_empty());
+    let reader = crate::store::Reader::open(&h.core.files.database()).unwrap();
+    let flaky = reader.flaky_tests(None, 10).unwrap();
+    let rows: Vec<_> =
+        flaky.iter().map(|test| (test.name.as_str(), test.runs, test.failures, test.flips)).collect();
+    assert_eq!(rows, vec![("t.a", 2, 2, 0)], "failed twice is not a flip");
+}
+
+/// A git repository of `n` commits on `main` (`git` with a fixed identity);
+/// returns its path and the commits, oldest first.
+fn repo_of(dir: &std::path::Path, n: usize) -> (String, Vec<CommitId>) {
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=Baton", "-c", "user.email=ci@baton.invalid"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    let commits = (1..=n)
+        .map(|idx| {
+            git(&["commit", "-q", "--allow-empty", "-m", &format!("commit {idx}")]);
+            CommitId::new(git(&["rev-parse", "HEAD"])).unwrap()
+        })
+        .collect();
+    (dir.display().to_string(), commits)
+}
+
+impl Harness {
+    fn submit_commit(&mut self, repo: &str, commit: &CommitId) -> TaskId {
+        let task = NewTask {
+            repo: RepoUrl::new(repo).unwrap(),
+            branch: Branch::new("main").unwrap(),
+            commit: commit.clone(),
+            labels: Vec::new(),
+            trigger: Trigger::Manual,
+            kind: TaskKind::Test,
+            release_id: None,
+            host: None,
+            deployment_id: None,
+            requested_by: None,
+        };
+        self.submit_task(task)
+    }
+
+    /// Answers every assignment on `conn`: commits from index `first_bad`
+    /// on fail, those in `errors` end in error, the rest pass. Returns the
+    /// tasks answered.
+    fn answer_bisect(
+        &mut self,
+        conn: ConnId,
+        commits: &[CommitId],
+        first_bad: usize,
+        errors: &[usize],
+    ) -> Vec<TaskId> {
+        let mut answered = Vec::new();
+        for (task_id, attempt, _) in self.assigned(conn) {
+            let idx = commits.iter().position(|commit| *commit == self.task(task_id).commit).unwrap();
+            let outcome = if errors.contains(&idx) {
+                Outcome::Error
+            } else if idx >= first_bad {
+                Outcome::Failed
+            } else {
+                Outcome::Passed
+            };
+            self.result(conn, task_id, attempt, outcome);
+            answered.push(task_id);
+        }
+        answered
+    }
+}
+
+#[test]
+fn a_failure_after_untested_commits_is_bisected_to_its_first_failing_commit() {
+    let notifier = crate::config::Notifier {
+        name: name("culprits"),
+        target: crate::config::NotifierTarget::Command(vec!["true".into()]),
+        events: Some(vec![protocol::NotificationEvent::CulpritFound]),
+    };
+    let mut h = Harness::new(Settings { notifiers: Arc::new(vec![notifier]), ..settings() });
+    let (repo, commits) = repo_of(&h.dir.path().join("repo"), 33);
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let good = h.submit_commit(&repo, &commits[0]);
+    assert_eq!(h.answer_bisect(r1, &commits, 20, &[]), vec![good]);
+    let bad = h.submit_commit(&repo, &commits[32]);
+    assert_eq!(h.answer_bisect(r1, &commits, 20, &[]), vec![bad]);
+    let mut steps = 0;
+    while h.task(bad).culprit.is_none() {
+        let answered = h.answer_bisect(r1, &commits, 20, &[]);
+        assert_eq!(answered.len(), 1, "one bisect step at a time");
+        assert_eq!(h.task(answered[0]).kind, "bisect");
+        steps += 1;
+        assert!(steps <= 6, "more than 6 steps");
+    }
+    let culprit = h.task(bad).culprit.unwrap();
+    assert_eq!(culprit.commit, commits[20]);
+    assert_eq!((culprit.steps, culprit.tasks.len()), (steps, steps as usize));
+    assert_eq!(h.task(bad).state, TaskState::Failed);
+    assert!(h.assigned(r1).is_empty(), "nothing more to test");
+    let reader = crate::store::Reader::open(&h.core.files.database()).unwrap();
+    let outbox = reader.due_notifications(i64::MAX).unwrap();
+    assert_eq!(outbox.len(), 1, "only culprit_found is wanted: {outbox:?}");
+    let event: serde_json::Value = serde_json::from_str(&outbox[0].event).unwrap();
+    assert_eq!(event["event"], "culprit_found");
+    assert_eq!(event["culprit"]["commit"], commits[20].as_str());
+    assert_eq!(event["task"]["id"], bad.get());
+}
+
+#[test]
+fn ordinary_work_preempts_a_bisect_step_which_runs_again_after() {
+    let mut h = Harness::new(settings());
+    let (repo, commits) = repo_of(&h.dir.path().join("repo"), 9);
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let good = h.submit_commit(&repo, &commits[0]);
+    assert_eq!(h.answer_bisect(r1, &commits, 5, &[]), vec![good]);
+    let bad = h.submit_commit(&repo, &commits[8]);
+    assert_eq!(h.answer_bisect(r1, &commits, 5, &[]), vec![bad]);
+    let sent = h.assigned(r1);
+    assert_eq!(sent.len(), 1);
+    let (step, attempt, _) = sent[0].clone();
+    // An ordinary task arrives while the only runner runs the bisect step.
+    let ordinary = h.submit();
+    let aborts: Vec<TaskId> = h
+        .sent(r1)
+        .into_iter()
+        .filter_map(|message| match message {
+            DispatcherToRunner::Abort(abort) => Some(abort.task_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(aborts, vec![step], "the bisect step makes room");
+    h.result(r1, step, attempt, Outcome::Aborted);
+    assert_eq!(h.assigned(r1), vec![(ordinary, 1, Job::Test)], "the ordinary task goes first");
+    h.result(r1, ordinary, 1, Outcome::Passed);
+    // A passing ordinary task of another branch cancels nothing; the step
+    // is tested again, then the bisection goes on to the culprit.
+    while h.task(bad).culprit.is_none() {
+        assert_eq!(h.answer_bisect(r1, &commits, 5, &[]).len(), 1);
+    }
+    assert_eq!(h.task(bad).culprit.unwrap().commit, commits[5]);
+}
+
+#[test]
+fn a_bisection_skips_errors_and_resumes_after_a_restart() {
+    let mut h = Harness::new(settings());
+    let (repo, commits) = repo_of(&h.dir.path().join("repo"), 17);
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let good = h.submit_commit(&repo, &commits[0]);
+    assert_eq!(h.answer_bisect(r1, &commits, 11, &[]), vec![good]);
+    let bad = h.submit_commit(&repo, &commits[16]);
+    assert_eq!(h.answer_bisect(r1, &commits, 11, &[]), vec![bad]);
+    // The first step (commit 8 of 16) ends in error and is skipped.
+    assert_eq!(h.answer_bisect(r1, &commits, 11, &[8]).len(), 1);
+    let sent = h.assigned(r1);
+    let (step, attempt, _) = sent[0].clone();
+    h.restart();
+    let r1 = h.connect("r1", 1, &[], &[(step, attempt)]);
+    let idx = commits.iter().position(|commit| *commit == h.task(step).commit).unwrap();
+    let outcome = if idx >= 11 { Outcome::Failed } else { Outcome::Passed };
+    h.result(r1, step, attempt, outcome);
+    while h.task(bad).culprit.is_none() {
+        assert_eq!(h.answer_bisect(r1, &commits, 11, &[8]).len(), 1);
+    }
+    assert_eq!(h.task(bad).culprit.unwrap().commit, commits[11]);
+}
+
+#[test]
+fn a_newer_passing_commit_cancels_a_bisection() {
+    let mut h = Harness::new(settings());
+    let (repo, commits) = repo_of(&h.dir.path().join("repo"), 9);
+    let r1 = h.connect("r1", 1, &[], &[]);
+    let good = h.submit_commit(&repo, &commits[0]);
+    assert_eq!(h.answer_bisect(r1, &commits, 5, &[]), vec![good]);
+    let bad = h.submit_commit(&repo, &commits[7]);
+    assert_eq!(h.answer_bisect(r1, &commits, 5, &[]), vec![bad]);
+    let (step, _, _) = h.assigned(r1)[0].clone();
+    let newer = h.submit_commit(&repo, &commits[8]);
+    // The step is preempted for the newer commit, which passes.
+    h.result(r1, step, 1, Outcome::Aborted);
+    assert_eq!(h.assigned(r1), vec![(newer, 1, Job::Test)]);
+    h.result(r1, newer, 1, Outcome::Passed);
+    assert!(h.assigned(r1).is_empty(), "no more bisect steps");
+    assert!(h.task(bad).culprit.is_none());
+}
+
+#[test]
+fn a_range_with_a_commit_still_being_tested_is_not_bisected() {
+    let mut h = Harness::new(settings());
+    let (repo, commits) = repo_of(&h.dir.path().join("repo"), 9);
+    let r1 = h.connect("r1", 2, &[], &[]);
+    let good = h.submit_commit(&repo, &commits[0]);
+    assert_eq!(h.answer_bisect(r1, &commits, 5, &[]), vec![good]);
+    // `--mode every` after a burst: every commit has a task, and a later
+    // one ends first.
+    let tasks: Vec<TaskId> = commits[1..].iter().map(|commit| h.submit_commit(&repo, commit)).collect();
+    let sent = h.assigned(r1);
+    assert_eq!(sent.iter().map(|(task, _, _)| *task).collect::<Vec<_>>(), tasks[..2].to_vec());
+    h.result(r1, tasks[1], 1, Outcome::Failed);
+    h.result(r1, tasks[0], 1, Outcome::Passed);
+    for task in &tasks[2..] {
+        let sent = h.assigned(r1);
+        for (task_id, attempt, _) in sent {
+            h.result(r1, task_id, attempt, Outcome::Passed);
+        }
+        assert!(h.task(*task).state.is_final() || h.core.tasks.is_live(*task));
+    }
+    while let Some((task_id, attempt, _)) = h.assigned(r1).pop() {
+        assert_ne!(h.task(task_id).kind, "bisect", "nothing to bisect: every commit has its own task");
+        h.result(r1, task_id, attempt, Outcome::Passed);
+    }
+    assert!(h.task(tasks[1]).culprit.is_none());
 }

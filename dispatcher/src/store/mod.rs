@@ -16,18 +16,38 @@ use protocol::{
 };
 use rusqlite::{params, OptionalExtension, Row};
 
+mod culprit;
+mod deployments;
+
+pub use self::culprit::{BisectStep, BisectionRow};
+mod prune;
+pub use prune::PrunedTask;
 mod releases;
 mod web;
+
+pub use self::deployments::{Deployment, NewDeployment};
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("v2.sql");
 const SCHEMA_V3: &str = include_str!("v3.sql");
 const SCHEMA_V4: &str = include_str!("v4.sql");
+const SCHEMA_DEPLOYMENTS: &str = include_str!("deployments.sql");
+const SCHEMA_CULPRIT: &str = include_str!("culprit.sql");
+const SCHEMA_LOGS: &str = include_str!("logs.sql");
 const SCHEMA_USERS: &str = include_str!("users.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_USERS];
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_V4,
+    SCHEMA_DEPLOYMENTS,
+    SCHEMA_CULPRIT,
+    SCHEMA_LOGS,
+    SCHEMA_USERS,
+];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +70,8 @@ pub enum Trigger {
     /// A branch tip submitted by one of an observer's schedules: never
     /// deduplicated (only `observer` tasks are).
     Schedule,
+    /// A step of a bisection (`scheduler/bisect.rs`).
+    Bisect,
 }
 
 impl Trigger {
@@ -60,6 +82,7 @@ impl Trigger {
             Trigger::Rerun => "rerun",
             Trigger::Deploy => "deploy",
             Trigger::Schedule => "schedule",
+            Trigger::Bisect => "bisect",
         }
     }
 }
@@ -71,6 +94,9 @@ pub enum TaskKind {
     Test,
     /// A release's deploy steps.
     Deploy,
+    /// The tests, run on a commit to find the first failing one: lowest
+    /// priority, on idle runners only.
+    Bisect,
 }
 
 impl TaskKind {
@@ -78,6 +104,7 @@ impl TaskKind {
         match self {
             TaskKind::Test => "test",
             TaskKind::Deploy => "deploy",
+            TaskKind::Bisect => "bisect",
         }
     }
 
@@ -85,6 +112,7 @@ impl TaskKind {
         match text {
             "test" => Ok(TaskKind::Test),
             "deploy" => Ok(TaskKind::Deploy),
+            "bisect" => Ok(TaskKind::Bisect),
             other => Err(format!("unknown task kind {other:?}")),
         }
     }
@@ -104,6 +132,10 @@ pub struct NewTask {
     /// Who asked for it (a client's submit or rerun): the proven user, or
     /// the client's name.
     pub requested_by: Option<String>,
+    /// The only runner that may run it (a host of a deployment).
+    pub host: Option<Name>,
+    /// The deployment a host's deploy task belongs to.
+    pub deployment_id: Option<i64>,
 }
 
 /// A task that is queued or running, as the scheduler keeps it in memory.
@@ -119,6 +151,13 @@ pub struct LiveTask {
     pub runner: Option<Name>,
     pub kind: TaskKind,
     pub release_id: Option<i64>,
+    /// The only runner that may run it (a host of a deployment).
+    pub host: Option<Name>,
+    pub deployment_id: Option<i64>,
+    /// Failed runs retried so far (`--retry-failed`).
+    pub retries: u32,
+    /// The runner of the failed run being retried: another one is preferred.
+    pub avoid: Option<Name>,
 }
 
 /// The end of an attempt, to record.
@@ -268,8 +307,8 @@ impl Store {
     /// SQLite errors.
     pub fn live_tasks(&self) -> anyhow::Result<Vec<LiveTask>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner, kind, release_id FROM tasks
-             WHERE state IN ('pending', 'running') ORDER BY id",
+            "SELECT id, repo, branch, commit_id, labels, state, attempts, runner, kind, release_id, host,
+             deployment_id, retries FROM tasks WHERE state IN ('pending', 'running') ORDER BY id",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok(LiveTask {
@@ -283,6 +322,10 @@ impl Store {
                 runner: row.get::<_, Option<String>>(7)?.map(Name::new).transpose().map_err(invalid(7))?,
                 kind: parse(row, 8, |s: String| TaskKind::parse(&s))?,
                 release_id: row.get(9)?,
+                host: row.get::<_, Option<String>>(10)?.map(Name::new).transpose().map_err(invalid(10))?,
+                deployment_id: row.get(11)?,
+                retries: row.get(12)?,
+                avoid: None,
             })
         })?;
         rows.collect::<Result<_, _>>().context("reading live tasks")
@@ -321,8 +364,8 @@ impl Tx<'_> {
             .tx
             .prepare_cached(
                 "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels, kind, release_id,
-                requested_by)
-             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9)
+             host, deployment_id, requested_by)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (repo, commit_id) WHERE trigger = 'observer' DO NOTHING",
             )?
             .execute(params![
@@ -334,6 +377,8 @@ impl Tx<'_> {
                 labels,
                 task.kind.as_str(),
                 task.release_id,
+                task.host.as_ref().map(Name::as_str),
+                task.deployment_id,
                 task.requested_by
             ])?;
         if inserted == 1 {
@@ -537,10 +582,12 @@ impl Reader {
 }
 
 const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \
-     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind, \
+     started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind, flaky_tests, \
+     (SELECT culprit || ' ' || steps || ' ' || tasks FROM bisections WHERE bad_task_id = tasks.id AND state = 'found'), \
      requested_by, aborted_by";
 
 fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
+    let flaky_tests: Option<String> = row.get(19)?;
     let passed: Option<u32> = row.get(12)?;
     let summary = passed.map(|passed| -> rusqlite::Result<Summary> {
         Ok(Summary {
@@ -567,9 +614,24 @@ fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
         labels: parse_labels(row, 16)?,
         trigger: row.get(17)?,
         kind: row.get(18)?,
-        requested_by: row.get(19)?,
-        aborted_by: row.get(20)?,
+        flaky: flaky_tests.is_some(),
+        flaky_tests: flaky_tests
+            .map(|names| names.lines().filter(|name| !name.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default(),
+        culprit: row.get::<_, Option<String>>(20)?.and_then(|text| culprit(&text)),
+        requested_by: row.get(21)?,
+        aborted_by: row.get(22)?,
     })
+}
+
+/// `COMMIT STEPS TASK TASK...` as the bisections table keeps a found culprit.
+fn culprit(text: &str) -> Option<protocol::message::Culprit> {
+    let mut words = text.split_whitespace();
+    let commit = CommitId::new(words.next()?).ok()?;
+    let steps = words.next()?.parse().ok()?;
+    let tasks: Vec<TaskId> =
+        words.filter_map(|id| id.parse().ok().and_then(|id| TaskId::new(id).ok())).collect();
+    Some(protocol::message::Culprit { commit, steps, tasks })
 }
 
 fn count_by_state(conn: &rusqlite::Connection) -> anyhow::Result<Vec<(TaskState, u64)>> {

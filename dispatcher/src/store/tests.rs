@@ -12,6 +12,8 @@ fn new_task(commit: char, trigger: Trigger) -> NewTask {
         kind: TaskKind::Test,
         release_id: None,
         requested_by: None,
+        host: None,
+        deployment_id: None,
     }
 }
 
@@ -197,4 +199,76 @@ fn a_version_2_database_migrates_and_its_queued_events_get_names() {
     assert_eq!(state, "rolled_back");
     let max_id: i64 = store.conn.query_row("SELECT MAX(id) FROM outbox", [], |row| row.get(0)).unwrap();
     assert_eq!(max_id, 4);
+}
+
+/// A database of the version before deployments (every migration but the
+/// last): its release and its running deploy task read back, the task with
+/// no host and no deployment, and deployments are recorded beside them.
+#[test]
+fn a_database_from_before_deployments_migrates_with_its_deploy_tasks() {
+    use protocol::message::DeploymentHost;
+    use protocol::{DeploymentState, HostState};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for migration in &MIGRATIONS[..MIGRATIONS.len() - 1] {
+            tx.execute_batch(migration).unwrap();
+        }
+        tx.pragma_update(None, "user_version", (MIGRATIONS.len() - 1) as i64).unwrap();
+        tx.execute_batch(
+            "INSERT INTO releases (repo, version, branch, commit_id, created_at, kind, state, trigger)
+               VALUES ('/srv/app.git', 1, 'main', 'cccccccccccccccccccccccccccccccccccccccc', 1, 'release',
+                       'deploying', 'task 1');
+             INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels, kind, release_id,
+                                attempts, runner)
+               VALUES ('/srv/app.git', 'main', 'cccccccccccccccccccccccccccccccccccccccc', 'deploy', 'running', 1,
+                       'deploy', 'deploy', 1, 1, 'd1');",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut store = Store::open(&path, Sync::Normal).unwrap();
+    let live = store.live_tasks().unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        (live[0].kind, live[0].release_id, &live[0].host, live[0].deployment_id),
+        (TaskKind::Deploy, Some(1), &None, None)
+    );
+    let tx = store.begin().unwrap();
+    let release = tx.releases_of(&RepoUrl::new("/srv/app.git").unwrap()).unwrap().remove(0);
+    assert_eq!(release.info.state, ReleaseState::Deploying);
+    let new = NewDeployment {
+        repo: release.info.repo.clone(),
+        release_id: release.id,
+        version: 1,
+        commit: release.info.commit.clone(),
+        environment: Name::new("staging").unwrap(),
+        kind: ReleaseKind::Release,
+        requested_by: "release r1".into(),
+        reason: None,
+    };
+    let mut deployment = tx.insert_deployment(&new, 5).unwrap();
+    assert_eq!(deployment.info.state, DeploymentState::Waiting);
+    deployment.info.state = DeploymentState::Canary;
+    deployment.info.hosts = vec![DeploymentHost {
+        name: Name::new("h1").unwrap(),
+        canary: true,
+        state: HostState::Deploying,
+        task_id: Some(live[0].id),
+    }];
+    tx.update_deployment(&deployment.info, 6).unwrap();
+    tx.set_deployment_host(deployment.info.id, 0, &deployment.info.hosts[0]).unwrap();
+    let read = tx.deployment(deployment.info.id).unwrap().unwrap();
+    assert_eq!(read.info, deployment.info);
+    tx.commit().unwrap();
+    assert_eq!(store.deployments_changed_since(6).unwrap(), vec![deployment.info.clone()]);
+    assert!(store.deployments_changed_since(7).unwrap().is_empty());
+    let reader = Reader::open(&path).unwrap();
+    assert_eq!(
+        reader.deployments(None, Some(&Name::new("staging").unwrap())).unwrap(),
+        vec![deployment.info]
+    );
+    assert!(reader.deployments(None, Some(&Name::new("production").unwrap())).unwrap().is_empty());
 }

@@ -8,12 +8,13 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use protocol::message::{RunnerState, TaskInfo};
 use protocol::{Branch, CommitId, RepoUrl, TaskId, TaskState};
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use super::{json, parse_task_id, ApiError, Web};
 use crate::scheduler::Event;
@@ -81,7 +82,7 @@ impl TaskFilter {
     }
 }
 
-fn query_error(err: QueryRejection) -> ApiError {
+pub(super) fn query_error(err: QueryRejection) -> ApiError {
     ApiError::bad_request(format!("bad query: {}", err.body_text()))
 }
 
@@ -209,7 +210,7 @@ pub async fn submit(
 /// # Errors
 /// 401/403 as [`super::auth::Auth::steer`]; 404 for a task that does not
 /// exist, once users make its repository matter.
-async fn steer_task(
+async fn task_actor(
     web: &Web,
     peer: SocketAddr,
     headers: &HeaderMap,
@@ -234,21 +235,40 @@ fn refused(reason: String) -> ApiError {
     }
 }
 
+/// Steering of one task by id (rerun, abort): the id checked, then the
+/// peer's right to steer that task, then the scheduler's answer on behalf
+/// of the actor [`task_actor`] names.
+async fn steer_task<T>(
+    web: &Web,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    id: &str,
+    make: impl FnOnce(TaskId, String, oneshot::Sender<Result<T, String>>) -> Event,
+) -> Result<(TaskId, T), ApiError> {
+    let task_id = parse_task_id(id)?;
+    let by = task_actor(web, peer, headers, task_id).await?;
+    let answer = web
+        .scheduler
+        .ask(|reply| make(task_id, by, reply))
+        .await
+        .map_err(ApiError::unavailable)?
+        .map_err(refused)?;
+    Ok((task_id, answer))
+}
+
 pub async fn rerun(
     State(web): State<Arc<Web>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let task_id = parse_task_id(&id)?;
-    let by = steer_task(&web, peer, &headers, task_id).await?;
-    let accepted = web
-        .scheduler
-        .ask(|reply| Event::Rerun { task_id, by, reply })
-        .await
-        .map_err(ApiError::unavailable)?
-        .map_err(refused)?;
+    let (task_id, accepted) =
+        steer_task(&web, peer, &headers, &id, |task_id, by, reply| Event::Rerun { task_id, by, reply })
+            .await?;
     tracing::info!(peer = %peer, task_id = %task_id, new_task = %accepted.task_id, "rerun over http");
+    if posted_form(&headers) {
+        return Ok(Redirect::to(&format!("/tasks/{}", accepted.task_id)).into_response());
+    }
     Ok((StatusCode::CREATED, Json(json::accepted(&accepted))).into_response())
 }
 
@@ -258,23 +278,32 @@ pub async fn abort(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let task_id = parse_task_id(&id)?;
-    let by = steer_task(&web, peer, &headers, task_id).await?;
-    let task = web
-        .scheduler
-        .ask(|reply| Event::Abort { task_id, by, reply })
-        .await
-        .map_err(ApiError::unavailable)?
-        .map_err(refused)?;
+    let (task_id, task) =
+        steer_task(&web, peer, &headers, &id, |task_id, by, reply| Event::Abort { task_id, by, reply })
+            .await?;
     tracing::info!(peer = %peer, task_id = %task_id, "abort over http");
+    if posted_form(&headers) {
+        return Ok(Redirect::to(&format!("/tasks/{task_id}")).into_response());
+    }
     Ok(Json(json::task(&task)).into_response())
+}
+
+/// Whether a browser without JavaScript posted one of the pages' forms
+/// (the script sends no form body): such a request is answered with a
+/// redirect to the page that shows the outcome, not with JSON.
+pub(super) fn posted_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"))
 }
 
 /// The body of `POST releases/REPO/rollback` (optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
-    to: Option<u32>,
+    /// `"r3"` as in the deployments API, or `3`.
+    to: Option<super::deployments::Version>,
 }
 
 /// `POST /api/v1/releases/REPO/rollback`; REPO is the repository's location,
@@ -297,7 +326,7 @@ pub async fn rollback(
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => RollbackBody::default(),
         _ => parse_body(body)?,
     };
-    let to = body.to;
+    let to = body.to.map(super::deployments::Version::number).transpose()?;
     let release = web
         .scheduler
         .ask(|reply| Event::Rollback { repo, to, by: None, reply })

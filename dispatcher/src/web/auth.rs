@@ -1,8 +1,11 @@
 //! Who may steer through HTTP: with a token file, requests carrying
 //! `Authorization: Bearer <the secret>` (compared in constant time); without
-//! one, loopback peers only, as on the protocol port. Then the same rule as
-//! the client port ([`crate::users::authorize`]): HTTP cannot prove a user,
-//! so with `[[user]]` tables configured the web API does not steer.
+//! one, loopback peers only, as on the protocol port. Either way a browser's
+//! request sent by a page of another site (a form posted cross-site to
+//! `127.0.0.1:8080`) may not steer: the loopback rule trusts the machine's
+//! users, not every page their browser opens. Then the same rule as the
+//! client port ([`crate::users::authorize`]): HTTP cannot prove a user, so
+//! with `[[user]]` tables configured the web API does not steer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +16,8 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 use crate::users::{authorize, Action, Principal, Users, Via};
 
-/// The name steering records give requests made over HTTP.
+/// The name steering records give requests made over HTTP (with the
+/// peer's address after it).
 pub const WEB_ACTOR: &str = "web";
 
 /// The steering rule.
@@ -42,7 +46,7 @@ impl Auth {
     /// roles.
     ///
     /// # Returns
-    /// The actor steering records name.
+    /// The actor steering records name: `web` and the peer's address.
     ///
     /// # Errors
     /// As [`Auth::check`]; 403 when the roles refuse.
@@ -61,7 +65,7 @@ impl Auth {
                 format!("{refusal} (the web API cannot prove a user: steer with `baton` and your key)"),
             )
         })?;
-        Ok(principal.actor(WEB_ACTOR))
+        Ok(format!("{} {}", principal.actor(WEB_ACTOR), peer.ip()))
     }
 
     /// Whether a token is needed (the page then shows its token prompt).
@@ -73,8 +77,12 @@ impl Auth {
     ///
     /// # Errors
     /// 401 for a missing or wrong token, 403 for a remote peer without a
-    /// token file.
+    /// token file or a request a page of another site sent.
     pub fn check(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+        if cross_site(headers) {
+            tracing::warn!(peer = %peer, "web steering request sent by a page of another site");
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "a page of another site may not steer"));
+        }
         match &self.secret {
             Some(secret) => {
                 let given = headers
@@ -99,6 +107,26 @@ impl Auth {
                 "without a token file only loopback peers may steer",
             )),
         }
+    }
+}
+
+/// Whether a browser says the request comes from a page of another origin:
+/// `Sec-Fetch-Site` other than `same-origin` or `none`, or an `Origin` whose
+/// host is not the `Host` asked. Clients that are not browsers send neither.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        if !matches!(site, "same-origin" | "none") {
+            return true;
+        }
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            !origin_host.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
@@ -130,5 +158,25 @@ mod tests {
             closed.check(local, &headers("Basic s3cret")).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn a_page_of_another_site_may_not_steer_even_from_loopback() {
+        let auth = Auth::new(None);
+        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, value.parse().unwrap());
+            }
+            headers
+        };
+        assert!(auth.check(loopback, &HeaderMap::new()).is_ok(), "curl sends no Origin");
+        let same = with(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]);
+        assert!(auth.check(loopback, &same).is_ok(), "the page's own buttons");
+        let forged = with(&[("host", "127.0.0.1:8080"), ("origin", "https://evil.example")]);
+        assert_eq!(auth.check(loopback, &forged).unwrap_err().status, StatusCode::FORBIDDEN);
+        let fetched = with(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")]);
+        assert_eq!(auth.check(loopback, &fetched).unwrap_err().status, StatusCode::FORBIDDEN);
     }
 }

@@ -9,7 +9,8 @@ use crate::scheduler::Change;
 use crate::time::rfc3339;
 
 /// A change as a server-sent event: its name (`task`, `release`,
-/// `runner_lost`) and its data.
+/// `deployment`, `runner_lost`) and its data (a deployment's is the object
+/// of `baton deployments --json`).
 pub fn change(change: &Change) -> (&'static str, Value) {
     let at = rfc3339(crate::time::now_ms());
     match change {
@@ -32,6 +33,11 @@ pub fn change(change: &Change) -> (&'static str, Value) {
                 "at": at,
             }),
         ),
+        Change::Deployment(deployment) => {
+            let mut data = protocol::view::deployment(deployment);
+            data["at"] = json!(at);
+            ("deployment", data)
+        }
         Change::RunnerLost { runner } => ("runner_lost", json!({ "runner": runner.as_str(), "at": at })),
     }
 }

@@ -41,6 +41,16 @@ pub async fn serve(
         Some(other) => return Err(ApiError::bad_request(format!("bad follow {other:?}: expected 1 or 0"))),
     };
     let task = super::api::read_task(&web, task_id).await?;
+    if task.state.is_final() && !crate::logs::exists(&web.files, task_id) {
+        let pruned =
+            web.readers.query(move |reader| reader.log_pruned(task_id)).await.map_err(ApiError::from)?;
+        if pruned {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                format!("the log of task {task_id} was pruned (--keep-logs)"),
+            ));
+        }
+    }
     let permit = Arc::clone(&web.streams)
         .try_acquire_owned()
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many open streams; try again"))?;

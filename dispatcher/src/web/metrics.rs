@@ -115,7 +115,7 @@ impl Metrics {
                     Ok(Change::RunnerLost { .. }) => {
                         runners_lost.inc();
                     }
-                    Ok(Change::Release(_)) => {}
+                    Ok(Change::Release(_) | Change::Deployment(_)) => {}
                     Ok(Change::Task(change)) => {
                         let started = since.remove(&change.task_id);
                         match change.state {

@@ -19,7 +19,9 @@
 mod api;
 mod assets;
 mod auth;
+mod deployments;
 mod events;
+mod flaky;
 mod json;
 mod log;
 mod metrics;
@@ -113,6 +115,8 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/commits/{commit}", get(pages::commit))
         .route("/runners", get(pages::runners))
         .route("/releases", get(pages::releases))
+        .route("/flaky", get(flaky::page))
+        .route("/api/v1/flaky", get(flaky::api))
         .route("/assets/{name}", get(assets::serve))
         .route("/metrics", get(metrics::serve))
         .route("/api/v1/status", get(api::status))
@@ -123,6 +127,9 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/runners", get(api::runners))
         .route("/api/v1/releases", get(api::releases))
         .route("/api/v1/releases/{*repo}", post(api::rollback))
+        .route("/api/v1/deployments", get(deployments::list).post(deployments::deploy))
+        .route("/api/v1/deployments/rollback", post(deployments::rollback))
+        .route("/api/v1/deployments/{id}/{action}", post(deployments::act))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT));
     let streams = Router::new()

@@ -23,7 +23,7 @@ const MAX_RENDERED_LOG: u64 = 1024 * 1024;
 const QUEUE_SHOWN: u32 = 20;
 
 /// A page, or a page that explains what went wrong with the right status.
-type PageResult = Result<Html<String>, PageError>;
+pub(super) type PageResult = Result<Html<String>, PageError>;
 
 /// An error shown as a page.
 pub struct PageError(ApiError);
@@ -49,7 +49,7 @@ pub fn not_found(message: &str) -> impl IntoResponse {
     PageError(ApiError::new(StatusCode::NOT_FOUND, message))
 }
 
-fn layout(title: &str, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -67,6 +67,7 @@ fn layout(title: &str, body: Markup) -> Markup {
                         a href="/" { "Overview" }
                         a href="/runners" { "Runners" }
                         a href="/releases" { "Releases" }
+                        a href="/flaky" { "Flaky tests" }
                         a href="/metrics" { "Metrics" }
                     }
                     span #live-status title="live updates" { "" }
@@ -78,21 +79,21 @@ fn layout(title: &str, body: Markup) -> Markup {
 }
 
 /// A state as colour, icon and word.
-fn state_badge(state: &str) -> Markup {
+pub(super) fn state_badge(state: &str) -> Markup {
     let icon = match state {
-        "pending" => "◷",
+        "pending" | "waiting" => "◷",
         "running" => "▶",
         "passed" | "deployed" | "idle" => "✓",
         "failed" => "✗",
         "error" | "dead" => "!",
-        "aborted" | "rolled_back" => "■",
-        "busy" | "deploying" => "▶",
+        "aborted" | "rolled_back" | "rejected" => "■",
+        "busy" | "deploying" | "canary" => "▶",
         _ => "•",
     };
     html! { span class={ "state state-" (state) } data-state=(state) { span.icon aria-hidden="true" { (icon) } " " span.word { (state) } } }
 }
 
-fn time(ms: Option<i64>) -> Markup {
+pub(super) fn time(ms: Option<i64>) -> Markup {
     match ms.and_then(rfc3339) {
         Some(text) => html! { time datetime=(text) { (text) } },
         None => html! { span.muted { "—" } },
@@ -295,6 +296,7 @@ pub async fn task(State(web): State<Arc<Web>>, Path(id): Path<String>) -> PageRe
                 dt { "Labels" } dd { @for label in &task.labels { span.label { (label.as_str()) } " " } @if task.labels.is_empty() { "—" } }
                 dt { "Trigger" } dd { (task.trigger) }
                 dt { "Kind" } dd { (task.kind) }
+                (super::flaky::task_fields(&task))
             }
         }
         section.steer data-needs-token=(web.auth.needs_token()) {
@@ -327,21 +329,13 @@ struct RenderedLog {
 }
 
 async fn rendered_log(web: &Web, task: &TaskInfo) -> Result<RenderedLog, ApiError> {
-    let path = web.files.log_path(task.id);
+    let files = web.files.clone();
+    let task_id = task.id;
     let rendered = tokio::task::spawn_blocking(move || -> std::io::Result<RenderedLog> {
-        use std::io::{Read, Seek};
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(RenderedLog { html: String::new(), offset: 0 })
-            }
-            Err(err) => return Err(err),
+        // Plain or compressed alike.
+        let Some((bytes, start)) = crate::logs::tail(&files, task_id, MAX_RENDERED_LOG)? else {
+            return Ok(RenderedLog { html: String::new(), offset: 0 });
         };
-        let len = file.metadata()?.len();
-        let start = len.saturating_sub(MAX_RENDERED_LOG);
-        file.seek(std::io::SeekFrom::Start(start))?;
-        let mut bytes = Vec::new();
-        file.take(len - start).read_to_end(&mut bytes)?;
         let text = String::from_utf8_lossy(&bytes);
         let html = ansi_to_html::convert(&text).unwrap_or_else(|_| maud::html! { (text) }.into_string());
         let html = if start > 0 {
@@ -398,6 +392,8 @@ pub async fn runners(State(web): State<Arc<Web>>) -> PageResult {
 /// `/releases`: per repository, newest first.
 pub async fn releases(State(web): State<Arc<Web>>) -> PageResult {
     let releases = web.readers.query(|reader| reader.releases(None)).await.map_err(ApiError::from)?;
+    let deployments =
+        web.readers.query(|reader| reader.deployments(None, None)).await.map_err(ApiError::from)?;
     let mut repos: Vec<(String, Vec<ReleaseInfo>)> = Vec::new();
     for release in releases {
         let repo = release.repo.as_str().to_string();
@@ -408,6 +404,7 @@ pub async fn releases(State(web): State<Arc<Web>>) -> PageResult {
     }
     let body = html! {
         h1 { "Releases" }
+        (super::deployments::section(&deployments, web.auth.needs_token()))
         @if repos.is_empty() { p.muted { "No release yet: a passed task on a release branch records one." } }
         @for (repo, list) in &repos {
             section {

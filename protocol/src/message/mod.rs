@@ -12,7 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Branch, CommitId, CommitPrefix, Label, Name, ReleaseKind, ReleaseState, RepoUrl, TaskId, TaskState,
+    Branch, CommitId, CommitPrefix, DeploymentState, HostState, Label, Name, ReleaseKind, ReleaseState,
+    RepoUrl, TaskId, TaskState,
 };
 
 // ---------------------------------------------------------------- observer
@@ -189,6 +190,45 @@ pub struct TaskResult {
     /// For a deploy job that failed: the step that failed (`pre_deploy`,
     /// `deploy` or `post_deploy`).
     pub failed_step: Option<String>,
+    /// Each test's name and outcome, as far as the output and JUnit XML
+    /// files tell (bounded by the runner; failures first).
+    pub tests: Vec<TestCase>,
+}
+
+/// How one test ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+impl TestStatus {
+    /// The spelling in SQLite and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Passed => "passed",
+            TestStatus::Failed => "failed",
+            TestStatus::Skipped => "skipped",
+        }
+    }
+
+    /// The inverse of [`TestStatus::as_str`].
+    pub fn parse(text: &str) -> Option<TestStatus> {
+        match text {
+            "passed" => Some(TestStatus::Passed),
+            "failed" => Some(TestStatus::Failed),
+            "skipped" => Some(TestStatus::Skipped),
+            _ => None,
+        }
+    }
+}
+
+/// One test of a run: its name as its framework prints it, and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCase {
+    pub name: String,
+    pub status: TestStatus,
 }
 
 /// Dispatcher to runner.
@@ -264,6 +304,18 @@ pub enum Job {
     Test,
     /// A release's deploy steps, on a runner labelled `deploy`.
     Deploy(Deploy),
+    /// A release's deploy steps on one host of an environment (SPEC §12).
+    DeployHost(DeployHost),
+}
+
+/// The deploy steps of a release for one host of an environment: the steps
+/// get `BATON_ENVIRONMENT` and `BATON_HOST` besides the variables of
+/// [`Deploy`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployHost {
+    pub deploy: Deploy,
+    pub environment: Name,
+    pub host: Name,
 }
 
 /// The deploy steps of a release, run in order; the first failure stops.
@@ -337,6 +389,78 @@ pub enum ClientToDispatcher {
     Commits(CommitQuery),
     /// The runner managers' pools (answered with `Pools`).
     Pools,
+    /// `baton deploy REPO VERSION --env E`: ask for a deployment (answered
+    /// with `Deployment`).
+    Deploy(DeploymentRequest),
+    /// `baton approve REPO VERSION --env E` (answered with `Deployment`).
+    Approve(DeploymentRequest),
+    /// `baton reject REPO VERSION --env E --reason TEXT` (answered with
+    /// `Deployment`).
+    Reject(RejectRequest),
+    /// `baton deployments [--repo R] [--env E]`, newest first (answered with
+    /// `Deployments`).
+    Deployments(DeploymentQuery),
+    /// `baton rollback REPO --env E [--to VERSION]` (answered with
+    /// `Deployment`).
+    RollbackEnv(EnvRollbackRequest),
+    /// The per-test outcomes of a task's last attempt (answered with
+    /// `TestCases`).
+    TestCases(TaskId),
+    /// Tests by flip rate (answered with `Flaky`).
+    Flaky(FlakyQuery),
+}
+
+/// A release of a repository in one environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRequest {
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub env: Name,
+}
+
+/// A rejection and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectRequest {
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub env: Name,
+    pub reason: String,
+}
+
+/// Filters for `baton deployments`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentQuery {
+    pub repo: Option<RepoUrl>,
+    pub env: Option<Name>,
+}
+
+/// A return to an earlier release in one environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvRollbackRequest {
+    pub repo: RepoUrl,
+    pub env: Name,
+    /// Default: the environment's release before its current one.
+    pub to: Option<u32>,
+}
+
+/// Filters for `baton flaky`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlakyQuery {
+    pub repo: Option<RepoUrl>,
+    pub limit: u32,
+}
+
+/// A test's record across the runs the dispatcher knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlakyTest {
+    pub repo: RepoUrl,
+    pub name: String,
+    /// Runs with an outcome for this test.
+    pub runs: u64,
+    pub failures: u64,
+    /// Commits on which it both failed and passed.
+    pub flips: u64,
+    pub last_seen_ms: i64,
 }
 
 /// A commit prefix within one repository.
@@ -417,6 +541,47 @@ pub enum DispatcherToClient {
     Commits(Vec<CommitId>),
     /// Answer to `Pools`: every pool of every connected runner manager.
     Pools(Vec<PoolInfo>),
+    Deployments(Vec<DeploymentInfo>),
+    /// Answer to `Deploy`, `Approve`, `Reject` and `RollbackEnv`.
+    Deployment(Box<DeploymentInfo>),
+    /// Answer to `TestCases`: `None` when there is no such task.
+    TestCases(Option<Vec<TestCase>>),
+    /// Answer to `Flaky`: tests by flip rate, highest first.
+    Flaky(Vec<FlakyTest>),
+}
+
+/// A deployment: one release in one environment, host by host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentInfo {
+    pub id: i64,
+    pub repo: RepoUrl,
+    pub version: u32,
+    pub commit: CommitId,
+    pub environment: Name,
+    pub state: DeploymentState,
+    /// `release`, or `rollback` for a return to an earlier release.
+    pub kind: ReleaseKind,
+    /// What a waiting deployment waits for (`approval`, `after staging`, ...).
+    pub waiting_for: Option<String>,
+    /// Who asked for it: a client's name, or `release rN` for an automatic one.
+    pub requested_by: String,
+    pub approved_by: Option<String>,
+    pub approved_at_ms: Option<i64>,
+    /// Why it was rejected or failed, or what it rolled back.
+    pub reason: Option<String>,
+    pub hosts: Vec<DeploymentHost>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// One host of a deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentHost {
+    pub name: Name,
+    pub canary: bool,
+    pub state: HostState,
+    pub task_id: Option<TaskId>,
 }
 
 /// A runner manager's pool as clients see it.
@@ -473,6 +638,9 @@ pub struct StatusReport {
     /// Set while the data dir is full: the bytes free. Reads are served,
     /// submissions refused, runners kept; it clears by itself.
     pub data_dir_full: Option<u64>,
+    /// Bytes in the data dir (database, logs, results, releases), as last
+    /// measured by the dispatcher's pruner.
+    pub data_dir_bytes: u64,
 }
 
 /// A runner as the dispatcher sees it.
@@ -529,11 +697,27 @@ pub struct TaskInfo {
     pub trigger: String,
     /// `test`, or `deploy` for a release's deploy steps.
     pub kind: String,
+    /// A failed run was retried (`--retry-failed`) and a retry passed.
+    pub flaky: bool,
+    /// For a flaky task: the tests that failed before the retry passed.
+    pub flaky_tests: Vec<String>,
+    /// For a failed task: the first failing commit, once bisection found it.
+    pub culprit: Option<Culprit>,
     /// Who asked for a task a client created (submit, rerun): the proven
     /// user, or the client's name.
     pub requested_by: Option<String>,
     /// Who asked to abort it.
     pub aborted_by: Option<String>,
+}
+
+/// The first failing commit of a range, found by bisection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Culprit {
+    pub commit: CommitId,
+    /// Bisect tasks run to find it.
+    pub steps: u32,
+    /// Those tasks.
+    pub tasks: Vec<TaskId>,
 }
 
 // ----------------------------------------------------------------- manager

@@ -27,6 +27,9 @@ fn task_info() -> TaskInfo {
         labels: vec![Label::new("linux").unwrap()],
         trigger: "observer".into(),
         kind: "test".into(),
+        flaky: false,
+        flaky_tests: vec![],
+        culprit: None,
         requested_by: None,
         aborted_by: None,
     }
@@ -148,8 +151,9 @@ fn runner_messages_golden() {
                 output_len: 9,
                 tag: None,
                 failed_step: None,
+                tests: vec![TestCase { name: "t".into(), status: TestStatus::Failed }],
             }),
-            "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09 00 00",
+            "03 0e 01 01 01 02 fb2c01 01 01 01 00 00 09 00 00 01 0174 01",
         ),
         (RunnerToDispatcher::SlotFreed(SlotFreed { free_slots: 1 }), "05 01"),
     ];
@@ -237,6 +241,8 @@ fn client_messages_golden() {
             }),
             "0a 022f72 0461626364",
         ),
+        (ClientToDispatcher::TestCases(task_id()), "11 0e"),
+        (ClientToDispatcher::Flaky(FlakyQuery { repo: None, limit: 50 }), "12 00 32"),
     ];
     for (message, expected) in requests {
         assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
@@ -249,8 +255,9 @@ fn client_messages_golden() {
         runners_dead: 0,
         tasks: vec![(TaskState::Running, 3)],
         data_dir_full: Some(4),
+        data_dir_bytes: 5,
     });
-    assert_eq!(round_trip(&status), "00 0131 02 01 00 00 01 01 03 0104".replace(' ', ""));
+    assert_eq!(round_trip(&status), "00 0131 02 01 00 00 01 01 03 0104 05".replace(' ', ""));
     let runner = RunnerInfo {
         name: Name::new("r").unwrap(),
         address: "a".into(),
@@ -295,6 +302,22 @@ fn client_messages_golden() {
         round_trip(&DispatcherToClient::Commits(vec![commit()])),
         format!("0b01{}", hex(commit().as_str()))
     );
+    let tests =
+        DispatcherToClient::TestCases(Some(vec![TestCase { name: "t".into(), status: TestStatus::Skipped }]));
+    assert_eq!(round_trip(&tests), "0f 01 01 0174 02".replace(' ', ""));
+    let flaky = DispatcherToClient::Flaky(vec![FlakyTest {
+        repo: RepoUrl::new("/r").unwrap(),
+        name: "t".into(),
+        runs: 2,
+        failures: 1,
+        flips: 1,
+        last_seen_ms: 1,
+    }]);
+    assert_eq!(round_trip(&flaky), "10 01 022f72 0174 02 01 01 02".replace(' ', ""));
+    let culprit = Culprit { commit: commit(), steps: 5, tasks: vec![task_id()] };
+    let flaky_task =
+        TaskInfo { flaky: true, flaky_tests: vec!["t".into()], culprit: Some(culprit), ..task_info() };
+    round_trip(&DispatcherToClient::Task(Some(Box::new(flaky_task))));
 }
 
 #[test]
@@ -344,4 +367,73 @@ fn hex(text: &str) -> String {
         out.push_str(&format!("{byte:02x}"));
     }
     out
+}
+
+#[test]
+fn deployment_messages_golden() {
+    let request =
+        || DeploymentRequest { repo: RepoUrl::new("/r").unwrap(), version: 3, env: Name::new("p").unwrap() };
+    let requests = [
+        (ClientToDispatcher::Deploy(request()), "0c 022f72 03 0170"),
+        (ClientToDispatcher::Approve(request()), "0d 022f72 03 0170"),
+        (
+            ClientToDispatcher::Reject(RejectRequest {
+                repo: RepoUrl::new("/r").unwrap(),
+                version: 3,
+                env: Name::new("p").unwrap(),
+                reason: "x".into(),
+            }),
+            "0e 022f72 03 0170 0178",
+        ),
+        (ClientToDispatcher::Deployments(DeploymentQuery { repo: None, env: None }), "0f 00 00"),
+        (
+            ClientToDispatcher::RollbackEnv(EnvRollbackRequest {
+                repo: RepoUrl::new("/r").unwrap(),
+                env: Name::new("p").unwrap(),
+                to: None,
+            }),
+            "10 022f72 0170 00",
+        ),
+    ];
+    for (message, expected) in requests {
+        assert_eq!(round_trip(&message), expected.replace(' ', ""), "{message:?}");
+    }
+    let deployment = DeploymentInfo {
+        id: 1,
+        repo: RepoUrl::new("/r").unwrap(),
+        version: 3,
+        commit: commit(),
+        environment: Name::new("p").unwrap(),
+        state: DeploymentState::Canary,
+        kind: ReleaseKind::Release,
+        waiting_for: None,
+        requested_by: "b".into(),
+        approved_by: Some("a".into()),
+        approved_at_ms: Some(1),
+        reason: None,
+        hosts: vec![DeploymentHost {
+            name: Name::new("h").unwrap(),
+            canary: true,
+            state: HostState::Deploying,
+            task_id: Some(task_id()),
+        }],
+        created_at_ms: 1,
+        started_at_ms: None,
+        finished_at_ms: None,
+    };
+    assert_eq!(
+        round_trip(&DispatcherToClient::Deployment(Box::new(deployment.clone()))),
+        format!(
+            "0e 02 022f72 03 {} 0170 01 00 00 0162 010161 0102 00 01 0168 01 01 010e 02 00 00",
+            hex(commit().as_str())
+        )
+        .replace(' ', "")
+    );
+    round_trip(&DispatcherToClient::Deployments(vec![deployment]));
+    let job = Job::DeployHost(DeployHost {
+        deploy: Deploy { release: "r1".into(), previous_commit: None, steps: vec![] },
+        environment: Name::new("p").unwrap(),
+        host: Name::new("h").unwrap(),
+    });
+    assert_eq!(round_trip(&job), "02 027231 00 00 0170 0168".replace(' ', ""));
 }

@@ -31,6 +31,9 @@ pub fn task_info() -> TaskInfo {
         labels: vec![Label::new("linux").unwrap()],
         trigger: "observer".into(),
         kind: "test".into(),
+        flaky: false,
+        flaky_tests: vec![],
+        culprit: None,
         requested_by: None,
         aborted_by: None,
     }
@@ -86,6 +89,7 @@ pub fn status_report() -> StatusReport {
             (TaskState::Failed, 2),
         ],
         data_dir_full: None,
+        data_dir_bytes: 0,
     }
 }
 

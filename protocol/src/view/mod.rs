@@ -17,7 +17,10 @@ mod time;
 use serde_json::{json, Value};
 
 pub use self::time::{duration, now_ms, relative, rfc3339};
-use crate::message::{Accepted, PoolInfo, ReleaseInfo, RunnerInfo, StatusReport, Summary, TaskInfo};
+use crate::message::{
+    Accepted, Culprit, DeploymentInfo, FlakyTest, PoolInfo, ReleaseInfo, RunnerInfo, StatusReport, Summary,
+    TaskInfo, TestCase,
+};
 use crate::TaskState;
 
 /// One task: `show --json`, an element of `tasks --json`, `abort --json`.
@@ -44,6 +47,9 @@ pub fn task(task: &TaskInfo) -> Value {
         "labels": task.labels.iter().map(|label| label.as_str()).collect::<Vec<_>>(),
         "trigger": task.trigger,
         "kind": task.kind,
+        "flaky": task.flaky,
+        "flaky_tests": task.flaky_tests,
+        "culprit": task.culprit.as_ref().map(culprit),
     });
     for (key, by) in [("requested_by", &task.requested_by), ("aborted_by", &task.aborted_by)] {
         if let (Some(by), Some(object)) = (by, value.as_object_mut()) {
@@ -51,6 +57,34 @@ pub fn task(task: &TaskInfo) -> Value {
         }
     }
     value
+}
+
+/// `{"commit": C, "steps": N, "tasks": [ID...]}`.
+fn culprit(culprit: &Culprit) -> Value {
+    json!({
+        "commit": culprit.commit.as_str(),
+        "steps": culprit.steps,
+        "tasks": culprit.tasks.iter().map(|id| id.get()).collect::<Vec<_>>(),
+    })
+}
+
+/// One test of a task: an element of `show --tests --json`'s `tests`.
+pub fn test_case(test: &TestCase) -> Value {
+    json!({ "name": test.name, "outcome": test.status.as_str() })
+}
+
+/// One test's record: an element of `flaky --json`.
+pub fn flaky_test(test: &FlakyTest) -> Value {
+    let flip_rate = if test.runs == 0 { 0.0 } else { test.flips as f64 / test.runs as f64 };
+    json!({
+        "repo": test.repo.as_str(),
+        "name": test.name,
+        "runs": test.runs,
+        "failures": test.failures,
+        "flips": test.flips,
+        "flip_rate": flip_rate,
+        "last_seen": rfc3339(test.last_seen_ms),
+    })
 }
 
 /// `{"passed": N, "failed": N, "skipped": N}`.
@@ -113,6 +147,7 @@ pub fn status(report: &StatusReport) -> Value {
         },
         "tasks": tasks,
         "data_dir_full": report.data_dir_full.map(|bytes_free| json!({ "bytes_free": bytes_free })),
+        "data_dir_bytes": report.data_dir_bytes,
     })
 }
 
@@ -143,6 +178,50 @@ pub fn release(release: &ReleaseInfo) -> Value {
         "rollback_to": release.rollback_to.map(|version| format!("r{version}")),
         "state": release.state,
         "trigger": release.trigger,
+    })
+}
+
+/// A deployment: an element of `deployments --json`, the answer of
+/// `deploy`, `approve`, `reject` and `rollback --env`, the files
+/// `releases/<repository>/deployments/d<N>.json` and deployment
+/// notifications. `hosts` maps each host to its state; `host_details` adds
+/// which hosts were canaries and their tasks.
+pub fn deployment(deployment: &DeploymentInfo) -> Value {
+    let hosts: serde_json::Map<String, Value> = deployment
+        .hosts
+        .iter()
+        .map(|host| (host.name.as_str().to_string(), Value::from(host.state.as_str())))
+        .collect();
+    let details: Vec<Value> = deployment
+        .hosts
+        .iter()
+        .map(|host| {
+            json!({
+                "name": host.name.as_str(),
+                "canary": host.canary,
+                "state": host.state.as_str(),
+                "task": host.task_id.map(|id| id.get()),
+            })
+        })
+        .collect();
+    json!({
+        "id": deployment.id,
+        "repo": deployment.repo.as_str(),
+        "version": format!("r{}", deployment.version),
+        "commit": deployment.commit.as_str(),
+        "environment": deployment.environment.as_str(),
+        "state": deployment.state.as_str(),
+        "kind": deployment.kind.as_str(),
+        "waiting_for": deployment.waiting_for,
+        "requested_by": deployment.requested_by,
+        "approved_by": deployment.approved_by,
+        "approved_at": deployment.approved_at_ms.and_then(rfc3339),
+        "reason": deployment.reason,
+        "hosts": hosts,
+        "host_details": details,
+        "created_at": rfc3339(deployment.created_at_ms),
+        "started_at": deployment.started_at_ms.and_then(rfc3339),
+        "finished_at": deployment.finished_at_ms.and_then(rfc3339),
     })
 }
 
@@ -185,6 +264,9 @@ mod tests {
                 "labels",
                 "trigger",
                 "kind",
+                "flaky",
+                "flaky_tests",
+                "culprit",
             ])
         );
         assert_eq!(
@@ -207,6 +289,9 @@ mod tests {
                 "labels": ["linux"],
                 "trigger": "observer",
                 "kind": "test",
+                "flaky": false,
+                "flaky_tests": [],
+                "culprit": null,
             })
         );
     }
@@ -249,7 +334,10 @@ mod tests {
     #[test]
     fn status_lists_every_state() {
         let value = status(&fixtures::status_report());
-        assert_eq!(keys(&value), sorted(vec!["version", "uptime_ms", "runners", "tasks", "data_dir_full"]));
+        assert_eq!(
+            keys(&value),
+            sorted(vec!["version", "uptime_ms", "runners", "tasks", "data_dir_full", "data_dir_bytes"])
+        );
         assert_eq!(value["runners"], json!({ "idle": 2, "busy": 1, "dead": 0 }));
         assert_eq!(
             value["tasks"],

@@ -149,7 +149,7 @@ fn shell_syntax_in_valid_repository_paths_and_branches_never_runs() {
         (task["repo"].as_str(), task["branch"].as_str()),
         (Some(repo_arg.as_str()), Some(branch.as_str()))
     );
-    let log = std::fs::read_to_string(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = String::from_utf8_lossy(&crate::support::stored_log(&dispatcher.data_dir, &id)).into_owned();
     assert_eq!(log, format!("{repo_arg}\n{branch}\n"), "the test saw other values than were submitted");
 
     for marker in ["pwned-repo", "pwned-branch", "pwned-ssh"] {

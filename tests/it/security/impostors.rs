@@ -57,7 +57,7 @@ fn a_runner_cannot_report_someone_else_s_task() {
     let task = wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "passed", "{task:#}");
     assert_eq!((task["runner"].as_str(), task["attempts"].as_i64()), (Some("r1"), Some(1)), "{task:#}");
-    let log = std::fs::read(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let log = crate::support::stored_log(&dispatcher.data_dir, &id);
     let log = String::from_utf8_lossy(&log);
     assert!(log.contains("finished") && !log.contains("INJECTED"), "{log}");
 
@@ -127,6 +127,7 @@ fn an_assigned_runner_cannot_crash_the_dispatcher_with_absurd_numbers() {
             output_len: 10,
             tag: None,
             failed_step: Some("\0".repeat(1000)),
+            tests: vec![],
         };
         mallory.send(RunnerToDispatcher::Result(result)).await.unwrap();
         let answer = mallory.next(PATIENCE).await.unwrap();

@@ -25,7 +25,7 @@ fn test_output_with_any_bytes_is_stored_byte_for_byte() {
     let id = submit(&dispatcher.addr, &[], &repo.path.display().to_string(), &commit).unwrap();
     let task = wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "passed", "{task:#}");
-    let stored = std::fs::read(dispatcher.data_dir.join(format!("logs/{id}.log"))).unwrap();
+    let stored = crate::support::stored_log(&dispatcher.data_dir, &id);
     assert_bytes_eq(&stored, &payload, "DIR/logs");
     let printed = baton(&dispatcher.addr, &["log", &id]);
     assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
@@ -54,7 +54,7 @@ fn huge_output_is_capped_and_the_runner_goes_on() {
     let quiet_id = submit(&dispatcher.addr, &[], &repo_arg, &quiet).unwrap();
     let task = wait_final(&dispatcher.addr, &loud_id);
     assert_eq!(task["state"], "passed", "{task:#}");
-    let stored = std::fs::read(dispatcher.data_dir.join(format!("logs/{loud_id}.log"))).unwrap();
+    let stored = crate::support::stored_log(&dispatcher.data_dir, &loud_id);
     let pattern = b"0123456789abcdef\n".repeat(cap / 17 + 1);
     assert_bytes_eq(&stored[..cap.min(stored.len())], &pattern[..cap], "the first bytes up to the cap");
     let marker = &stored[cap.min(stored.len())..];

@@ -98,8 +98,31 @@ pub enum Command {
     /// Release records, newest first.
     Releases(ReleasesArgs),
     /// Redeploy an earlier release (default: the one before the current
-    /// release) and record a rollback.
+    /// release) and record a rollback; with --env, in that environment.
     Rollback(RollbackArgs),
+    /// Ask for a release to be deployed to an environment.
+    Deploy(crate::deploy::DeploymentArgs),
+    /// Approve a waiting deployment (recorded with who and when).
+    Approve(crate::deploy::DeploymentArgs),
+    /// Reject a waiting deployment.
+    Reject(crate::deploy::RejectArgs),
+    /// Deployments, newest first: state, hosts, what each waits for.
+    Deployments(crate::deploy::DeploymentsArgs),
+    /// Tests that failed at least once, by flip rate: runs, failures, flips
+    /// (commits on which the test both failed and passed), last seen.
+    Flaky(FlakyArgs),
+}
+
+/// `baton flaky`.
+#[derive(Debug, Args)]
+pub struct FlakyArgs {
+    /// Only tests of this repository (a URL, or a local path made absolute).
+    #[arg(long, value_name = "REPO")]
+    pub repo: Option<String>,
+
+    /// At most this many tests.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
 }
 
 /// `baton releases`.
@@ -119,6 +142,10 @@ pub struct RollbackArgs {
     /// The release to go back to: `r3` or `3`.
     #[arg(long, value_name = "VERSION")]
     pub to: Option<String>,
+
+    /// The environment to roll back (for a repository with environments).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
 }
 
 /// `baton tasks`.
@@ -143,6 +170,11 @@ pub struct ShowArgs {
     /// A task id (1 to 6 digits) or a commit (4 to 64 lowercase hex digits).
     #[arg(value_name = "ID|COMMIT")]
     pub target: String,
+
+    /// Also list each test of the task's last run and its outcome, failures
+    /// first (`tests` in `--json`).
+    #[arg(long)]
+    pub tests: bool,
 }
 
 /// `baton log`.

@@ -19,7 +19,7 @@ use protocol::CommitId;
 use crate::render::Style;
 use crate::request::Invocation;
 use crate::session::{Session, ANSWER_TIMEOUT};
-use crate::{log, render};
+use crate::{culprit, log, render};
 
 /// Where output goes and how it will be seen.
 pub struct Console<'a> {
@@ -72,7 +72,14 @@ pub async fn run(invocation: &Invocation, console: &mut Console<'_>) -> anyhow::
             | (ClientToDispatcher::Runners, DispatcherToClient::Runners(_))
     );
     let pools = if shows_pools { pools(&mut session).await } else { Vec::new() };
-    let text = present(&request, answer, &pools, invocation.json, console)?;
+    let tests = match (&answer, invocation.with_tests) {
+        (DispatcherToClient::Task(Some(task)), true) => Some(culprit::tests_of(&mut session, task.id).await?),
+        _ => None,
+    };
+    let mut text = present(&request, answer, &pools, invocation.json, console)?;
+    if let Some(tests) = tests {
+        text = culprit::with_tests(text, &tests, invocation.json, console.style);
+    }
     console.out.write_all(text.as_bytes()).and_then(|()| console.out.flush()).context("writing to stdout")?;
     Ok(Outcome::Success)
 }
@@ -236,6 +243,13 @@ fn present(
                 render::releases(&releases, now_ms(), style)
             }
         }
+        (ClientToDispatcher::Flaky(_), DispatcherToClient::Flaky(tests)) => {
+            if as_json {
+                json_text(tests.iter().map(view::flaky_test).collect())
+            } else {
+                culprit::flaky(&tests, now_ms(), style)
+            }
+        }
         (ClientToDispatcher::Rollback(_), DispatcherToClient::Release(release)) => {
             if as_json {
                 json_text(view::release(&release))
@@ -243,7 +257,10 @@ fn present(
                 render::releases(std::slice::from_ref(&release), now_ms(), style)
             }
         }
-        (_, other) => return Err(unexpected(&other)),
+        (request, other) => match crate::deploy::present(request, &other, as_json, now_ms(), style) {
+            Some(text) => text,
+            None => return Err(unexpected(&other)),
+        },
     };
     Ok(text)
 }
@@ -287,6 +304,10 @@ pub fn unexpected(answer: &DispatcherToClient) -> anyhow::Error {
         DispatcherToClient::Release(_) => "Release",
         DispatcherToClient::Commits(_) => "Commits",
         DispatcherToClient::Pools(_) => "Pools",
+        DispatcherToClient::Deployments(_) => "Deployments",
+        DispatcherToClient::Deployment(_) => "Deployment",
+        DispatcherToClient::TestCases(_) => "TestCases",
+        DispatcherToClient::Flaky(_) => "Flaky",
     };
     anyhow::anyhow!("unexpected answer from the dispatcher: {kind}")
 }

@@ -12,6 +12,8 @@
 
 mod cli;
 mod command;
+mod culprit;
+mod deploy;
 mod git;
 mod key;
 mod log;

@@ -165,6 +165,7 @@ pub fn task(task: &TaskInfo, now_ms: i64, style: Style) -> String {
     if let Some(reason) = &task.reason {
         rows.push(("reason", Cell::new(reason)));
     }
+    rows.extend(crate::culprit::task_rows(task).into_iter().map(|(key, value)| (key, Cell::new(value))));
     block(rows, style)
 }
 
@@ -182,6 +183,8 @@ pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String
         })
         .collect();
     let pools = (!pools.is_empty()).then(|| ("pools", Cell::new(pools.join("; "))));
+    // 0 until the dispatcher's first measurement, just after it starts.
+    let size = (report.data_dir_bytes > 0).then(|| ("data dir", Cell::new(bytes(report.data_dir_bytes))));
     let full = report.data_dir_full.map(|free| {
         ("storage", Cell::new(format!("data dir full: {free} bytes free (reads only, submissions refused)")))
     });
@@ -199,6 +202,7 @@ pub fn status(report: &StatusReport, pools: &[PoolInfo], style: Style) -> String
                 ),
                 ("tasks", Cell::new(tasks.join(", "))),
             ])
+            .chain(size)
             .chain(pools)
             .collect(),
         style,
@@ -292,7 +296,7 @@ fn coloured(cell: Cell, colour: Option<Color>, style: Style) -> Cell {
 /// A borderless table with a header, one line per row whatever the width
 /// (as `kubectl get` does): cells wrapped into several lines would break
 /// commits and paths apart and defeat `grep`.
-fn table(style: Style, header: &[&str]) -> Table {
+pub(crate) fn table(style: Style, header: &[&str]) -> Table {
     let mut table = bare_table(style, ContentArrangement::Disabled);
     let header: Vec<Cell> =
         header
@@ -360,10 +364,25 @@ fn align_right(table: &mut Table, columns: &[usize]) {
 }
 
 /// The table without trailing spaces, ending in a newline.
-fn finish(table: &Table) -> String {
+pub(crate) fn finish(table: &Table) -> String {
     let mut text = table.trim_fmt();
     text.push('\n');
     text
+}
+
+/// Bytes for people: `812 B`, `3.4 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use protocol::message::{
-    ClientToDispatcher, CommitQuery, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest, Selector,
-    TaskQuery,
+    ClientToDispatcher, CommitQuery, FlakyQuery, LogRequest, ManualSubmit, ReleaseQuery, RollbackRequest,
+    Selector, TaskQuery,
 };
 use protocol::peer::Credentials;
 use protocol::tls::ClientTls;
@@ -43,6 +43,8 @@ pub struct Invocation {
     pub json: bool,
     /// The request to send.
     pub request: ClientToDispatcher,
+    /// `show --tests`: ask for the task's per-test outcomes too.
+    pub with_tests: bool,
     /// For `submit` of a commit prefix the dispatcher resolves (`request` is
     /// then its `Commits` query): the rest of the submission.
     pub then_submit: Option<SubmitRest>,
@@ -100,7 +102,15 @@ impl Invocation {
         };
         let user = crate::key::load(cli.key_file.as_deref(), cli.user.as_deref())?;
         let credentials = Credentials { secret, tls, user };
-        Ok(Invocation { address: cli.dispatcher, credentials, json: cli.json, request, then_submit })
+        let with_tests = matches!(&cli.command, Command::Show(args) if args.tests);
+        Ok(Invocation {
+            address: cli.dispatcher,
+            credentials,
+            json: cli.json,
+            request,
+            with_tests,
+            then_submit,
+        })
     }
 }
 
@@ -149,9 +159,23 @@ pub fn build(command: &Command, cwd: &Path) -> anyhow::Result<ClientToDispatcher
         Command::Releases(args) => ClientToDispatcher::Releases(ReleaseQuery {
             repo: args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?,
         }),
-        Command::Rollback(args) => ClientToDispatcher::Rollback(RollbackRequest {
-            repo: resolve_repo(&args.repo, cwd)?,
-            to: args.to.as_deref().map(parse_version).transpose()?,
+        Command::Rollback(args) => {
+            let (repo, to) =
+                (resolve_repo(&args.repo, cwd)?, args.to.as_deref().map(parse_version).transpose()?);
+            match &args.env {
+                Some(env) => crate::deploy::rollback(repo, crate::deploy::env(env)?, to),
+                None => ClientToDispatcher::Rollback(RollbackRequest { repo, to }),
+            }
+        }
+        Command::Deploy(args) => crate::deploy::request(resolve_repo(&args.repo, cwd)?, args, false)?,
+        Command::Approve(args) => crate::deploy::request(resolve_repo(&args.repo, cwd)?, args, true)?,
+        Command::Reject(args) => crate::deploy::reject(resolve_repo(&args.deployment.repo, cwd)?, args)?,
+        Command::Deployments(args) => {
+            crate::deploy::query(args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?, args)?
+        }
+        Command::Flaky(args) => ClientToDispatcher::Flaky(FlakyQuery {
+            repo: args.repo.as_deref().map(|repo| resolve_repo(repo, cwd)).transpose()?,
+            limit: args.limit,
         }),
     };
     Ok(request)
@@ -183,7 +207,7 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<Vec<Label>> {
 }
 
 /// A release version: `r3` or `3`.
-fn parse_version(text: &str) -> anyhow::Result<u32> {
+pub(crate) fn parse_version(text: &str) -> anyhow::Result<u32> {
     let digits = text.strip_prefix('r').unwrap_or(text);
     match digits.parse::<u32>() {
         Ok(version) if version > 0 => Ok(version),

@@ -79,6 +79,7 @@ function subscribe() {
   events.addEventListener("ready", () => { if (status) status.textContent = "● live"; });
   events.addEventListener("task", (event) => onTaskChange(JSON.parse(event.data)));
   events.addEventListener("release", () => { if (location.pathname === "/releases") scheduleRefresh(["#main"]); });
+  events.addEventListener("deployment", () => { if (location.pathname === "/releases") scheduleRefresh(["#main"]); });
   events.addEventListener("runner_lost", () => { if (!document.getElementById("log")) scheduleRefresh(["#main"]); });
   events.addEventListener("lagged", () => scheduleRefresh(document.getElementById("log") ? ["#details", ".steer"] : ["#main"]));
   events.onerror = () => { if (status) status.textContent = "○ reconnecting"; };
@@ -171,7 +172,7 @@ function wireSteering() {
         link.textContent = "task #" + body.id;
         result.append("Queued ", link);
       } else {
-        result.textContent = "Abort requested.";
+        result.textContent = button.dataset.done || "Abort requested.";
       }
     };
   }
