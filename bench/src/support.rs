@@ -70,15 +70,12 @@ impl Dispatcher {
         launch.stdout = true;
         launch.die_with_parent = true;
         let mut daemon = Daemon::spawn(bins, launch)?;
-        let (addr, rest) =
-            daemon.first_lines(START_PATIENCE).context("reading the dispatcher's addresses")?;
-        let http = rest
-            .iter()
-            .find_map(|line| line.strip_prefix("http: "))
-            .with_context(|| format!("the dispatcher printed no `http: ADDR` line after {addr}"))?
-            .trim()
-            .to_string();
-        Ok((Dispatcher { daemon, addr }, http))
+        let web_line = |line: &String| line.strip_prefix("http: ").map(str::to_string);
+        let lines = daemon
+            .stdout_lines(START_PATIENCE, |lines| lines.iter().any(|line| web_line(line).is_some()))
+            .context("reading the dispatcher's addresses")?;
+        let http = lines.iter().find_map(web_line).context("the `http: ADDR` line")?;
+        Ok((Dispatcher { daemon, addr: lines[0].clone() }, http))
     }
 }
 

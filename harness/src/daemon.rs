@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -135,16 +136,10 @@ impl Daemon {
     /// When it was already reaped or is still running at the deadline (it is
     /// then left running, and killed on drop).
     pub fn wait(&mut self, patience: Duration) -> anyhow::Result<ExitStatus> {
-        let deadline = Deadline::after(patience, format!("{} to exit", self.name));
         let child = self.child.as_mut().with_context(|| format!("{} was already stopped", self.name))?;
-        loop {
-            if let Some(status) = child.try_wait().context("waiting for a child process")? {
-                self.child = None;
-                return Ok(status);
-            }
-            deadline.check()?;
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = crate::wait::exit(child, patience, &self.name)?;
+        self.child = None;
+        Ok(status)
     }
 
     /// SIGTERM, then [`Daemon::wait`].
@@ -189,43 +184,70 @@ impl Daemon {
     }
 
     /// Reads the first line the process prints on stdout (the dispatcher's
-    /// bound address), trimmed, within `patience`. Reads on a thread, so a
-    /// process that never prints cannot hang the caller.
+    /// bound address), trimmed, within `patience`.
     ///
     /// # Errors
-    /// When stdout was not piped or already taken, the process closes it or
-    /// prints an empty line, or `patience` runs out.
+    /// As [`Daemon::stdout_lines`], and when the line is empty.
     pub fn first_line(&mut self, patience: Duration) -> anyhow::Result<String> {
-        self.first_lines(patience).map(|(line, _)| line)
+        let mut lines = self.stdout_lines(patience, |lines| !lines.is_empty())?;
+        let line = lines.swap_remove(0);
+        anyhow::ensure!(!line.is_empty(), "{} printed an empty first line", self.name);
+        Ok(line)
     }
 
-    /// As [`Daemon::first_line`], with the other lines printed in the same
-    /// write (the dispatcher's `http: ADDR`), without waiting for more.
+    /// Reads the lines the process prints on stdout, each trimmed, until
+    /// `complete` says that the ones the caller needs arrived (however the
+    /// process's writes split them), within `patience`. A thread reads, so a
+    /// process that never prints cannot hang the caller; it keeps reading
+    /// (and dropping) what comes later, so the process never writes into a
+    /// closed pipe.
     ///
     /// # Errors
-    /// As [`Daemon::first_line`].
-    pub fn first_lines(&mut self, patience: Duration) -> anyhow::Result<(String, Vec<String>)> {
+    /// When stdout was not piped or already taken, the process closes it
+    /// (exits) first, or `patience` runs out.
+    pub fn stdout_lines(
+        &mut self,
+        patience: Duration,
+        complete: impl Fn(&[String]) -> bool,
+    ) -> anyhow::Result<Vec<String>> {
         let stdout =
             self.take_stdout().with_context(|| format!("the stdout of {} is not piped", self.name))?;
         let (line_tx, line_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
             let mut reader = BufReader::new(stdout);
-            let read = reader.read_line(&mut line).map(|_| line);
-            let rest: Vec<String> =
-                String::from_utf8_lossy(reader.buffer()).lines().map(str::to_string).collect();
-            let _ = line_tx.send(read.map(|line| (line, rest)));
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        // Nobody listens once the caller has its lines: keep draining.
+                        let _ = line_tx.send(Ok(line));
+                    }
+                    Err(err) => {
+                        let _ = line_tx.send(Err(err));
+                        return;
+                    }
+                }
+            }
         });
-        let (line, rest) = match line_rx.recv_timeout(patience) {
-            Ok(read) => read.with_context(|| format!("reading the stdout of {}", self.name))?,
-            Err(_) => anyhow::bail!("{} printed nothing within {patience:?}", self.name),
-        };
-        let line = line.trim().to_string();
-        if line.is_empty() {
-            self.ensure_running()?;
-            anyhow::bail!("{} printed an empty first line", self.name);
+        let deadline = Deadline::after(patience, format!("the lines {} prints", self.name));
+        let mut lines = Vec::new();
+        while !complete(&lines) {
+            match line_rx.recv_timeout(deadline.left()) {
+                Ok(line) => {
+                    let line = line.with_context(|| format!("reading the stdout of {}", self.name))?;
+                    lines.push(line.trim().to_string());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    anyhow::bail!("{} printed {lines:?} and nothing more within {patience:?}", self.name)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.ensure_running()?;
+                    anyhow::bail!("{} closed its stdout after printing {lines:?}", self.name)
+                }
+            }
         }
-        Ok((line, rest))
+        Ok(lines)
     }
 
     fn take_stdout(&mut self) -> Option<ChildStdout> {

@@ -9,6 +9,8 @@
 //!   [`git::Repo::run`].
 //! - [`peer`]: a runner that speaks the real protocol, for what the real
 //!   runner will not do (impostors, thousands of simulated runners).
+//! - [`procs`]: processes as `/proc` shows them (alive, group, marked by
+//!   an environment variable), to prove nothing a test started outlives it.
 //! - [`system`]: what needs root: a small tmpfs, a network namespace.
 //! - [`wait`]: deadlines instead of sleeps.
 //!
@@ -19,6 +21,7 @@ pub mod bins;
 pub mod daemon;
 pub mod git;
 pub mod peer;
+pub mod procs;
 pub mod system;
 pub mod wait;
 

@@ -2,6 +2,7 @@
 //! (Pueue's `wait.rs`): a passing wait is as fast as the condition, a
 //! failing one says what it waited for.
 
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// How long any wait may take before it fails. Generous: CI machines are
@@ -23,6 +24,11 @@ impl Deadline {
     /// Fails `patience` from now.
     pub fn after(patience: Duration, what: impl Into<String>) -> Deadline {
         Deadline { at: Instant::now() + patience, patience, what: what.into() }
+    }
+
+    /// The time left, zero once the deadline has passed.
+    pub fn left(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
     }
 
     /// Whether the deadline has passed.
@@ -57,6 +63,16 @@ pub fn wait_for<T>(
         deadline.check()?;
         std::thread::sleep(POLL);
     }
+}
+
+/// Waits up to `patience` for `child` to exit by itself, and reaps it.
+///
+/// # Errors
+/// When waiting fails, or the child still runs at the deadline (it is then
+/// left running: the caller decides whether to kill it).
+pub fn exit(child: &mut Child, patience: Duration, what: &str) -> anyhow::Result<ExitStatus> {
+    let status = wait_for(&format!("{what} to exit"), patience, || child.try_wait().transpose())?;
+    Ok(status?)
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub struct Cli {
     #[arg(long, env = "BATON_WEBHOOK", value_name = "ADDR")]
     pub webhook: Option<String>,
 
-    /// File holding the secret webhooks are signed with (required unless --webhook is loopback).
+    /// File holding the secret webhooks are signed with (required with --webhook).
     #[arg(long, env = "BATON_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
 

@@ -46,37 +46,54 @@ pub use crate::config::Config;
 /// grace for answers in flight, plus time for a scan thread to notice.
 const STOP_TIMEOUT: Duration = link::SHUTDOWN_GRACE.saturating_add(Duration::from_secs(2));
 
-/// Binds the webhook receiver's address, when `--webhook` is given, so
-/// `main` can print the bound address before [`run`] serves it.
+/// The webhook receiver, bound and with its secret read, before [`run`]
+/// serves it.
+#[derive(Debug)]
+pub struct Webhook {
+    listener: TcpListener,
+    secret: webhook::Secret,
+}
+
+impl Webhook {
+    /// The bound address (the port, when `--webhook` asked for port 0).
+    ///
+    /// # Errors
+    /// As `TcpListener::local_addr`.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Reads the webhook secret and binds the receiver's address, when
+/// `--webhook` is given, so `main` can refuse to start (and print the bound
+/// address) before [`run`] serves it.
 ///
 /// # Errors
-/// The address cannot be bound (taken, or not this host's).
-pub async fn bind_webhook(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+/// An unreadable, empty or oversized secret file; an address that cannot be
+/// bound (taken, or not this host's).
+pub async fn bind_webhook(config: &Config) -> anyhow::Result<Option<Webhook>> {
     let Some(webhook) = &config.webhook else { return Ok(None) };
+    let secret = webhook::Secret::load(&webhook.secret_file)?;
     let listener = TcpListener::bind(webhook.addr)
         .await
         .with_context(|| format!("binding the webhook address {}", webhook.addr))?;
-    Ok(Some(listener))
+    Ok(Some(Webhook { listener, secret }))
 }
 
 /// Observes the configured repositories until `shutdown` is cancelled, then
-/// saves the cursors and returns. `webhook` is the listener of
-/// [`bind_webhook`], served when given.
+/// saves the cursors and returns. `webhook` is what [`bind_webhook`]
+/// returned, served when given.
 ///
 /// # Errors
-/// Only at start-up: an unreadable token, CA or webhook secret file, a state
+/// Only at start-up: an unreadable token or CA file, a state
 /// file that cannot be read (corrupt) or whose folder cannot be created.
 /// Afterwards, failing repositories and an unreachable dispatcher are logged
 /// and retried; a final save that fails is returned.
 pub async fn run(
     config: Config,
-    webhook: Option<TcpListener>,
+    webhook: Option<Webhook>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let secret = match config.webhook.as_ref().and_then(|webhook| webhook.secret_file.as_deref()) {
-        Some(path) => Some(webhook::Secret::load(path)?),
-        None => None,
-    };
     let credentials = Credentials::load(
         config.token_file.as_deref(),
         config.tls_ca.as_deref(),
@@ -122,9 +139,9 @@ pub async fn run(
         targets.push(target);
         tracker.spawn(scan::observe(repo, settings, Arc::clone(&ledger), wake, shutdown.child_token()));
     }
-    if let Some(listener) = webhook {
+    if let Some(Webhook { listener, secret }) = webhook {
         let addr = listener.local_addr().context("reading the webhook address")?;
-        tracing::info!(%addr, signed = secret.is_some(), "receiving webhooks");
+        tracing::info!(%addr, "receiving webhooks");
         tracker.spawn(webhook::serve(listener, secret, targets, shutdown.child_token()));
     }
     tracker.close();

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use harness::procs;
 use protocol::message::{DispatcherToObserver, ObserverToDispatcher, Submit};
 use protocol::{Branch, CommitId, RepoUrl};
 
@@ -78,7 +79,7 @@ fn a_killed_runner_s_task_finishes_on_the_other_runner() {
     assert_eq!(task["attempts"], 2, "{task:#}");
     assert_eq!(task["runner"], "r2", "{task:#}");
     // The runner's death took its test with it (parent-death signal).
-    wait_for("the orphaned test process to die", || (!process_alive(test_pid)).then_some(()));
+    wait_for("the orphaned test process to die", || (!procs::alive(test_pid)).then_some(()));
 }
 
 #[test]
@@ -145,17 +146,6 @@ pub fn observe(addr: &str, submits: &[Submit]) -> Vec<DispatcherToObserver> {
         }
         answers
     })
-}
-
-/// Whether a process exists and is not a zombie.
-pub fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
-            state != Some("Z")
-        }
-        Err(_) => false,
-    }
 }
 
 #[test]

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use harness::procs;
 use serde_json::Value;
 
-use crate::foundation::process_alive;
 use crate::support::{self, baton_json, wait_final, wait_for, Daemon, Dispatcher, Repo};
 
 /// The manager's runners outlive it on purpose (a restart adopts them), so
@@ -41,11 +41,7 @@ impl Drop for Fleet {
         for (_, pid) in self.pids() {
             // Only processes that are ours: a runner whose command line names
             // this test's work root.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&*self.root.to_string_lossy()) {
-                // SAFETY: kill(2) on a pid we just checked is our runner.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            procs::kill_if_cmdline_contains(pid, &self.root.to_string_lossy());
         }
     }
 }
@@ -226,7 +222,7 @@ fn a_killed_manager_adopts_its_runners_after_a_restart() {
     assert_eq!(pool_json["size"], 2, "{pool_json:#}");
     assert_eq!(fleet.pids(), before, "the same runners, no extra ones");
     for (name, pid) in &before {
-        assert!(process_alive(*pid), "{name} ({pid}) died");
+        assert!(procs::alive(*pid), "{name} ({pid}) died");
     }
     assert_eq!(live_runners(&dispatcher.addr).len(), 2);
     let log = second.log();

@@ -125,14 +125,7 @@ fn run_to_end(program: &str, args: &[&str]) -> (Option<i32>, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + support::PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{program} {args:?} did not exit");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_exit(&mut child, &format!("{program} {args:?}"));
     let output = child.wait_with_output().unwrap();
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     (output.status.code(), text(&output.stdout), text(&output.stderr))
@@ -178,6 +171,16 @@ fn r13_daemons_fail_fast_on_what_can_never_work() {
         &["--dispatcher", "127.0.0.1:9", "--state-file", &state, &not_a_repo],
         "not a git repository",
     );
+    // A webhook receiver refuses unsigned requests, so it needs its secret,
+    // on loopback too (SPEC §13), and a secret it can read.
+    let webhook = ["--dispatcher", "127.0.0.1:9", "--state-file", &state, "--webhook", "127.0.0.1:0"];
+    assert_fails_fast("baton-observer", &[&webhook[..], &[&repo]].concat(), "needs --webhook-secret-file");
+    let missing_secret = format!("{dir}/no-such-secret");
+    assert_fails_fast(
+        "baton-observer",
+        &[&webhook[..], &["--webhook-secret-file", &missing_secret, &repo]].concat(),
+        &missing_secret,
+    );
     assert_fails_fast("baton-dispatcher", &["--listen", "nonsense", "--data-dir", &dir], "host:port");
     assert_fails_fast("baton-dispatcher", &["--listen", "127.0.0.1:0", "--data-dir", &data_in_file], &file);
     // A port already taken: the address is usable in form but not now; the
@@ -211,17 +214,7 @@ fn start_then_close_stderr(program: &str, args: &[&str], n_lines: usize) -> std:
 fn terminate(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
     // SAFETY: kill(2) on a child we started; no memory is involved.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + support::PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} ignored SIGTERM after losing its stderr");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_exit(child, &format!("{what}, its stderr lost, after SIGTERM,"))
 }
 
 /// Issue 13, item 6: each daemon whose stderr is closed mid-run keeps

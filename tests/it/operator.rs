@@ -8,8 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
+use harness::procs;
 use serde_json::Value;
 
 use crate::support::{self, baton, baton_json, show, wait_final, wait_for, Dispatcher, Repo, PATIENCE};
@@ -45,18 +46,6 @@ fn wait_runner(addr: &str, name: &str, state: &str) -> Value {
         let runners = baton_json(addr, &["runners"]);
         runners.as_array()?.iter().find(|r| r["name"] == name && r["state"] == state).cloned()
     })
-}
-
-/// Waits for a child to exit, failing the test after [`PATIENCE`].
-fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what} to exit");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 /// `baton log ID --follow` in the background. A thread reads its stdout line
@@ -95,10 +84,9 @@ impl Follower {
 
     /// Reads lines until one is exactly `wanted` (without its newline).
     fn wait_line(&mut self, wanted: &str) {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = harness::Deadline::after(PATIENCE, format!("line {wanted:?}"));
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|err| {
+            let line = self.lines.recv_timeout(deadline.left()).unwrap_or_else(|err| {
                 panic!(
                     "no line {wanted:?} from the follower ({err}); it printed:\n{}",
                     String::from_utf8_lossy(&self.output)
@@ -114,7 +102,7 @@ impl Follower {
     /// Waits for the follower to exit; returns its status, all of its
     /// stdout and its stderr.
     fn finish(mut self) -> (ExitStatus, Vec<u8>, String) {
-        let status = wait_exit(&mut self.child, "baton log --follow");
+        let status = support::wait_exit(&mut self.child, "baton log --follow");
         // The reader thread ends at end of file, which has come: the child exited.
         while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
             self.output.extend_from_slice(&line);
@@ -186,28 +174,6 @@ fn log_follow_of_a_pending_task_waits_for_its_output() {
     assert_eq!(String::from_utf8_lossy(&output), "hello from the test\n");
 }
 
-/// Live (not zombie) processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let entries = std::fs::read_dir("/proc").expect("reading /proc");
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-            // After the command name (in parentheses, may hold anything):
-            // state, ppid, pgrp.
-            let fields: Vec<&str> =
-                stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-            fields.first() != Some(&"Z") && fields.get(2).and_then(|pgrp| pgrp.parse().ok()) == Some(pgid)
-        })
-        .collect()
-}
-
-/// The process group of a live process.
-fn pgid_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
-}
-
 #[test]
 fn abort_of_a_running_test_kills_its_whole_process_group() {
     let tmp = tempfile::tempdir().unwrap();
@@ -224,10 +190,10 @@ fn abort_of_a_running_test_kills_its_whole_process_group() {
     });
     // The test's supervisor leads its own group; the shell and the sleep
     // are in it.
-    let group = pgid_of(shell_pid).expect("the shell's process group");
+    let group = procs::pgid(shell_pid).expect("the shell's process group");
     assert_ne!(group, shell_pid, "the supervisor, not the shell, leads the group");
     let members = wait_for("the sleep to join the test's group", || {
-        let members = group_members(group);
+        let members = procs::group_members(group);
         (members.len() >= 3).then_some(members)
     });
     assert!(members.contains(&shell_pid) && members.contains(&group), "{members:?}");
@@ -237,7 +203,9 @@ fn abort_of_a_running_test_kills_its_whole_process_group() {
     let task = wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "aborted", "{task:#}");
     assert_eq!(task["exit_code"], Value::Null, "{task:#}");
-    wait_for("every process of the test's group to die", || group_members(group).is_empty().then_some(()));
+    wait_for("every process of the test's group to die", || {
+        procs::group_members(group).is_empty().then_some(())
+    });
     wait_runner(&dispatcher.addr, "r1", "idle");
 }
 
@@ -729,13 +697,15 @@ fn past_its_drain_timeout_a_stopping_runner_kills_its_test() {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     });
 
-    let group = pgid_of(shell_pid).expect("the shell's process group");
-    wait_for("the sleep to join the test's group", || (group_members(group).len() >= 3).then_some(()));
+    let group = procs::pgid(shell_pid).expect("the shell's process group");
+    wait_for("the sleep to join the test's group", || (procs::group_members(group).len() >= 3).then_some(()));
 
     runner.signal(libc::SIGTERM);
     let status = runner.wait();
     assert!(status.success(), "the runner exited {status}");
-    wait_for("every process of the test's group to die", || group_members(group).is_empty().then_some(()));
+    wait_for("every process of the test's group to die", || {
+        procs::group_members(group).is_empty().then_some(())
+    });
     // The abandoned attempt has no result: the task waits for another runner.
     let task = wait_for("the task to be requeued", || {
         show(&dispatcher.addr, &id).filter(|task| task["state"] == "pending")
@@ -755,20 +725,16 @@ fn a_runner_killed_outright_takes_its_test_s_whole_group_with_it() {
     let shell_pid: i32 = wait_for("the test to record its pid", || {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     });
-    let group = pgid_of(shell_pid).expect("the shell's process group");
-    wait_for("the sleep to join the test's group", || (group_members(group).len() >= 3).then_some(()));
+    let group = procs::pgid(shell_pid).expect("the shell's process group");
+    wait_for("the sleep to join the test's group", || (procs::group_members(group).len() >= 3).then_some(()));
 
     // The parent-death signal reaches the supervisor, which kills the whole
     // group (and any descendant that left it) before it exits: no restarted
     // runner is needed for that any more (issue 12, item 5).
     runner.kill9();
-    wait_for("every process of the test's group to die", || group_members(group).is_empty().then_some(()));
-}
-
-/// Whether the process is stopped (SIGSTOP).
-fn stopped(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+    wait_for("every process of the test's group to die", || {
+        procs::group_members(group).is_empty().then_some(())
+    });
 }
 
 #[test]
@@ -783,7 +749,7 @@ fn an_abort_the_runner_never_saw_still_ends_the_task_when_the_runner_dies() {
     wait_for("the test to start", || pid_file.exists().then_some(()));
 
     runner.signal(libc::SIGSTOP);
-    wait_for("the runner to stop", || stopped(runner.pid()).then_some(()));
+    wait_for("the runner to stop", || (procs::state(runner.pid()) == Some('T')).then_some(()));
     // `abort` waits briefly for the end: the frozen runner never acts, but
     // its loss may be noticed within that wait.
     let answer = baton_json(&dispatcher.addr, &["abort", &id]);

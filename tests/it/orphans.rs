@@ -6,7 +6,8 @@
 //! environment.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+
+use harness::procs::{self, marked};
 
 use crate::support::{self, baton_json, wait_final, wait_for, Dispatcher, Repo, PATIENCE};
 
@@ -19,8 +20,9 @@ fn escaping_repo(root: &Path, marker: &str, timeout: Option<&str>) -> (Repo, Str
     let gate = root.join("gate");
     std::fs::create_dir_all(&gate).unwrap();
     let gate = gate.display();
+    let mark_var = procs::MARK_VAR;
     let script = format!(
-        "export BATON_ORPHAN_MARK={marker}\n\
+        "export {mark_var}={marker}\n\
          sleep 60 &\n\
          python3 -c 'import os,time\n\
          if os.fork(): os._exit(0)\n\
@@ -40,39 +42,14 @@ fn escaping_repo(root: &Path, marker: &str, timeout: Option<&str>) -> (Repo, Str
     (repo, commit)
 }
 
-/// Pids of living processes whose environment carries `marker`.
-fn marked(marker: &str) -> Vec<i32> {
-    let needle = format!("BATON_ORPHAN_MARK={marker}").into_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            !zombie && environ.split(|byte| *byte == 0).any(|var| var == needle.as_slice())
-        })
-        .collect()
-}
-
 fn assert_none_left(marker: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = marked(marker);
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let commands: Vec<String> = left
-                .iter()
-                .map(|pid| {
-                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    format!("{pid}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " "))
-                })
-                .collect();
-            panic!("processes of the test outlived it:\n{}", commands.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(25));
+    let gone = harness::wait_for("the test's processes to end", PATIENCE, || {
+        marked(marker).is_empty().then_some(())
+    });
+    if let Err(err) = gone {
+        let commands: Vec<String> =
+            marked(marker).iter().map(|pid| format!("{pid}: {}", procs::cmdline(*pid))).collect();
+        panic!("{err:#}: processes of the test outlived it:\n{}", commands.join("\n"));
     }
 }
 

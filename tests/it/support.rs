@@ -9,7 +9,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 pub use harness::system::{unless_opted_out, Netns, Tmpfs};
 pub use harness::PATIENCE;
@@ -130,13 +130,24 @@ impl Dispatcher {
     }
 
     /// Starts `baton-dispatcher` with exactly `args` and `env`, which must
-    /// make it keep its data in `data_dir` and listen where it prints.
+    /// make it keep its data in `data_dir` and listen where it prints. The
+    /// web service's address is read when `args` name one (`--http ADDR`):
+    /// on its default address it may not run (the port may be taken).
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Dispatcher {
-        let mut daemon = start("dispatcher", "baton-dispatcher", strings(args), env, log, true);
-        let (addr, rest) = ok(daemon.first_lines(PATIENCE));
-        // The web service's address comes in the same write, when it runs.
-        let http = rest.iter().find_map(|line| line.strip_prefix("http: ")).map(str::to_string);
-        Dispatcher { daemon, addr, http, data_dir: data_dir.to_path_buf() }
+        let daemon = start("dispatcher", "baton-dispatcher", strings(args), env, log, true);
+        Dispatcher::read_addresses(daemon, data_dir, args)
+    }
+
+    /// Reads the address the dispatcher prints, then its `http: ADDR` line
+    /// when `args` ask for the web service on an address of their own.
+    fn read_addresses(mut daemon: Daemon, data_dir: &Path, args: &[&str]) -> Dispatcher {
+        let web = args.windows(2).any(|pair| pair[0] == "--http" && pair[1] != "off");
+        let web_line = |line: &String| line.strip_prefix("http: ").map(str::to_string);
+        let lines = ok(daemon.stdout_lines(PATIENCE, |lines| {
+            !lines.is_empty() && (!web || lines.iter().any(|line| web_line(line).is_some()))
+        }));
+        let http = lines.iter().find_map(web_line);
+        Dispatcher { daemon, addr: lines[0].clone(), http, data_dir: data_dir.to_path_buf() }
     }
 
     /// Starts `baton-dispatcher --listen 0.0.0.0:0 --data-dir DIR ARGS`
@@ -150,10 +161,9 @@ impl Dispatcher {
         launch.name = "dispatcher".into();
         launch.stdout = true;
         launch.netns = Some(netns.path().to_path_buf());
-        let mut daemon = start_launch(launch, &[]);
-        let (addr, rest) = ok(daemon.first_lines(PATIENCE));
-        let http = rest.iter().find_map(|line| line.strip_prefix("http: ")).map(str::to_string);
-        Dispatcher { daemon, addr, http, data_dir: data_dir.to_path_buf() }
+        let daemon = start_launch(launch, &[]);
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        Dispatcher::read_addresses(daemon, data_dir, &args)
     }
 
     /// Restarts on the same address and data dir after the old process is gone.
@@ -245,6 +255,16 @@ pub fn show(addr: &str, task: &str) -> Option<Value> {
 /// `what` after [`PATIENCE`].
 pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     ok(harness::wait_for(what, PATIENCE, check))
+}
+
+/// Waits for a child process to exit and returns its status; after
+/// [`PATIENCE`], kills it and fails the test.
+pub fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
+    harness::wait::exit(child, PATIENCE, what).unwrap_or_else(|err| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{err:#}")
+    })
 }
 
 /// Waits until the task (id or commit) is in a final state and returns it.

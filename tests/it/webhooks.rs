@@ -1,9 +1,15 @@
 //! Forge webhooks (issue 16, SPEC §13): the forges' documented push payloads
 //! (`tests/fixtures/webhooks/`), signed here, make a real observer scan its
 //! repository at once and submit the new commit; unsigned, wrongly signed,
-//! oversized and unknown ones are refused with the right status. The
-//! observer polls only once an hour, so nothing but the webhook can explain
-//! a submission. No runner is started: the tasks stay pending.
+//! oversized and unknown ones are refused with the right status and submit
+//! nothing. The observer polls only once an hour, so nothing but the webhook
+//! can explain a submission. No runner is started: the tasks stay pending.
+//!
+//! Each repository's commits carry its name in their content: two commits
+//! made in the same second with the same tree, parents and message have
+//! the same id in both repositories, and the commits of one would then pass
+//! for the other's (the cause of the flaky "a refused request submitted a
+//! commit" of 2026-12-02).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -31,10 +37,10 @@ struct Hooked {
 impl Hooked {
     fn start() -> Hooked {
         let tmp = tempfile::tempdir().unwrap();
-        let app = Repo::init(&tmp.path().join("baton-test").join("webhook-app"));
-        app.commit(&[("file.txt", "first")], "first");
-        let second = Repo::init(&tmp.path().join("baton-test").join("second"));
-        second.commit(&[("file.txt", "first")], "first");
+        let app = Repo::init(&tmp.path().join("baton-test").join(APP));
+        app.commit(&[("file.txt", "webhook-app: first")], "first");
+        let second = Repo::init(&tmp.path().join("baton-test").join(SECOND));
+        second.commit(&[("file.txt", "second: first")], "first");
         let dispatcher = Dispatcher::start(&tmp.path().join("data"), &[]);
         let secret_file = tmp.path().join("webhook.secret");
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
@@ -66,12 +72,34 @@ impl Hooked {
         commits(&self.dispatcher.addr)
     }
 
-    fn wait_submitted(&self, commit: &str) {
-        wait_for(&format!("commit {commit} submitted"), || {
-            self.commits().iter().any(|c| c == commit).then_some(())
+    /// The submitted commits of the repository whose folder is `name`, in task order.
+    fn commits_of(&self, name: &str) -> Vec<String> {
+        let suffix = format!("/{name}");
+        tasks(&self.dispatcher.addr)
+            .into_iter()
+            .filter(|(repo, _)| repo.ends_with(&suffix))
+            .map(|(_, commit)| commit)
+            .collect()
+    }
+
+    /// Waits until `commit` of the repository `name` is submitted.
+    fn wait_submitted(&self, name: &str, commit: &str) {
+        wait_for(&format!("commit {commit} of {name} submitted"), || {
+            self.commits_of(name).iter().any(|c| c == commit).then_some(())
         });
     }
+
+    /// Commits `content` to the repository `name`, its name in the file so
+    /// that no commit of the other repository can have the same id.
+    fn push(&self, name: &str, content: &str) -> String {
+        let repo = if name == APP { &self.app } else { &self.second };
+        repo.commit(&[("file.txt", &format!("{name}: {content}"))], content)
+    }
 }
+
+/// The folders of the two observed repositories, under `baton-test/`.
+const APP: &str = "webhook-app";
+const SECOND: &str = "second";
 
 /// Starts `baton-observer ARGS` and reads the `webhook: ADDR` line it prints.
 pub fn observer_with_webhook(args: &[&str], log: &Path) -> (Daemon, String) {
@@ -90,15 +118,23 @@ pub fn observer_with_webhook(args: &[&str], log: &Path) -> (Daemon, String) {
 
 /// Every submitted commit, in task order.
 fn commits(addr: &str) -> Vec<String> {
+    tasks(addr).into_iter().map(|(_, commit)| commit).collect()
+}
+
+/// Every task's repository and commit, in task order.
+fn tasks(addr: &str) -> Vec<(String, String)> {
     let tasks = baton_json(addr, &["tasks", "--limit", "1000"]);
-    let mut tasks: Vec<(i64, String)> = tasks
+    let mut tasks: Vec<(i64, String, String)> = tasks
         .as_array()
         .unwrap()
         .iter()
-        .map(|task| (task["id"].as_i64().unwrap(), task["commit"].as_str().unwrap().to_string()))
+        .map(|task| {
+            let text = |key: &str| task[key].as_str().unwrap().to_string();
+            (task["id"].as_i64().unwrap(), text("repo"), text("commit"))
+        })
         .collect();
     tasks.sort();
-    tasks.into_iter().map(|(_, commit)| commit).collect()
+    tasks.into_iter().map(|(_, repo, commit)| (repo, commit)).collect()
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -157,14 +193,14 @@ fn github(event: &str, signature: String) -> Headers {
 #[test]
 fn each_forge_s_signed_example_push_makes_the_observer_submit_the_new_commit() {
     let hooked = Hooked::start();
-    let push = |label: &str| hooked.app.commit(&[("file.txt", label)], label);
+    let push = |label: &str| hooked.push(APP, label);
 
     let commit = push("github");
     let body = fixture("github-push.json");
     let (status, text) =
         post(&hooked.webhook, "/", &github("push", format!("sha256={}", sign(&body))), &body);
     assert_eq!(status, 202, "{text}");
-    hooked.wait_submitted(&commit);
+    hooked.wait_submitted(APP, &commit);
 
     // Gitea sends GitHub's event header too; its own headers decide.
     let commit = push("gitea");
@@ -175,32 +211,37 @@ fn each_forge_s_signed_example_push_makes_the_observer_submit_the_new_commit() {
         ("X-Gitea-Signature", sign(&body)),
     ];
     assert_eq!(post(&hooked.webhook, "/", &headers, &body).0, 202);
-    hooked.wait_submitted(&commit);
+    hooked.wait_submitted(APP, &commit);
 
     let commit = push("forgejo");
     let headers = vec![("X-Forgejo-Event", "push".to_string()), ("X-Forgejo-Signature", sign(&body))];
     assert_eq!(post(&hooked.webhook, "/hooks/forgejo", &headers, &body).0, 202);
-    hooked.wait_submitted(&commit);
+    hooked.wait_submitted(APP, &commit);
 
     let commit = push("gitlab");
     let body = fixture("gitlab-push.json");
     let headers = vec![("X-Gitlab-Event", "Push Hook".to_string()), ("X-Gitlab-Token", SECRET.to_string())];
     assert_eq!(post(&hooked.webhook, "/", &headers, &body).0, 202);
-    hooked.wait_submitted(&commit);
+    hooked.wait_submitted(APP, &commit);
 
     let commit = push("generic");
     let headers = vec![("X-Baton-Signature-256", format!("sha256={}", sign(b"")))];
     let (status, text) = post(&hooked.webhook, "/hook/baton-test/webhook-app", &headers, b"");
     assert_eq!(status, 202, "{text}");
-    hooked.wait_submitted(&commit);
+    hooked.wait_submitted(APP, &commit);
 
     // Each push was submitted once, in order, and the other repository was left alone.
-    assert_eq!(hooked.commits().len(), 2 + 5);
+    assert_eq!(hooked.commits_of(APP).len(), 1 + 5);
+    assert_eq!(hooked.commits_of(SECOND).len(), 1);
 }
 
 #[test]
 fn bad_requests_are_refused_with_their_status_and_submit_nothing() {
     let hooked = Hooked::start();
+    // A commit that only a scan of webhook-app can find, made before every
+    // refused request: the observer polls once an hour, has no schedule, and
+    // its start-up scan of webhook-app is over (its first commit was submitted).
+    let unpushed = hooked.push(APP, "never pushed");
     let body = fixture("github-push.json");
     let good = format!("sha256={}", sign(&body));
     let wrong = format!("sha256={}", sign(b"another body"));
@@ -252,20 +293,27 @@ fn bad_requests_are_refused_with_their_status_and_submit_nothing() {
     assert_eq!((status, text.trim()), (200, "pong"));
 
     // A valid push for the other repository, made after every refused
-    // request, is still served. That a refused request wakes no scan is
-    // checked where it is decided (`webhook::tests::refused_requests_wake_no_scan`):
-    // here, under a loaded machine, the observer was once seen to scan the
-    // first repository again without a webhook (not yet explained; see the
-    // closing note), so a new commit there proves nothing either way.
-    let second = hooked.second.commit(&[("file.txt", "pushed")], "pushed");
+    // request, is still served.
+    let second = hooked.push(SECOND, "pushed");
     let headers = vec![("X-Baton-Signature-256", format!("sha256={}", sign(b"")))];
     assert_eq!(post(&hooked.webhook, "/hook/baton-test/second", &headers, b"").0, 202);
-    hooked.wait_submitted(&second);
-    assert_eq!(hooked.commits().len(), 3);
+    hooked.wait_submitted(SECOND, &second);
 
-    // The same push, signed, is what it takes.
-    let commit = hooked.app.commit(&[("file.txt", "pushed")], "pushed");
+    // Nothing scanned webhook-app since `unpushed`, by this ordering (no sleep):
+    // `unpushed` leaves the branch (as a force-push drops a commit), then a
+    // new commit comes with a valid push. Had a refused request woken
+    // webhook-app's scan loop, that scan would have queued `unpushed` before
+    // the valid push's scan queued `pushed`: one loop per repository scans
+    // in order, the observer's one queue submits in order and the dispatcher
+    // answers in order, so `pushed` submitted means `unpushed` was too. (A
+    // wrongful scan that began only after the reset would go unseen here;
+    // `webhook::tests::refused_requests_wake_no_scan` checks the handler.)
+    hooked.app.run(&["reset", "-q", "--hard", "HEAD~1"]).unwrap();
+    let pushed = hooked.push(APP, "pushed");
     assert_eq!(post(&hooked.webhook, "/", &github("push", good), &body).0, 202);
-    hooked.wait_submitted(&commit);
+    hooked.wait_submitted(APP, &pushed);
+    let app = hooked.commits_of(APP);
+    assert!(!app.contains(&unpushed), "a refused request made the observer submit {unpushed}: {app:?}");
+    assert_eq!((app.len(), hooked.commits_of(SECOND).len()), (2, 2), "{:?}", hooked.commits());
     assert!(hooked.observer.log().contains("webhook refused"));
 }

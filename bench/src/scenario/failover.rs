@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use harness::procs;
 use protocol::{RepoUrl, TaskId, TaskState};
 
 use super::pipeline::plain_path;
@@ -155,7 +156,7 @@ fn reap_left_behind(pid_file: &Path) -> anyhow::Result<()> {
         std::fs::read_to_string(pid_file).with_context(|| format!("reading {}", pid_file.display()))?;
     let pid: i32 = text.trim().parse().with_context(|| format!("{} holds {text:?}", pid_file.display()))?;
     let deadline = std::time::Instant::now() + ORPHAN_GRACE;
-    while alive(pid) {
+    while procs::alive(pid) {
         if std::time::Instant::now() >= deadline {
             eprintln!("#   warning: the test (pid {pid}) outlived its killed runner; killing it");
             // SAFETY: kill(2) on the test the bench caused; no memory involved.
@@ -165,12 +166,4 @@ fn reap_left_behind(pid_file: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
-}
-
-/// Whether `pid` is a live process (a zombie waiting to be reaped is not).
-fn alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // The state follows the command name, which is in parentheses.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, None | Some('Z' | 'X'))
 }

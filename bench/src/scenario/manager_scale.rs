@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use harness::procs;
 use protocol::message::RunnerState;
 use protocol::{RepoUrl, TaskState};
 
@@ -175,11 +176,9 @@ impl Drop for Fleet {
             let Some(pid) = text.split_whitespace().next().and_then(|pid| pid.parse::<i32>().ok()) else {
                 continue;
             };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&*self.root.to_string_lossy()) {
-                // SAFETY: kill(2) on a pid whose command line names our work root.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            // Only processes that are ours: a runner whose command line
+            // names this run's work root.
+            procs::kill_if_cmdline_contains(pid, &self.root.to_string_lossy());
         }
     }
 }

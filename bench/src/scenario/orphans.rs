@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use harness::procs::{self, marked};
 use protocol::{RepoUrl, TaskId};
 
 use super::Ctx;
@@ -80,23 +81,9 @@ fn marker(task_id: TaskId) -> String {
 /// The repository's `.baton.toml`: the marker exported, then the forking test.
 fn config() -> String {
     format!(
-        "[test]\ncommand = '''\nexport BATON_ORPHAN_MARK={}-$BATON_TASK_ID-$BATON_ATTEMPT\n\
+        "[test]\ncommand = '''\nexport {}={}-$BATON_TASK_ID-$BATON_ATTEMPT\n\
          sh -c 'sleep 60 & sleep 60 & python3 -c \"import time; time.sleep(60)\"'\n'''\n",
+        procs::MARK_VAR,
         std::process::id()
     )
-}
-
-/// Pids of living, non-zombie processes whose environment carries `marker`.
-fn marked(marker: &str) -> Vec<i32> {
-    let needle = format!("BATON_ORPHAN_MARK={marker}").into_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            !zombie && environ.split(|byte| *byte == 0).any(|var| var == needle.as_slice())
-        })
-        .collect()
 }

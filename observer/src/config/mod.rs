@@ -61,9 +61,9 @@ pub struct Config {
 pub struct WebhookConfig {
     /// The address to listen on.
     pub addr: SocketAddr,
-    /// The file holding the secret that forges sign with; `None` only on a
-    /// loopback address (requests are then not checked).
-    pub secret_file: Option<PathBuf>,
+    /// The file holding the secret that forges sign with (required: an
+    /// unsigned request is refused, on loopback too).
+    pub secret_file: PathBuf,
 }
 
 /// What makes the observer scan its repositories.
@@ -277,15 +277,15 @@ fn webhook_config(text: &str, secret_file: Option<PathBuf>) -> anyhow::Result<We
     let addr: SocketAddr = text.parse().with_context(|| {
         format!("--webhook {text:?}: an IP address and port is needed, e.g. 127.0.0.1:8090")
     })?;
-    if secret_file.is_none() && !addr.ip().is_loopback() {
+    // Loopback is no exception: any local process, or a browser page
+    // posting to localhost, could otherwise make the observer fetch at will.
+    let Some(secret_file) = secret_file else {
         bail!(
-            "--webhook {addr} is not a loopback address and no --webhook-secret-file is given: \
-             anyone who can reach it could make the observer fetch at will; give the secret \
-             your forge signs with, or listen on 127.0.0.1"
+            "--webhook {addr} needs --webhook-secret-file F: every webhook is checked against the \
+             secret your forge signs with (unsigned requests get 401)"
         );
-    }
-    let secret_file =
-        secret_file.map(std::path::absolute).transpose().context("resolving --webhook-secret-file")?;
+    };
+    let secret_file = std::path::absolute(secret_file).context("resolving --webhook-secret-file")?;
     Ok(WebhookConfig { addr, secret_file })
 }
 
@@ -433,17 +433,17 @@ mod tests {
     }
 
     #[test]
-    fn webhook_without_a_secret_only_on_loopback() {
+    fn a_webhook_needs_a_secret_file_even_on_loopback() {
         let dir = tempfile::tempdir().unwrap();
         gix::init(dir.path()).unwrap();
         let path = dir.path().to_str().unwrap();
-        let config = parse(&["--webhook", "127.0.0.1:0", path]).unwrap();
-        assert_eq!(config.webhook.unwrap().secret_file, None);
-        let err = parse(&["--webhook", "0.0.0.0:8090", path]).unwrap_err();
-        assert!(format!("{err:#}").contains("not a loopback address"), "{err:#}");
+        for addr in ["127.0.0.1:0", "[::1]:8090", "0.0.0.0:8090"] {
+            let err = parse(&["--webhook", addr, path]).unwrap_err();
+            assert!(format!("{err:#}").contains("needs --webhook-secret-file"), "{addr}: {err:#}");
+        }
         let config = parse(&["--webhook", "0.0.0.0:8090", "--webhook-secret-file", "s", path]).unwrap();
-        assert!(config.webhook.unwrap().secret_file.unwrap().is_absolute());
-        assert!(parse(&["--webhook", "localhost", path]).is_err());
+        assert!(config.webhook.unwrap().secret_file.is_absolute());
+        assert!(parse(&["--webhook", "localhost", "--webhook-secret-file", "s", path]).is_err());
         assert!(parse(&["--webhook-secret-file", "s", path]).is_err());
         assert!(parse(&[path]).unwrap().webhook.is_none(), "off by default");
     }

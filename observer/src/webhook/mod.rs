@@ -59,18 +59,13 @@ pub struct Target {
 
 /// What every request needs.
 struct Receiver {
-    /// `None` only on a loopback address without a secret file.
-    secret: Option<Secret>,
+    /// What every request is checked against.
+    secret: Secret,
     targets: Vec<Target>,
 }
 
 /// Serves webhooks on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    secret: Option<Secret>,
-    targets: Vec<Target>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, secret: Secret, targets: Vec<Target>, shutdown: CancellationToken) {
     let receiver = Arc::new(Receiver { secret, targets });
     // Outermost first: an oversized body is refused (413) before anything else.
     let layers = ServiceBuilder::new()
@@ -119,10 +114,8 @@ fn answer(
         Ok(sender) => sender,
         Err(reason) => return (StatusCode::BAD_REQUEST, reason.into()),
     };
-    if let Some(secret) = &receiver.secret {
-        if let Err(reason) = authenticate(secret, &sender, headers, body) {
-            return (StatusCode::UNAUTHORIZED, reason.into());
-        }
+    if let Err(reason) = authenticate(&receiver.secret, &sender, headers, body) {
+        return (StatusCode::UNAUTHORIZED, reason.into());
     }
     let names = match (&sender, sender.kind()) {
         (_, Kind::Ping) => return (StatusCode::OK, "pong".into()),
@@ -192,11 +185,11 @@ mod tests {
 
     use super::*;
 
-    fn receiver(secret: Option<&[u8]>) -> (Receiver, Arc<Wake>) {
+    fn receiver(secret: &[u8]) -> (Receiver, Arc<Wake>) {
         let wake = Arc::new(Wake::default());
         let target =
             Target { id: "/srv/git/acme/app.git".into(), webhook_name: None, wake: Arc::clone(&wake) };
-        (Receiver { secret: secret.map(|bytes| Secret::new(bytes).unwrap()), targets: vec![target] }, wake)
+        (Receiver { secret: Secret::new(secret).unwrap(), targets: vec![target] }, wake)
     }
 
     fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
@@ -211,7 +204,7 @@ mod tests {
 
     #[test]
     fn statuses() {
-        let (receiver, _wake) = receiver(Some(b"s3cret"));
+        let (receiver, _wake) = receiver(b"s3cret");
         let secret = Secret::new(b"s3cret").unwrap();
         let signed = |body: &[u8]| format!("sha256={}", secret.sign(body));
         let github = |event: &str, signature: String| {
@@ -247,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_requests_wake_no_scan() {
-        let (receiver, wake) = receiver(Some(b"s3cret"));
+        let (receiver, wake) = receiver(b"s3cret");
         let wrong =
             headers(&[("x-github-event", "push".into()), ("x-hub-signature-256", "sha256=00".into())]);
         let unsigned = headers(&[("x-gitlab-event", "Push Hook".into())]);
@@ -262,9 +255,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_secret_nothing_is_checked_and_a_push_wakes_the_scan() {
-        let (receiver, wake) = receiver(None);
-        let github = headers(&[("x-github-event", "push".into())]);
+    async fn a_signed_push_wakes_the_scan() {
+        let (receiver, wake) = receiver(b"s3cret");
+        let signature = format!("sha256={}", Secret::new(b"s3cret").unwrap().sign(PUSH));
+        let github = headers(&[("x-github-event", "push".into()), ("x-hub-signature-256", signature)]);
         assert_eq!(answer(&receiver, &Method::POST, "/", &github, PUSH).0, StatusCode::ACCEPTED);
         // The permit left by the push: the scan loop would wake at once.
         tokio::time::timeout(Duration::from_secs(5), wake.notified()).await.expect("woken");

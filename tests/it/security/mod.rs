@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use harness::peer::FakeRunner;
+use harness::procs;
 use protocol::codec::encode;
 use protocol::handshake::{DispatcherHandshake, Hello, Role};
 use protocol::message::{DispatcherToRunner, Held, Outcome, Pong, ResultAck, RunnerToDispatcher, TaskResult};
@@ -22,7 +23,6 @@ use protocol::{Name, TaskId, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
 use serde_json::Value;
 
 use self::raw::{bincode_str, flood, frame, random_bytes, Raw};
-use crate::foundation::process_alive;
 use crate::support::{self, baton, baton_with_env, show, wait_final, wait_for, Dispatcher, Repo, PATIENCE};
 
 /// The commit of the task every test submits before its attack.

@@ -91,7 +91,7 @@ fn a_test_that_never_ends_times_out_and_the_runner_takes_the_next_task() {
     assert_eq!(task["state"], "failed", "{task:#}");
     assert_eq!(task["reason"], "timeout", "{task:#}");
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    wait_for("the timed-out test process to be killed", || (!process_alive(pid)).then_some(()));
+    wait_for("the timed-out test process to be killed", || (!procs::alive(pid)).then_some(()));
 
     let task = wait_final(&dispatcher.addr, &next_id);
     assert_eq!((task["state"].as_str(), task["runner"].as_str()), (Some("passed"), Some("only")), "{task:#}");
