@@ -79,7 +79,9 @@ impl Lists {
         let asked = query.clone();
         let tasks = self
             .readers
-            .query(move |reader| reader.tasks_page(asked.repo.as_ref(), asked.state, asked.before, asked.limit))
+            .query(move |reader| {
+                reader.tasks_page(asked.repo.as_ref(), asked.state, asked.before, asked.limit)
+            })
             .await?;
         let list = Arc::new(List { tasks, json: OnceLock::new() });
         let mut kept = self.kept.lock().unwrap_or_else(|err| err.into_inner());
