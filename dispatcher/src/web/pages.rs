@@ -251,7 +251,7 @@ pub async fn overview(
                 }
                 button type="submit" { "Filter" }
             }
-            (task_rows(&tasks))
+            (task_rows(tasks))
             nav.pages {
                 @if paged { a href=(link(None)) { "← Newest" } }
                 @if let Some(before) = older { a href=(link(Some(before))) { "Older →" } }
