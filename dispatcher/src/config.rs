@@ -13,6 +13,7 @@ use protocol::{Branch, Label, Name, NotificationEvent, RepoUrl};
 use crate::cli::Cli;
 use crate::scheduler::Settings;
 use crate::store::Sync;
+use crate::users::{UserFile, Users};
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct Config {
     pub log_json: bool,
     /// Where the web report service listens; `None` when it is off.
     pub http: Option<Http>,
+    /// The `[[user]]` tables: people and their roles (empty: none).
+    pub users: std::sync::Arc<Users>,
     /// The web report's address as users reach it (links in commit
     /// statuses), without a trailing `/`; `None`: `http://` and the address
     /// `--http` bound.
@@ -76,6 +79,8 @@ struct FileConfig {
     repo: Vec<RepoFile>,
     #[serde(default)]
     notifier: Vec<NotifierFile>,
+    #[serde(default)]
+    user: Vec<UserFile>,
 }
 
 /// A `[[repo]]` table: release and deploy settings of one repository.
@@ -393,6 +398,7 @@ impl Config {
         let releases = releases(file.release_branches, file.repo)?;
         let base = cli.config.as_deref().and_then(Path::parent).unwrap_or(Path::new(".")).to_path_buf();
         let notifiers = notifiers(file.notifier, &base)?;
+        let users = Users::from_files(file.user)?;
         let public_url = match cli.public_url.or(file.public_url) {
             Some(url) => {
                 anyhow::ensure!(
@@ -434,6 +440,7 @@ impl Config {
             None => Some(Http { addr: "127.0.0.1:8080".into(), explicit: false }),
         };
         Ok(Config {
+            users: std::sync::Arc::new(users),
             http,
             public_url,
             retention,

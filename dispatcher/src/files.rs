@@ -217,9 +217,10 @@ pub enum FileJob {
     Result(Box<TaskInfo>),
     /// `releases/<repository>/r<N>.json`.
     Release(Box<ReleaseInfo>),
-    /// `releases/<repository>/deployments/d<N>.json`, stamped with when the
-    /// change was made.
-    Deployment(Box<DeploymentInfo>),
+    /// `releases/<repository>/deployments/d<N>.json`, stamped with the
+    /// `updated_at` its change was committed with (the watermark compares
+    /// the store's clock with the store's clock).
+    Deployment { deployment: Box<DeploymentInfo>, at_ms: i64 },
 }
 
 impl FileJob {
@@ -227,9 +228,7 @@ impl FileJob {
         match self {
             FileJob::Result(task) => task.finished_at_ms.unwrap_or(0),
             FileJob::Release(release) => release.created_at_ms,
-            // Its change was committed just now; the store's `updated_at`
-            // is at most this.
-            FileJob::Deployment(_) => now_ms(),
+            FileJob::Deployment { at_ms, .. } => *at_ms,
         }
     }
 }
@@ -262,7 +261,7 @@ pub fn start_writer(
                 let written = match &job {
                     FileJob::Result(task) => files.write_result(task),
                     FileJob::Release(release) => files.write_release(release),
-                    FileJob::Deployment(deployment) => files.write_deployment(deployment),
+                    FileJob::Deployment { deployment, .. } => files.write_deployment(deployment),
                 };
                 if let Err(err) = written {
                     tracing::error!(error = %format!("{err:#}"), "cannot write a result or release file");

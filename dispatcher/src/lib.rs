@@ -19,6 +19,7 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod users;
 pub mod web;
 
 use std::sync::Arc;
@@ -72,6 +73,12 @@ pub async fn run_with_web(
             None
         }
     };
+    if config.users.enabled() {
+        tracing::info!(
+            n_users = config.users.count(),
+            "users configured: steering needs a proven user with the role; the shared secret alone only reads"
+        );
+    }
     let outbox = Arc::new(tokio::sync::Notify::new());
     let tls = match &config.tls {
         Some((cert, key)) => {
@@ -102,7 +109,8 @@ pub async fn run_with_web(
     )?;
     let shared = Arc::new(
         server::Shared::new(scheduler.clone(), readers, files, secret, tls, shutdown.clone())
-            .with_heartbeat(config.settings.heartbeat_interval, config.settings.heartbeat_misses),
+            .with_heartbeat(config.settings.heartbeat_interval, config.settings.heartbeat_misses)
+            .with_users(Arc::clone(&config.users)),
     );
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "dispatcher started");
 
@@ -161,6 +169,7 @@ pub async fn run_with_web(
             Arc::clone(&shared.readers),
             shared.files.clone(),
             secret,
+            Arc::clone(&config.users),
             shutdown.clone(),
         );
         tracing::info!(http = %web.local_addr()?, "web report service started");

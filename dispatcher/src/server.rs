@@ -32,6 +32,7 @@ use crate::files::DataDir;
 use crate::handler;
 use crate::readers::Readers;
 use crate::scheduler::Handle;
+use crate::users::{Principal, Users, Via};
 
 /// Admitted connections at most: 1,000 runners plus observers and clients,
 /// with room to spare. A peer admitted beyond it is closed.
@@ -69,6 +70,8 @@ pub struct Shared {
     /// The heartbeat observers are kept alive by (runners learn it from
     /// `Registered`).
     pub heartbeat: handler::observer::Heartbeat,
+    /// The `[[user]]` tables (empty: none configured).
+    pub users: Arc<Users>,
     next_conn: AtomicU64,
 }
 
@@ -92,8 +95,15 @@ impl Shared {
             shutdown,
             pools: handler::manager::Pools::default(),
             heartbeat: handler::observer::Heartbeat::default(),
+            users: Arc::new(Users::default()),
             next_conn: AtomicU64::new(1),
         }
+    }
+
+    /// Sets the users whose keys clients may prove.
+    pub fn with_users(mut self, users: Arc<Users>) -> Shared {
+        self.users = users;
+        self
     }
 
     /// Sets the heartbeat observers are pinged with.
@@ -243,9 +253,10 @@ async fn connection(
             Some(tls) => tls.accept(stream).await.map_err(protocol::Error::Io)?,
             None => Transport::plain(stream).map_err(protocol::Error::Io)?,
         };
-        handshake::accept::<ClientToDispatcher, DispatcherToClient>(
+        handshake::accept_users::<ClientToDispatcher, DispatcherToClient>(
             transport,
             shared.secret.as_ref(),
+            &*shared.users,
             refuse,
             shared.max_frame,
         )
@@ -276,8 +287,13 @@ async fn connection(
         tracing::warn!(peer = %peer, "too many connections; closing an admitted one");
         return;
     };
-    let span =
-        tracing::info_span!("conn", peer = %peer, role = admitted.role.as_str(), name = %admitted.name);
+    let span = tracing::info_span!(
+        "conn",
+        peer = %peer,
+        role = admitted.role.as_str(),
+        name = %admitted.name,
+        user = admitted.user.as_ref().map(tracing::field::display),
+    );
     let token = shared.shutdown.child_token();
     let name = admitted.name.clone();
     let work = async move {
@@ -285,7 +301,17 @@ async fn connection(
         match admitted.role {
             Role::Observer => handler::observer::serve(conn.retype(), &shared, token).await,
             Role::Runner => handler::runner::serve(conn.retype(), &shared, name, token).await,
-            Role::Client => handler::client::serve(conn, &shared, admitted.authenticated, name, token).await,
+            Role::Client => {
+                // Without a token file only loopback peers get this far.
+                let via = match (admitted.authenticated, &shared.secret) {
+                    (true, _) => Via::Secret,
+                    (false, None) => Via::Loopback,
+                    (false, Some(_)) => Via::Key,
+                };
+                let principal = Principal { user: admitted.user, via };
+                let client = handler::client::Peer { principal, name };
+                handler::client::serve(conn, &shared, client, token).await
+            }
             Role::Manager => {
                 handler::manager::serve(conn.retype(), &shared, admitted.authenticated, token).await
             }

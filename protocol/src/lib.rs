@@ -34,7 +34,7 @@ pub use types::{
 };
 
 /// Version of the wire format; bump it on any change to a message type.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame either side accepts unless configured lower (8 MiB).
 ///

@@ -10,17 +10,19 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::handshake::{self, Role, Secret, Welcome};
+use crate::handshake::{self, Role, Secret, UserKey, Welcome};
 use crate::tls::ClientTls;
 use crate::types::Name;
 use crate::{Connection, Error, Transport};
 
-/// What a peer presents to the dispatcher: the shared secret and, for TLS,
-/// the CA to check the dispatcher's certificate against.
+/// What a peer presents to the dispatcher: the shared secret, for TLS the
+/// CA to check the dispatcher's certificate against, and for a client the
+/// key of the person using it.
 #[derive(Clone, Default)]
 pub struct Credentials {
     pub secret: Option<Secret>,
     pub tls: Option<ClientTls>,
+    pub user: Option<UserKey>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -28,6 +30,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("secret", &self.secret)
             .field("tls", &self.tls.as_ref().map(|_| "<configured>"))
+            .field("user", &self.user)
             .finish()
     }
 }
@@ -57,7 +60,7 @@ impl Credentials {
             None => None,
         };
         let tls = tls_ca.map(|ca| ClientTls::from_ca_file(ca, tls_server_name)).transpose()?;
-        Ok(Credentials { secret, tls })
+        Ok(Credentials { secret, tls, user: None })
     }
 }
 
@@ -76,7 +79,7 @@ where
     In: serde::de::DeserializeOwned,
     Out: serde::Serialize,
 {
-    let credentials = Credentials { secret: secret.cloned(), tls: None };
+    let credentials = Credentials { secret: secret.cloned(), tls: None, user: None };
     dial_with(address, role, name, &credentials, max_frame).await
 }
 
@@ -105,7 +108,15 @@ where
     };
     let transport =
         tokio::time::timeout(crate::HANDSHAKE_TIMEOUT, connect).await.map_err(|_| Error::Timeout)??;
-    handshake::connect(transport, role, name, credentials.secret.as_ref(), max_frame).await
+    handshake::connect_as(
+        transport,
+        role,
+        name,
+        credentials.secret.as_ref(),
+        credentials.user.as_ref(),
+        max_frame,
+    )
+    .await
 }
 
 /// Splits an address into host and port (`ci.example.com:8888`,

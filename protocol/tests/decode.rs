@@ -11,7 +11,7 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use protocol::codec::{decode, encode, frame_codec};
-use protocol::handshake::{Challenge, DispatcherHandshake, Hello, Proof, Reject, Role, Welcome};
+use protocol::handshake::{Challenge, DispatcherHandshake, Hello, Proof, Reject, Role, UserProof, Welcome};
 use protocol::message::{
     Abort, Accepted, Assign, ClientToDispatcher, Deploy, DeployStep, DispatcherToClient,
     DispatcherToObserver, DispatcherToRunner, Forget, Held, HostFacts, Job, LogRequest, ManualSubmit,
@@ -242,6 +242,8 @@ fn task_info() -> BoxedStrategy<TaskInfo> {
                 flaky: false,
                 flaky_tests: vec![],
                 culprit: None,
+                requested_by: None,
+                aborted_by: None,
             },
         )
         .boxed()
@@ -506,7 +508,11 @@ fn dispatcher_handshake() -> BoxedStrategy<DispatcherHandshake> {
 }
 
 fn proof() -> BoxedStrategy<Proof> {
-    (prop::option::of(bytes()), any::<[u8; 32]>()).prop_map(|(mac, nonce)| Proof { mac, nonce }).boxed()
+    let user = (prop::option::of(name()), bytes(), bytes())
+        .prop_map(|(user, public_key, signature)| UserProof { user, public_key, signature });
+    (prop::option::of(bytes()), any::<[u8; 32]>(), prop::option::of(user))
+        .prop_map(|(mac, nonce, user)| Proof { mac, nonce, user })
+        .boxed()
 }
 
 /// A valid value of any wire type, every variant reachable.

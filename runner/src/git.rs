@@ -6,24 +6,25 @@
 //! Fetches of one mirror are serialised by a per-url async mutex; different
 //! repositories fetch in parallel.
 //!
-//! A task's tree is a fresh `git clone --shared --no-checkout` of the mirror
-//! (the clone borrows the mirror's objects through `objects/info/alternates`,
-//! so it costs the refs and the checked-out files, not a copy of the
-//! history), then a detached checkout of exactly the assigned commit and a
-//! local branch of the task's branch name at that commit. The test therefore
-//! runs in a working tree git recognises: `git rev-parse HEAD`, `git
-//! describe --tags` and tools built on them (setuptools-scm, build scripts)
-//! work, and nothing of an earlier task can leak in because the directory is
-//! made anew. The git CLI is used for the clone because gix 0.90 has no local
-//! `--shared` clone; it is run with argv, never through a shell, and killed
-//! when the attempt stops waiting for it.
+//! A task's tree is written in process: gix writes the files of exactly the
+//! assigned commit into a fresh directory, and the runner writes a `.git`
+//! beside them by hand, as `git clone --shared` of the mirror would leave it
+//! (the objects borrowed through `objects/info/alternates`, so it costs the
+//! refs and the checked-out files, not a copy of the history), with HEAD
+//! detached at the commit, a local branch of the task's branch name at that
+//! commit, the mirror's tags, and an index of the files just written. The
+//! test therefore runs in a working tree git recognises: `git rev-parse
+//! HEAD`, `git describe --tags` and tools built on them (setuptools-scm,
+//! build scripts) work, and nothing of an earlier task can leak in because
+//! the directory is made anew. No git process runs between assignment and
+//! test (issue 11: the three that `git clone --shared`, `git checkout` and
+//! `git update-ref` took cost about 100 ms per attempt).
 //!
 //! gix is blocking, so every call into it runs in `spawn_blocking`. This
 //! module never runs the test and never decides an outcome; it reports a
 //! missing commit as `None` and everything else as an error.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -125,66 +126,199 @@ impl GitCache {
     }
 }
 
-/// Makes `dest` a fresh working tree of `commit`, cloned from `mirror`:
-/// HEAD detached at the commit, the mirror's tags and branches as in any
-/// clone, and a local branch `branch` at the commit. `dest` is removed first
-/// if it exists.
+/// Makes `dest` a fresh working tree of `commit` from `mirror`, with a
+/// `.git` that git recognises: HEAD detached at the commit, a local branch
+/// `branch` at the commit, the mirror's tags and (as
+/// `refs/remotes/origin/*`) branches, the mirror's objects borrowed through
+/// alternates, and an index matching the files. `dest` is removed first if
+/// it exists. Nothing is spawned: the tree is written with gix and the
+/// `.git` by hand (see `write_git_dir`).
 ///
-/// Dropping the future kills the git process it is waiting for.
+/// `interrupt` stops writing the tree when set.
 ///
 /// # Errors
-/// Removing the old tree, starting git, or git failing (its message is in
-/// the error).
-pub async fn checkout(mirror: &Path, commit: &CommitId, branch: &Branch, dest: &Path) -> anyhow::Result<()> {
-    if tokio::fs::try_exists(dest).await.unwrap_or(false) {
-        let old = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&old))
-            .await
-            .context("removing the old tree panicked")?
-            .with_context(|| format!("removing old tree {}", dest.display()))?;
+/// Removing the old tree, reading the commit from the mirror, or writing
+/// the tree, the index or the `.git` files.
+pub async fn checkout(
+    mirror: &Path,
+    commit: &CommitId,
+    branch: &Branch,
+    dest: &Path,
+    interrupt: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let (mirror, commit, branch, dest) =
+        (mirror.to_path_buf(), commit.clone(), branch.clone(), dest.to_path_buf());
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
+        checkout_blocking(&mirror, &commit, &branch, &dest, &interrupt)
+    })
+    .await
+    .context("checkout task panicked")?
+}
+
+fn checkout_blocking(
+    mirror: &Path,
+    commit: &CommitId,
+    branch: &Branch,
+    dest: &Path,
+    interrupt: &AtomicBool,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let repo = gix::open(mirror).with_context(|| format!("opening cache {}", mirror.display()))?;
+    let id = object_id(commit)?;
+    let tree_id = repo
+        .find_commit(id)
+        .with_context(|| format!("reading commit {commit}"))?
+        .tree_id()
+        .with_context(|| format!("reading the tree of {commit}"))?;
+    let mut index =
+        repo.index_from_tree(&tree_id).with_context(|| format!("reading the tree of {commit}"))?;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).with_context(|| format!("removing old tree {}", dest.display()))?;
     }
-    let mut clone =
-        vec![OsString::from("clone"), "--shared".into(), "--no-checkout".into(), "--quiet".into()];
-    clone.extend(["--".into(), mirror.as_os_str().to_owned(), dest.as_os_str().to_owned()]);
-    run_git(None, &clone).await.with_context(|| format!("cloning the cache into {}", dest.display()))?;
-    let detach = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit.as_str()];
-    run_git(Some(dest), &detach.map(OsString::from))
-        .await
-        .with_context(|| format!("checking out {commit}"))?;
-    // The branch only names the commit for tools that want a branch; a name
-    // git refuses (the protocol's check is looser) leaves HEAD detached.
-    let branch_ref = format!("refs/heads/{branch}");
-    if let Err(err) =
-        run_git(Some(dest), &["update-ref", &branch_ref, commit.as_str()].map(OsString::from)).await
-    {
-        tracing::warn!(%branch, error = %format!("{err:#}"), "cannot create the task's branch in its checkout");
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let mut options = repo
+        .checkout_options(gix::worktree::stack::state::attributes::Source::IdMapping)
+        .context("reading checkout options")?;
+    options.destination_is_initially_empty = true;
+    let objects = repo.objects.clone().into_arc().context("sharing the object store")?;
+    let outcome = gix::worktree::state::checkout(
+        &mut index,
+        dest,
+        objects,
+        &gix::progress::Discard,
+        &gix::progress::Discard,
+        interrupt,
+        options,
+    )
+    .with_context(|| format!("writing the tree of {commit} into {}", dest.display()))?;
+    if let Some(collision) = outcome.collisions.first() {
+        anyhow::bail!("checkout of {commit} collided on {:?}", collision.path);
     }
+    if let Some(failure) = outcome.errors.first() {
+        anyhow::bail!("checkout of {commit} failed on {:?}: {}", failure.path, failure.error);
+    }
+    let files_written = started.elapsed();
+    let git_dir = dest.join(".git");
+    write_git_dir(&repo, mirror, id, branch, &git_dir)?;
+    // The entries carry the stat of the files just written, so `git status`
+    // finds the tree clean without hashing it again.
+    index.set_path(git_dir.join("index"));
+    index.write(Default::default()).context("writing the checkout's index")?;
+    tracing::debug!(
+        files = index.entries().len(),
+        files_ms = files_written.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "checked out"
+    );
     Ok(())
 }
 
-/// Runs `git ARGS` (in `dir` when given) with no terminal prompts and
-/// returns its standard output.
+/// Writes the `.git` of a checkout of `commit` as `git clone --shared
+/// --no-checkout` followed by `git checkout --detach` and `git update-ref`
+/// would leave it, without running git (three processes cost about
+/// 100 ms per attempt, more than everything else between assignment and
+/// test; issue 11): `objects/info/alternates` names the mirror's objects,
+/// HEAD holds the commit id (detached), and every ref is one sorted,
+/// fully peeled `packed-refs` file, so `git describe --tags` needs no
+/// object lookups beyond the commit graph.
 ///
 /// # Errors
-/// git cannot start or exits non-zero; the error carries its stderr.
-async fn run_git(dir: Option<&Path>, args: &[OsString]) -> anyhow::Result<String> {
-    let mut command = tokio::process::Command::new("git");
-    if let Some(dir) = dir {
-        command.arg("-C").arg(dir);
+/// Reading the mirror's refs or writing a file.
+fn write_git_dir(
+    mirror_repo: &gix::Repository,
+    mirror: &Path,
+    commit: gix::ObjectId,
+    branch: &Branch,
+    git_dir: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+
+    let mirror = std::path::absolute(mirror).with_context(|| format!("resolving {}", mirror.display()))?;
+    for dir in ["objects/info", "objects/pack", "refs/heads", "refs/tags"] {
+        let path = git_dir.join(dir);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     }
-    let output = command
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("running git (is it installed?)")?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        anyhow::bail!("git {} ({}): {}", args[0].to_string_lossy(), output.status, stderr.trim());
+    let write = |name: &str, contents: &[u8]| -> anyhow::Result<()> {
+        let path = git_dir.join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+    };
+    let objects = mirror.join("objects");
+    anyhow::ensure!(
+        !objects.as_os_str().as_bytes().contains(&b'\n'),
+        "the cache path {} holds a newline",
+        mirror.display()
+    );
+    let mut alternates = objects.as_os_str().as_bytes().to_vec();
+    alternates.push(b'\n');
+    write("objects/info/alternates", &alternates)?;
+    write("HEAD", format!("{commit}\n").as_bytes())?;
+    write("config", git_config(&mirror).as_bytes())?;
+    write("packed-refs", &packed_refs(mirror_repo, commit, branch)?)?;
+    Ok(())
+}
+
+/// The checkout's `.git/config`: a non-bare repository whose `origin` is the
+/// mirror, as a clone of it would have.
+fn git_config(mirror: &Path) -> String {
+    let mut config = String::from(
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n",
+    );
+    // A path git config cannot hold as a quoted value (a newline, or not
+    // UTF-8) leaves the checkout without a remote; nothing needs it to test.
+    if let Some(url) = mirror.to_str().filter(|url| !url.contains('\n')) {
+        let url = url.replace('\\', "\\\\").replace('"', "\\\"");
+        config.push_str(&format!(
+            "[remote \"origin\"]\n\turl = \"{url}\"\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+        ));
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    config
+}
+
+/// A `packed-refs` file holding `refs/heads/BRANCH` at `commit`, the
+/// mirror's tags, and its branches as `refs/remotes/origin/*`, sorted, each
+/// annotated tag followed by the commit it peels to.
+///
+/// # Errors
+/// Reading the mirror's refs or peeling one of them.
+fn packed_refs(mirror: &gix::Repository, commit: gix::ObjectId, branch: &Branch) -> anyhow::Result<Vec<u8>> {
+    // (name, target, what an annotated tag peels to)
+    let mut refs: Vec<(String, gix::ObjectId, Option<gix::ObjectId>)> = Vec::new();
+    let branch_ref = format!("refs/heads/{branch}");
+    // The branch only names the commit for tools that want a branch; a name
+    // git refuses (the protocol's check is looser) leaves HEAD detached.
+    match gix::refs::FullName::try_from(branch_ref.as_str()) {
+        Ok(_) => refs.push((branch_ref, commit, None)),
+        Err(err) => {
+            tracing::warn!(%branch, error = %err, "cannot create the task's branch in its checkout")
+        }
+    }
+    let platform = mirror.references().context("reading the cache's refs")?;
+    let tags = platform.tags().context("listing the cache's tags")?;
+    let branches = platform.local_branches().context("listing the cache's branches")?;
+    for reference in tags.chain(branches) {
+        let mut reference =
+            reference.map_err(|err| anyhow::anyhow!("{err}")).context("reading a ref of the cache")?;
+        let Some(target) = reference.try_id().map(|id| id.detach()) else { continue };
+        let name = reference.name().as_bstr().to_string();
+        let name = match name.strip_prefix("refs/heads/") {
+            Some(short) => format!("refs/remotes/origin/{short}"),
+            None => name,
+        };
+        let peeled = reference.peel_to_id().with_context(|| format!("peeling {name} in the cache"))?.detach();
+        refs.push((name, target, (peeled != target).then_some(peeled)));
+    }
+    refs.sort_by(|a, b| a.0.cmp(&b.0));
+    refs.dedup_by(|a, b| a.0 == b.0);
+    let mut text = String::from("# pack-refs with: peeled fully-peeled sorted \n");
+    for (name, target, peeled) in refs {
+        text.push_str(&format!("{target} {name}\n"));
+        if let Some(peeled) = peeled {
+            text.push_str(&format!("^{peeled}\n"));
+        }
+    }
+    Ok(text.into_bytes())
 }
 
 /// Opens the mirror, creating it (or re-creating it when it is damaged).
@@ -341,7 +475,7 @@ mod tests {
         let mirror = cache.fetch(&repo, &second, interrupt.clone()).await.unwrap().unwrap();
         let tree = work.path().join("tree");
         let main = Branch::new("main").unwrap();
-        checkout(&mirror, &second, &main, &tree).await.unwrap();
+        checkout(&mirror, &second, &main, &tree, interrupt.clone()).await.unwrap();
         assert_eq!(std::fs::read_to_string(tree.join("a.txt")).unwrap(), "two\n");
         assert!(is_executable(&tree.join("bin/run.sh")));
         assert!(!is_executable(&tree.join("a.txt")));
@@ -359,11 +493,60 @@ mod tests {
         // completely.
         let mirror = cache.fetch(&repo, &first, interrupt.clone()).await.unwrap().unwrap();
         std::fs::write(tree.join("leftover"), "x").unwrap();
-        checkout(&mirror, &first, &main, &tree).await.unwrap();
+        checkout(&mirror, &first, &main, &tree, interrupt.clone()).await.unwrap();
         assert_eq!(git(&tree, &["rev-parse", "HEAD"]), first.as_str());
         assert_eq!(std::fs::read_to_string(tree.join("a.txt")).unwrap(), "one\n");
         assert!(!tree.join("bin").exists());
         assert!(!tree.join("leftover").exists());
+    }
+
+    /// The `.git` written in process is one the git CLI takes as its own:
+    /// an annotated tag two commits back and a lightweight tag on the
+    /// commit, a branch name with a slash, a symlink, the mirror's other
+    /// branches as `origin`'s, and a repository git can keep working in.
+    #[tokio::test]
+    async fn the_checkout_is_a_repository_git_can_use() {
+        let origin = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let (first, _) = make_repo(origin.path());
+        let dir = origin.path();
+        git(dir, &["tag", "-a", "-m", "release one", "v1.0", first.as_str()]);
+        git(dir, &["checkout", "-q", "-b", "feature/x"]);
+        std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
+        git(dir, &["add", "."]);
+        git(dir, &["commit", "-q", "-m", "third"]);
+        git(dir, &["tag", "light"]);
+        let third = CommitId::new(git(dir, &["rev-parse", "HEAD"])).unwrap();
+        let repo = RepoUrl::new(dir.to_str().unwrap()).unwrap();
+        let cache = GitCache::new(work.path().to_path_buf());
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let mirror = cache.fetch(&repo, &third, interrupt.clone()).await.unwrap().unwrap();
+        let tree = work.path().join("tree");
+        let branch = Branch::new("feature/x").unwrap();
+        checkout(&mirror, &third, &branch, &tree, interrupt).await.unwrap();
+
+        assert_eq!(std::fs::read_link(tree.join("link")).unwrap(), Path::new("a.txt"));
+        assert_eq!(git(&tree, &["rev-parse", "HEAD"]), third.as_str());
+        assert_eq!(git(&tree, &["rev-parse", "refs/heads/feature/x"]), third.as_str());
+        assert_eq!(git(&tree, &["status", "--porcelain"]), "");
+        assert_eq!(git(&tree, &["describe", "--tags"]), "light");
+        assert_eq!(git(&tree, &["describe"]), format!("v1.0-2-g{}", &third.as_str()[..7]));
+        assert_eq!(git(&tree, &["rev-parse", "v1.0^{commit}"]), first.as_str());
+        assert_eq!(git(&tree, &["rev-parse", "refs/remotes/origin/main"]), git(dir, &["rev-parse", "main"]));
+        assert_eq!(git(&tree, &["config", "remote.origin.url"]), mirror.to_str().unwrap());
+        let symbolic =
+            Command::new("git").args(["symbolic-ref", "-q", "HEAD"]).current_dir(&tree).output().unwrap();
+        assert!(!symbolic.status.success(), "HEAD is detached");
+        git(&tree, &["fsck", "--no-dangling"]);
+        assert_eq!(git(&tree, &["log", "--format=%s"]), "third\nsecond\nfirst");
+
+        // git can work on in it: a new commit on the branch, then a switch.
+        std::fs::write(tree.join("a.txt"), "changed\n").unwrap();
+        assert_eq!(git(&tree, &["status", "--porcelain"]), "M a.txt");
+        git(&tree, &["commit", "-q", "-am", "fourth"]);
+        git(&tree, &["checkout", "-q", "v1.0"]);
+        assert_eq!(std::fs::read_to_string(tree.join("a.txt")).unwrap(), "one\n");
+        assert_eq!(git(&tree, &["status", "--porcelain"]), "");
     }
 
     #[tokio::test]
@@ -380,7 +563,7 @@ mod tests {
         let third = CommitId::new(git(origin.path(), &["rev-parse", "HEAD"])).unwrap();
         let mirror = cache.fetch(&repo, &third, interrupt.clone()).await.unwrap().unwrap();
         let tree = work.path().join("tree");
-        checkout(&mirror, &third, &Branch::new("main").unwrap(), &tree).await.unwrap();
+        checkout(&mirror, &third, &Branch::new("main").unwrap(), &tree, interrupt).await.unwrap();
         assert_eq!(std::fs::read_to_string(tree.join("a.txt")).unwrap(), "three\n");
     }
 

@@ -186,12 +186,21 @@ async fn prepare(
             return Err(format!("deploy steps for host {} reached runner {}", host.host, shared.config.name));
         }
     }
+    let started = Instant::now();
     let mirror = match shared.cache.fetch(&assign.repo, &assign.commit, interrupt.clone()).await {
         Ok(Some(mirror)) => mirror,
         Ok(None) => return Err(format!("commit {} not found in {}", assign.commit, assign.repo)),
         Err(err) => return Err(format!("{err:#}")),
     };
-    git::checkout(&mirror, &assign.commit, &assign.branch, tree).await.map_err(|err| format!("{err:#}"))?;
+    let fetched = started.elapsed();
+    git::checkout(&mirror, &assign.commit, &assign.branch, tree, interrupt)
+        .await
+        .map_err(|err| format!("{err:#}"))?;
+    tracing::debug!(
+        fetch_ms = fetched.as_secs_f64() * 1e3,
+        checkout_ms = (started.elapsed() - fetched).as_secs_f64() * 1e3,
+        "tree ready"
+    );
     match &assign.job {
         Job::Test => {
             let command =

@@ -27,6 +27,7 @@ mod security;
 mod statuses;
 mod support;
 mod tls;
+mod users;
 mod web;
 mod web_browser;
 mod webhooks;

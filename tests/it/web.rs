@@ -72,6 +72,26 @@ pub fn post(http: &str, path: &str, body: &[u8], token: Option<&str>) -> Answer 
     answer(request.send(body))
 }
 
+/// `POST http://ADDR/PATH` as a page's form without JavaScript sends it:
+/// the status and the `Location` answered, redirects not followed.
+fn post_form(http: &str, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(PATIENCE))
+        .build()
+        .into();
+    let response = agent
+        .post(format!("http://{http}{path}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", format!("http://{http}"))
+        .send(&b""[..])
+        .expect("an HTTP answer");
+    let location =
+        response.headers().get("location").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    (response.status().as_u16(), location.to_string())
+}
+
 /// A repository whose test prints a line, waits until `gate` exists, prints
 /// a coloured line and passes.
 pub fn gated_repo(root: &Path, gate: &Path) -> (Repo, String) {
@@ -180,6 +200,18 @@ fn the_api_serves_what_the_client_shows_and_refuses_bad_requests() {
         (!releases.as_array()?.is_empty()).then_some(releases)
     });
     assert_eq!(releases, baton_json(&addr, &["releases"]));
+    // A rollback names its release as the deployments API does (`"r1"`), or
+    // by number.
+    let rollback = format!("/api/v1/releases/{}/rollback", repo.path.display());
+    for (body, version) in [(&br#"{"to": "r1"}"#[..], "r2"), (br#"{"to": 1}"#, "r3")] {
+        let answer = post(&http, &rollback, body, None);
+        assert_eq!(answer.status, 201, "{}", answer.text());
+        let release = answer.json();
+        assert_eq!(
+            (release["version"].as_str(), release["rollback_to"].as_str()),
+            (Some(version), Some("r1"))
+        );
+    }
 
     // The raw log is the stored log.
     let log = get(&http, &format!("/api/v1/tasks/{id}/log"));
@@ -248,6 +280,13 @@ fn the_api_serves_what_the_client_shows_and_refuses_bad_requests() {
     let again = rerun.json()["id"].as_i64().unwrap();
     assert!(again > id);
     wait_state(&http, again, "passed");
+    // The task page's form, posted by a browser without JavaScript, lands
+    // on the new task's page, not on JSON.
+    let (status, location) = post_form(&http, &format!("/api/v1/tasks/{again}/rerun"));
+    assert_eq!(status, 303);
+    let third = location.strip_prefix("/tasks/").and_then(|id| id.parse::<i64>().ok()).expect("/tasks/ID");
+    assert!(third > again, "{location}");
+    wait_state(&http, third, "passed");
     // The daemon still serves after all of that.
     assert_eq!(get(&http, "/api/v1/status").status, 200);
     assert!(!dispatcher.daemon.log().contains("panicked"), "{}", dispatcher.daemon.log());

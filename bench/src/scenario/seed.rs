@@ -109,6 +109,7 @@ fn seed(path: &Path, n: usize) -> anyhow::Result<()> {
                 trigger: if idx % 20 == 7 { Trigger::Manual } else { Trigger::Observer },
                 kind: TaskKind::Test,
                 release_id: None,
+                requested_by: None,
                 host: None,
                 deployment_id: None,
             };

@@ -1,14 +1,16 @@
 //! Client (`baton`) connections: queries answered from the store's readers
 //! or the scheduler's memory, commands sent to the scheduler, and console
-//! output streamed from the log files.
+//! output streamed from the log files. Every request is first checked by
+//! [`crate::users::authorize`] for the connection's [`Principal`].
 
 use protocol::message::{ClientToDispatcher, DispatcherToClient, LogRequest, Selector, TaskInfo};
-use protocol::{Connection, Sender, TaskId};
+use protocol::{Connection, Name, RepoUrl, Sender, TaskId};
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{Event, Steer, Stopped};
 use crate::server::Shared;
 use crate::store::Trigger;
+use crate::users::{authorize, Action, Principal};
 
 /// Most tasks one `tasks` query returns.
 const MAX_LIMIT: u32 = 10_000;
@@ -16,17 +18,20 @@ const MAX_LIMIT: u32 = 10_000;
 /// connection is closed, so idle clients do not hold connection slots.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Who a client connection is: its principal, and its handshake name (the
+/// actor steering records name when no user is proven).
+pub struct Peer {
+    pub principal: Principal,
+    pub name: Name,
+}
+
 /// Serves one client until it disconnects or the dispatcher stops.
 pub async fn serve(
     conn: Connection<ClientToDispatcher, DispatcherToClient>,
     shared: &Shared,
-    authenticated: bool,
-    name: protocol::Name,
+    peer: Peer,
     token: CancellationToken,
 ) {
-    // Without a token file only loopback peers get this far, and they may
-    // steer; with one, only peers that proved the secret may.
-    let may_steer = authenticated || shared.secret.is_none();
     let (mut receiver, mut sender) = conn.split();
     let mut limiter = super::limit::Limiter::new(super::limit::CLIENT);
     loop {
@@ -53,12 +58,17 @@ pub async fn serve(
             return;
         }
         tracing::debug!(request = ?request, "client request");
-        let result = match request {
-            ClientToDispatcher::Log(log) => stream_log(&mut sender, shared, log, &token).await,
-            other => {
-                let answer = answer(shared, other, may_steer, &name).await;
-                sender.send(&answer).await.map_err(anyhow::Error::from)
+        let result = match check(shared, &peer.principal, &request).await {
+            Err(refusal) => {
+                sender.send(&DispatcherToClient::Error(refusal)).await.map_err(anyhow::Error::from)
             }
+            Ok(()) => match request {
+                ClientToDispatcher::Log(log) => stream_log(&mut sender, shared, log, &token).await,
+                other => {
+                    let answer = answer(shared, other, &peer).await;
+                    sender.send(&answer).await.map_err(anyhow::Error::from)
+                }
+            },
         };
         if let Err(err) = result {
             tracing::debug!(error = %format!("{err:#}"), "client went away");
@@ -67,26 +77,67 @@ pub async fn serve(
     }
 }
 
-async fn answer(
-    shared: &Shared,
-    request: ClientToDispatcher,
-    may_steer: bool,
-    by: &protocol::Name,
-) -> DispatcherToClient {
-    let steering = matches!(
-        request,
-        ClientToDispatcher::Submit(_)
-            | ClientToDispatcher::Rerun(_)
-            | ClientToDispatcher::Abort(_)
-            | ClientToDispatcher::Rollback(_)
-            | ClientToDispatcher::Deploy(_)
-            | ClientToDispatcher::Approve(_)
-            | ClientToDispatcher::Reject(_)
-            | ClientToDispatcher::RollbackEnv(_)
-    );
-    if steering && !may_steer {
-        return DispatcherToClient::Error("not allowed: this command needs an authenticated client".into());
-    }
+/// Whether the principal may make this request.
+///
+/// # Errors
+/// The refusal's text, for the client.
+async fn check(shared: &Shared, principal: &Principal, request: &ClientToDispatcher) -> Result<(), String> {
+    let users = &shared.users;
+    let task_repo;
+    let action = match request {
+        ClientToDispatcher::Submit(submit) => Action::Trigger { repo: &submit.repo },
+        ClientToDispatcher::Rerun(task_id) | ClientToDispatcher::Abort(task_id) => {
+            // Roles may be limited to repositories: find the task's. Without
+            // users the repository does not matter and is not looked up: every
+            // steering action then has the same rule, `Admin`'s included.
+            task_repo = match users.enabled() {
+                true => repo_of(shared, *task_id).await?,
+                false => None,
+            };
+            match &task_repo {
+                Some(repo) => Action::Trigger { repo },
+                None if users.enabled() => return Err(format!("no task {task_id}")),
+                None => Action::Admin,
+            }
+        }
+        ClientToDispatcher::Rollback(rollback) => Action::Approve { repo: &rollback.repo, environment: None },
+        // Asking for, approving, rejecting or rolling back a deployment is a
+        // delivery right in that environment.
+        ClientToDispatcher::Deploy(request) | ClientToDispatcher::Approve(request) => {
+            Action::Approve { repo: &request.repo, environment: Some(request.env.as_str()) }
+        }
+        ClientToDispatcher::Reject(request) => {
+            Action::Approve { repo: &request.repo, environment: Some(request.env.as_str()) }
+        }
+        ClientToDispatcher::RollbackEnv(request) => {
+            Action::Approve { repo: &request.repo, environment: Some(request.env.as_str()) }
+        }
+        ClientToDispatcher::Status
+        | ClientToDispatcher::Runners
+        | ClientToDispatcher::Tasks(_)
+        | ClientToDispatcher::Show(_)
+        | ClientToDispatcher::Log(_)
+        | ClientToDispatcher::Pools
+        | ClientToDispatcher::Releases(_)
+        | ClientToDispatcher::Commits(_)
+        | ClientToDispatcher::Deployments(_)
+        | ClientToDispatcher::TestCases(_)
+        | ClientToDispatcher::Flaky(_) => Action::Read,
+    };
+    authorize(users, principal, action).map_err(|refusal| {
+        tracing::info!(user = ?principal.user, %refusal, "request refused");
+        refusal.to_string()
+    })
+}
+
+/// The repository of a task, read from the store.
+async fn repo_of(shared: &Shared, task_id: TaskId) -> Result<Option<RepoUrl>, String> {
+    let task = read_task(shared, task_id).await.map_err(|err| format!("{err:#}"))?;
+    Ok(task.map(|task| task.repo))
+}
+
+async fn answer(shared: &Shared, request: ClientToDispatcher, peer: &Peer) -> DispatcherToClient {
+    let by = peer.principal.actor(peer.name.as_str());
     let scheduler = &shared.scheduler;
     let result: Result<DispatcherToClient, String> = match request {
         ClientToDispatcher::Status => scheduler
@@ -135,21 +186,27 @@ async fn answer(
             }
         }
         ClientToDispatcher::Submit(submit) => {
-            let task =
-                super::new_task(submit.repo, submit.branch, submit.commit, submit.labels, Trigger::Manual);
+            let task = super::new_task(
+                submit.repo,
+                submit.branch,
+                submit.commit,
+                submit.labels,
+                Trigger::Manual,
+                Some(by),
+            );
             match scheduler.ask(|reply| Event::Submit { task, reply }).await {
                 Ok(result) => result.map(DispatcherToClient::Accepted),
                 Err(err) => Err(stopped(err)),
             }
         }
         ClientToDispatcher::Rerun(task_id) => {
-            match scheduler.ask(|reply| Event::Rerun { task_id, reply }).await {
+            match scheduler.ask(|reply| Event::Rerun { task_id, by, reply }).await {
                 Ok(result) => result.map(DispatcherToClient::Accepted),
                 Err(err) => Err(stopped(err)),
             }
         }
         ClientToDispatcher::Abort(task_id) => {
-            match scheduler.ask(|reply| Event::Abort { task_id, reply }).await {
+            match scheduler.ask(|reply| Event::Abort { task_id, by, reply }).await {
                 Ok(result) => result.map(|task| DispatcherToClient::Aborted(Box::new(task))),
                 Err(err) => Err(stopped(err)),
             }
@@ -173,8 +230,9 @@ async fn answer(
             .map(DispatcherToClient::Commits)
             .map_err(|err| format!("{err:#}")),
         ClientToDispatcher::Rollback(request) => {
-            let (repo, to) = (request.repo, request.to);
-            match scheduler.ask(|reply| Event::Rollback { repo, to, reply }).await {
+            let (repo, to, by) =
+                (request.repo, request.to, peer.principal.user.as_ref().map(Name::to_string));
+            match scheduler.ask(|reply| Event::Rollback { repo, to, by, reply }).await {
                 Ok(result) => result.map(|release| DispatcherToClient::Release(Box::new(release))),
                 Err(err) => Err(stopped(err)),
             }
@@ -209,8 +267,7 @@ async fn answer(
 }
 
 /// A deployment request for the scheduler, on behalf of `by`.
-async fn steer(shared: &Shared, steer: Steer, by: &protocol::Name) -> Result<DispatcherToClient, String> {
-    let by = by.to_string();
+async fn steer(shared: &Shared, steer: Steer, by: String) -> Result<DispatcherToClient, String> {
     match shared.scheduler.ask(|reply| Event::Deployment { steer, by, reply }).await {
         Ok(result) => result.map(|deployment| DispatcherToClient::Deployment(Box::new(deployment))),
         Err(err) => Err(stopped(err)),

@@ -14,6 +14,7 @@ pub(crate) fn new_task(
     commit: protocol::CommitId,
     labels: Vec<protocol::Label>,
     trigger: crate::store::Trigger,
+    requested_by: Option<String>,
 ) -> crate::store::NewTask {
     let kind = crate::store::TaskKind::Test;
     crate::store::NewTask {
@@ -26,5 +27,6 @@ pub(crate) fn new_task(
         release_id: None,
         host: None,
         deployment_id: None,
+        requested_by,
     }
 }

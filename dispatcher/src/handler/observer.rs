@@ -62,7 +62,8 @@ pub async fn serve(
                 }
             };
             let (reply, answer) = oneshot::channel();
-            let task = super::new_task(submit.repo, submit.branch, submit.commit, submit.labels, trigger);
+            let task =
+                super::new_task(submit.repo, submit.branch, submit.commit, submit.labels, trigger, None);
             if shared.scheduler.send(Event::Submit { task, reply }).await.is_err()
                 || answers.send(answer).await.is_err()
             {

@@ -285,6 +285,7 @@ fn advance(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects, id: i64) -> anyh
                 release_id: None,
                 host: None,
                 deployment_id: None,
+                requested_by: None,
             };
             let (accepted, queued) = tasks::insert(tx, step, now_ms())?;
             tx.add_bisect_task(id, accepted.task_id)?;
@@ -346,7 +347,7 @@ fn cancel_older(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects, task: &Live
         tx.end_bisection(id, None, bisection.steps, now_ms())?;
         tracing::info!(bisection = id, task_id = %task.id, commit = %task.commit, "bisection cancelled: a newer commit passed");
         if let Some(step) = bisection.current {
-            if let Err(why) = life::abort(core, tx, effects, step)? {
+            if let Err(why) = life::abort(core, tx, effects, step, "bisection")? {
                 tracing::debug!(task_id = %step, why, "bisect step of a cancelled bisection already ended");
             }
         }
@@ -426,7 +427,7 @@ pub(super) fn preempt(
         });
         if wanted {
             tracing::info!(task_id = %step, runner = %runner.name, "bisect step preempted by ordinary work");
-            life::abort(core, tx, effects, step)?.ok();
+            life::abort(core, tx, effects, step, "bisection")?.ok();
         }
     }
     Ok(())

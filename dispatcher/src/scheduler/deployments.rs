@@ -495,6 +495,7 @@ impl Releases {
                 release_id: Some(deployment.release_id),
                 host: Some(host.name.clone()),
                 deployment_id: Some(deployment.info.id),
+                requested_by: None,
             };
             let (accepted, queued) = tasks::insert(tx, task, now_ms())?;
             deploys.extend(queued);
@@ -671,11 +672,12 @@ impl Releases {
 
     /// Writes a deployment and its hosts, and queues its JSON file.
     fn save(&self, tx: &Tx<'_>, effects: &mut Effects, deployment: &Deployment) -> anyhow::Result<()> {
-        tx.update_deployment(&deployment.info, now_ms())?;
+        let at_ms = now_ms();
+        tx.update_deployment(&deployment.info, at_ms)?;
         for (position, host) in deployment.info.hosts.iter().enumerate() {
             tx.set_deployment_host(deployment.info.id, position, host)?;
         }
-        effects.file(FileJob::Deployment(Box::new(deployment.info.clone())));
+        effects.file(FileJob::Deployment { deployment: Box::new(deployment.info.clone()), at_ms });
         effects.changed(Change::Deployment(Box::new(deployment.info.clone())));
         Ok(())
     }

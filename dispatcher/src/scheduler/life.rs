@@ -447,11 +447,14 @@ pub(super) fn abort(
     tx: &Tx<'_>,
     effects: &mut Effects,
     task_id: TaskId,
+    by: &str,
 ) -> anyhow::Result<Result<TaskInfo, String>> {
     let aborted = Finish { reason: Some("aborted by a client".into()), ..Finish::ended(TaskState::Aborted) };
     if core.tasks.pending(task_id).is_some() {
+        tx.set_aborted_by(task_id, by)?;
         finish(core, tx, effects, task_id, &aborted)?;
     } else if let Some(running) = core.tasks.running_mut(task_id) {
+        tx.set_aborted_by(task_id, by)?;
         running.aborting = true;
         let attempt = running.task.attempts;
         let orphaned = running.orphaned_at.is_some();
@@ -478,6 +481,7 @@ pub(super) fn rerun(
     tx: &Tx<'_>,
     effects: &mut Effects,
     task_id: TaskId,
+    by: String,
 ) -> anyhow::Result<Result<Accepted, String>> {
     let Some(task) = tx.task(task_id)? else { return Ok(Err(format!("no task {task_id}"))) };
     let new = NewTask {
@@ -488,6 +492,7 @@ pub(super) fn rerun(
         trigger: Trigger::Rerun,
         kind: TaskKind::Test,
         release_id: None,
+        requested_by: Some(by),
         host: None,
         deployment_id: None,
     };
@@ -501,8 +506,9 @@ pub(super) fn rollback(
     effects: &mut Effects,
     repo: &RepoUrl,
     to: Option<u32>,
+    by: Option<&str>,
 ) -> anyhow::Result<Result<ReleaseInfo, String>> {
-    match core.releases.rollback(tx, effects, &core.runners, repo, to)? {
+    match core.releases.rollback(tx, effects, &core.runners, repo, to, by)? {
         Ok((release, deploys)) => {
             for deploy in deploys {
                 queue(core, effects, deploy);

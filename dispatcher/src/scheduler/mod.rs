@@ -109,10 +109,14 @@ pub enum Event {
     },
     Abort {
         task_id: TaskId,
+        /// Who asks: the proven user, or the client's name (recorded).
+        by: String,
         reply: oneshot::Sender<Result<TaskInfo, String>>,
     },
     Rerun {
         task_id: TaskId,
+        /// Who asks: the proven user, or the client's name (recorded).
+        by: String,
         reply: oneshot::Sender<Result<Accepted, String>>,
     },
     /// A client wants to follow a task's output; `None` if it has ended.
@@ -124,6 +128,8 @@ pub enum Event {
     Rollback {
         repo: RepoUrl,
         to: Option<u32>,
+        /// The proven user who asks, named in the release's trigger.
+        by: Option<String>,
         reply: oneshot::Sender<Result<ReleaseInfo, String>>,
     },
     /// The notifier worker delivered an outbox entry (`Ok`) or failed to and

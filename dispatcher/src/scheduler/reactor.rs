@@ -64,14 +64,14 @@ pub(super) fn handle(
             let runners = core.runners.infos();
             effects.reply(reply, runners);
         }
-        Event::Abort { task_id, reply } => {
-            let result = life::abort(core, tx, effects, task_id)?;
+        Event::Abort { task_id, by, reply } => {
+            let result = life::abort(core, tx, effects, task_id, &by)?;
             effects.reply(reply, result);
         }
-        Event::Rerun { task_id, reply } => {
+        Event::Rerun { task_id, by, reply } => {
             let result = match core.disk.refusal() {
                 Some(refusal) => Err(refusal),
-                None => life::rerun(core, tx, effects, task_id)?,
+                None => life::rerun(core, tx, effects, task_id, by)?,
             };
             effects.reply(reply, result);
         }
@@ -79,8 +79,8 @@ pub(super) fn handle(
             let progress = life::follow(core, task_id);
             effects.reply(reply, progress);
         }
-        Event::Rollback { repo, to, reply } => {
-            let result = life::rollback(core, tx, effects, &repo, to)?;
+        Event::Rollback { repo, to, by, reply } => {
+            let result = life::rollback(core, tx, effects, &repo, to, by.as_deref())?;
             effects.reply(reply, result);
         }
         Event::Notified { id, delivery, retry_at_ms, reply } => {

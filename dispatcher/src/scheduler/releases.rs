@@ -165,6 +165,7 @@ impl Releases {
         runners: &Runners,
         repo: &RepoUrl,
         to: Option<u32>,
+        by: Option<&str>,
     ) -> anyhow::Result<Result<(ReleaseInfo, Deploys), String>> {
         if self.settings.repo(repo).is_some_and(|settings| !settings.environments.is_empty()) {
             return Ok(Err(format!(
@@ -196,15 +197,11 @@ impl Releases {
             }
         };
         let mut deploys = Vec::new();
-        let release = self.record_rollback(
-            tx,
-            effects,
-            runners,
-            &mut deploys,
-            current,
-            target,
-            "baton rollback".into(),
-        )?;
+        let trigger = match by {
+            Some(user) => format!("baton rollback by {user}"),
+            None => "baton rollback".to_string(),
+        };
+        let release = self.record_rollback(tx, effects, runners, &mut deploys, current, target, trigger)?;
         Ok(Ok((release.info, deploys)))
     }
 
@@ -265,6 +262,7 @@ impl Releases {
                 trigger: Trigger::Deploy,
                 kind: TaskKind::Deploy,
                 release_id: Some(record.id),
+                requested_by: None,
                 host: None,
                 deployment_id: None,
             };

@@ -138,6 +138,7 @@ impl Harness {
             trigger: Trigger::Observer,
             kind: TaskKind::Test,
             release_id: None,
+            requested_by: None,
             host: None,
             deployment_id: None,
         }
@@ -506,23 +507,58 @@ fn a_refused_assignment_goes_back_to_the_queue() {
 fn abort_ends_a_queued_task_at_once_and_a_running_one_through_its_runner() {
     let mut h = Harness::new(settings());
     let queued = h.submit();
-    let aborted: Result<TaskInfo, String> = h.ask(|reply| Event::Abort { task_id: queued, reply });
+    let aborted: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: queued, by: "tester".into(), reply });
     assert_eq!(aborted.unwrap().state, TaskState::Aborted);
 
     let running = h.submit();
     let r1 = h.connect("r1", 1, &[], &[]);
     assert_eq!(h.assigned(r1).len(), 1);
-    let answer: Result<TaskInfo, String> = h.ask(|reply| Event::Abort { task_id: running, reply });
+    let answer: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: running, by: "tester".into(), reply });
     assert_eq!(answer.unwrap().state, TaskState::Running);
     assert!(matches!(h.sent(r1).as_slice(), [DispatcherToRunner::Abort(_)]));
     // The runner is lost before it reports: the task ends aborted anyway.
     h.down(r1);
     assert_eq!(h.task(running).state, TaskState::Aborted);
 
-    let again: Result<TaskInfo, String> = h.ask(|reply| Event::Abort { task_id: running, reply });
+    let again: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: running, by: "tester".into(), reply });
     assert!(again.unwrap_err().contains("already ended"));
-    let rerun: Result<Accepted, String> = h.ask(|reply| Event::Rerun { task_id: running, reply });
+    let rerun: Result<Accepted, String> =
+        h.ask(|reply| Event::Rerun { task_id: running, by: "tester".into(), reply });
     assert_ne!(rerun.unwrap().task_id, running);
+}
+
+/// Steering records name who asked (issue 18: people approve).
+#[test]
+fn steering_records_name_who_asked() {
+    let mut h = Harness::new(settings());
+    let observed = h.submit();
+    assert_eq!((h.task(observed).requested_by, h.task(observed).aborted_by), (None, None));
+    let aborted: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: observed, by: "alice".into(), reply });
+    assert_eq!(aborted.unwrap().aborted_by.as_deref(), Some("alice"));
+
+    let running = h.submit();
+    let r1 = h.connect("r1", 1, &[], &[]);
+    assert_eq!(h.assigned(r1).len(), 1);
+    let _: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: running, by: "bob".into(), reply });
+    h.down(r1);
+    let ended = h.task(running);
+    assert_eq!((ended.state, ended.aborted_by.as_deref()), (TaskState::Aborted, Some("bob")));
+    // Asking again after the end changes nothing.
+    let again: Result<TaskInfo, String> =
+        h.ask(|reply| Event::Abort { task_id: running, by: "mallory".into(), reply });
+    assert!(again.is_err());
+    assert_eq!(h.task(running).aborted_by.as_deref(), Some("bob"));
+
+    let rerun: Result<Accepted, String> =
+        h.ask(|reply| Event::Rerun { task_id: running, by: "carol".into(), reply });
+    let new = h.task(rerun.unwrap().task_id);
+    assert_eq!((new.trigger.as_str(), new.requested_by.as_deref()), ("rerun", Some("carol")));
+    assert_eq!(new.aborted_by, None);
 }
 
 #[test]
@@ -599,7 +635,7 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
     }
     let repo_url = RepoUrl::new(REPO).unwrap();
     let rolled: Result<ReleaseInfo, String> =
-        h.ask(|reply| Event::Rollback { repo: repo_url.clone(), to: None, reply });
+        h.ask(|reply| Event::Rollback { repo: repo_url.clone(), to: None, by: None, reply });
     let rolled = rolled.unwrap();
     assert_eq!((rolled.kind.as_str(), rolled.rollback_to), ("rollback", Some(1)));
     assert_eq!(
@@ -609,7 +645,7 @@ fn a_passed_release_branch_deploys_and_rolls_back() {
     let deploy = rolled.deploy_task_id.expect("a rollback with deploy steps deploys");
     assert!(matches!(h.assigned(deployer).as_slice(), [(id, 1, Job::Deploy(_))] if *id == deploy));
     let none: Result<ReleaseInfo, String> =
-        h.ask(|reply| Event::Rollback { repo: repo_url, to: Some(9), reply });
+        h.ask(|reply| Event::Rollback { repo: repo_url, to: Some(9), by: None, reply });
     assert!(none.unwrap_err().contains("no release r9"));
 }
 
@@ -945,6 +981,7 @@ impl Harness {
             release_id: None,
             host: None,
             deployment_id: None,
+            requested_by: None,
         };
         self.submit_task(task)
     }

@@ -68,13 +68,7 @@ impl Tx<'_> {
     /// # Errors
     /// SQLite errors.
     pub fn deployment(&self, id: i64) -> anyhow::Result<Option<Deployment>> {
-        let mut stmt =
-            self.tx.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?1"))?;
-        let Some(mut deployment) = stmt.query_row([id], deployment_row).optional()? else {
-            return Ok(None);
-        };
-        deployment.info.hosts = hosts(&self.tx, id)?;
-        Ok(Some(deployment))
+        deployment_by_id(&self.tx, id)
     }
 
     /// The deployments of a repository in one environment, newest first.
@@ -203,6 +197,24 @@ impl Reader {
         }
         Ok(deployments.into_iter().map(|deployment| deployment.info).collect())
     }
+
+    /// One deployment by id, with its hosts.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn deployment(&self, id: i64) -> anyhow::Result<Option<DeploymentInfo>> {
+        Ok(deployment_by_id(&self.conn, id)?.map(|deployment| deployment.info))
+    }
+}
+
+fn deployment_by_id(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<Option<Deployment>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?1"))?;
+    let Some(mut deployment) = stmt.query_row([id], deployment_row).optional()? else {
+        return Ok(None);
+    };
+    deployment.info.hosts = hosts(conn, id)?;
+    Ok(Some(deployment))
 }
 
 fn hosts(conn: &rusqlite::Connection, deployment_id: i64) -> anyhow::Result<Vec<DeploymentHost>> {

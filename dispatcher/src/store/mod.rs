@@ -34,11 +34,20 @@ const SCHEMA_V4: &str = include_str!("v4.sql");
 const SCHEMA_DEPLOYMENTS: &str = include_str!("deployments.sql");
 const SCHEMA_CULPRIT: &str = include_str!("culprit.sql");
 const SCHEMA_LOGS: &str = include_str!("logs.sql");
+const SCHEMA_USERS: &str = include_str!("users.sql");
 
 /// Migrations in order; entry `i` takes the database from version `i` to
 /// `i + 1`.
-const MIGRATIONS: &[&str] =
-    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_DEPLOYMENTS, SCHEMA_CULPRIT, SCHEMA_LOGS];
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_V4,
+    SCHEMA_DEPLOYMENTS,
+    SCHEMA_CULPRIT,
+    SCHEMA_LOGS,
+    SCHEMA_USERS,
+];
 
 /// How hard SQLite syncs on commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +129,9 @@ pub struct NewTask {
     pub kind: TaskKind,
     /// The release a deploy task deploys.
     pub release_id: Option<i64>,
+    /// Who asked for it (a client's submit or rerun): the proven user, or
+    /// the client's name.
+    pub requested_by: Option<String>,
     /// The only runner that may run it (a host of a deployment).
     pub host: Option<Name>,
     /// The deployment a host's deploy task belongs to.
@@ -352,7 +364,8 @@ impl Tx<'_> {
             .tx
             .prepare_cached(
                 "INSERT INTO tasks (repo, branch, commit_id, trigger, state, created_at, labels, kind, release_id,
-             host, deployment_id) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10)
+             host, deployment_id, requested_by)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (repo, commit_id) WHERE trigger = 'observer' DO NOTHING",
             )?
             .execute(params![
@@ -365,7 +378,8 @@ impl Tx<'_> {
                 task.kind.as_str(),
                 task.release_id,
                 task.host.as_ref().map(Name::as_str),
-                task.deployment_id
+                task.deployment_id,
+                task.requested_by
             ])?;
         if inserted == 1 {
             return Ok((task_id(self.tx.last_insert_rowid())?, true));
@@ -415,6 +429,18 @@ impl Tx<'_> {
                 "UPDATE tasks SET state = 'pending', runner = NULL, attempts = ?3, reason = ?2 WHERE id = ?1",
             )?
             .execute(params![id.get(), reason, attempts])?;
+        Ok(())
+    }
+
+    /// Records who asked to abort a task (its end is recorded when it ends).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn set_aborted_by(&self, id: TaskId, by: &str) -> anyhow::Result<()> {
+        self.tx
+            .prepare_cached("UPDATE tasks SET aborted_by = ?2 WHERE id = ?1")?
+            .execute(params![id.get(), by])
+            .context("recording who aborted a task")?;
         Ok(())
     }
 
@@ -557,7 +583,8 @@ impl Reader {
 
 const TASK_COLUMNS: &str = "id, repo, branch, commit_id, state, attempts, runner, exit_code, created_at, \
      started_at, finished_at, duration_ms, passed, failed, skipped, reason, labels, trigger, kind, flaky_tests, \
-     (SELECT culprit || ' ' || steps || ' ' || tasks FROM bisections WHERE bad_task_id = tasks.id AND state = 'found')";
+     (SELECT culprit || ' ' || steps || ' ' || tasks FROM bisections WHERE bad_task_id = tasks.id AND state = 'found'), \
+     requested_by, aborted_by";
 
 fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
     let flaky_tests: Option<String> = row.get(19)?;
@@ -592,6 +619,8 @@ fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
             .map(|names| names.lines().filter(|name| !name.is_empty()).map(str::to_string).collect())
             .unwrap_or_default(),
         culprit: row.get::<_, Option<String>>(20)?.and_then(|text| culprit(&text)),
+        requested_by: row.get(21)?,
+        aborted_by: row.get(22)?,
     })
 }
 

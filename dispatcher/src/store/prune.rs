@@ -159,6 +159,7 @@ mod tests {
             release_id: None,
             host: None,
             deployment_id: None,
+            requested_by: None,
         };
         let (id, _) = tx.insert_task(&new, 1).unwrap();
         if state != TaskState::Pending {

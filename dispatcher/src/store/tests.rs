@@ -11,6 +11,7 @@ fn new_task(commit: char, trigger: Trigger) -> NewTask {
         trigger,
         kind: TaskKind::Test,
         release_id: None,
+        requested_by: None,
         host: None,
         deployment_id: None,
     }

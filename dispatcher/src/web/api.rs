@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use protocol::message::{RunnerState, TaskInfo};
 use protocol::{Branch, CommitId, RepoUrl, TaskId, TaskState};
@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use super::{json, parse_task_id, ApiError, Web};
 use crate::scheduler::Event;
 use crate::store::Trigger;
+use crate::users::Action;
 
 /// Tasks one list returns when the request does not say.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -180,11 +181,12 @@ pub async fn submit(
     web.auth.check(peer, &headers)?;
     let body: SubmitBody = parse_body(body)?;
     let repo = RepoUrl::new(body.repo).map_err(|err| ApiError::bad_request(format!("bad repo: {err}")))?;
+    let by = web.auth.steer(peer, &headers, Action::Trigger { repo: &repo })?;
     let commit =
         CommitId::new(body.commit).map_err(|err| ApiError::bad_request(format!("bad commit: {err}")))?;
     let branch = Branch::new(body.branch.unwrap_or_else(|| "main".into()))
         .map_err(|err| ApiError::bad_request(format!("bad branch: {err}")))?;
-    let task = crate::handler::new_task(repo, branch, commit, Vec::new(), Trigger::Manual);
+    let task = crate::handler::new_task(repo, branch, commit, Vec::new(), Trigger::Manual, Some(by));
     let accepted = web
         .scheduler
         .ask(|reply| Event::Submit { task, reply })
@@ -194,6 +196,30 @@ pub async fn submit(
     tracing::info!(peer = %peer, task_id = %accepted.task_id, "task submitted over http");
     let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json::accepted(&accepted))).into_response())
+}
+
+/// Checks a steering request on an existing task (the token or loopback,
+/// then, with users, the roles on the task's repository).
+///
+/// # Returns
+/// The actor steering records name.
+///
+/// # Errors
+/// 401/403 as [`super::auth::Auth::steer`]; 404 for a task that does not
+/// exist, once users make its repository matter.
+async fn task_actor(
+    web: &Web,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    task_id: TaskId,
+) -> Result<String, ApiError> {
+    if !web.auth.users_enabled() {
+        // Without users every steering action has the same rule.
+        return web.auth.steer(peer, headers, Action::Admin);
+    }
+    web.auth.check(peer, headers)?;
+    let task = read_task(web, task_id).await?;
+    web.auth.steer(peer, headers, Action::Trigger { repo: &task.repo })
 }
 
 /// A scheduler's refusal: "no task N" is a 404, anything else (already
@@ -207,19 +233,20 @@ fn refused(reason: String) -> ApiError {
 }
 
 /// Steering of one task by id (rerun, abort): the id checked, then the
-/// peer's right to steer, then the scheduler's answer.
+/// peer's right to steer that task, then the scheduler's answer on behalf
+/// of the actor [`task_actor`] names.
 async fn steer_task<T>(
     web: &Web,
     peer: SocketAddr,
     headers: &HeaderMap,
     id: &str,
-    make: impl FnOnce(TaskId, oneshot::Sender<Result<T, String>>) -> Event,
+    make: impl FnOnce(TaskId, String, oneshot::Sender<Result<T, String>>) -> Event,
 ) -> Result<(TaskId, T), ApiError> {
     let task_id = parse_task_id(id)?;
-    web.auth.check(peer, headers)?;
+    let by = task_actor(web, peer, headers, task_id).await?;
     let answer = web
         .scheduler
-        .ask(|reply| make(task_id, reply))
+        .ask(|reply| make(task_id, by, reply))
         .await
         .map_err(ApiError::unavailable)?
         .map_err(refused)?;
@@ -233,8 +260,12 @@ pub async fn rerun(
     Path(id): Path<String>,
 ) -> ApiResult {
     let (task_id, accepted) =
-        steer_task(&web, peer, &headers, &id, |task_id, reply| Event::Rerun { task_id, reply }).await?;
+        steer_task(&web, peer, &headers, &id, |task_id, by, reply| Event::Rerun { task_id, by, reply })
+            .await?;
     tracing::info!(peer = %peer, task_id = %task_id, new_task = %accepted.task_id, "rerun over http");
+    if posted_form(&headers) {
+        return Ok(Redirect::to(&format!("/tasks/{}", accepted.task_id)).into_response());
+    }
     Ok((StatusCode::CREATED, Json(json::accepted(&accepted))).into_response())
 }
 
@@ -245,16 +276,31 @@ pub async fn abort(
     Path(id): Path<String>,
 ) -> ApiResult {
     let (task_id, task) =
-        steer_task(&web, peer, &headers, &id, |task_id, reply| Event::Abort { task_id, reply }).await?;
+        steer_task(&web, peer, &headers, &id, |task_id, by, reply| Event::Abort { task_id, by, reply })
+            .await?;
     tracing::info!(peer = %peer, task_id = %task_id, "abort over http");
+    if posted_form(&headers) {
+        return Ok(Redirect::to(&format!("/tasks/{task_id}")).into_response());
+    }
     Ok(Json(json::task(&task)).into_response())
+}
+
+/// Whether a browser without JavaScript posted one of the pages' forms
+/// (the script sends no form body): such a request is answered with a
+/// redirect to the page that shows the outcome, not with JSON.
+pub(super) fn posted_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"))
 }
 
 /// The body of `POST releases/REPO/rollback` (optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
-    to: Option<u32>,
+    /// `"r3"` as in the deployments API, or `3`.
+    to: Option<super::deployments::Version>,
 }
 
 /// `POST /api/v1/releases/REPO/rollback`; REPO is the repository's location,
@@ -272,15 +318,15 @@ pub async fn rollback(
     let repo = RepoUrl::new(repo.to_string())
         .or_else(|err| if repo.starts_with('/') { Err(err) } else { RepoUrl::new(format!("/{repo}")) })
         .map_err(|err| ApiError::bad_request(format!("bad repo: {err}")))?;
-    web.auth.check(peer, &headers)?;
+    web.auth.steer(peer, &headers, Action::Approve { repo: &repo, environment: None })?;
     let body: RollbackBody = match &body {
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => RollbackBody::default(),
         _ => parse_body(body)?,
     };
-    let to = body.to;
+    let to = body.to.map(super::deployments::Version::number).transpose()?;
     let release = web
         .scheduler
-        .ask(|reply| Event::Rollback { repo, to, reply })
+        .ask(|reply| Event::Rollback { repo, to, by: None, reply })
         .await
         .map_err(ApiError::unavailable)?
         .map_err(refused)?;

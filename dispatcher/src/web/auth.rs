@@ -3,23 +3,69 @@
 //! one, loopback peers only, as on the protocol port. Either way a browser's
 //! request sent by a page of another site (a form posted cross-site to
 //! `127.0.0.1:8080`) may not steer: the loopback rule trusts the machine's
-//! users, not every page their browser opens.
+//! users, not every page their browser opens. Then the same rule as the
+//! client port ([`crate::users::authorize`]): HTTP cannot prove a user, so
+//! with `[[user]]` tables configured the web API does not steer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use crate::users::{authorize, Action, Principal, Users, Via};
+
+/// The name steering records give requests made over HTTP (with the
+/// peer's address after it).
+pub const WEB_ACTOR: &str = "web";
 
 /// The steering rule.
 pub struct Auth {
     secret: Option<Vec<u8>>,
+    users: Arc<Users>,
 }
 
 impl Auth {
     pub fn new(secret: Option<Vec<u8>>) -> Auth {
-        Auth { secret }
+        Auth { secret, users: Arc::new(Users::default()) }
+    }
+
+    /// Sets the configured users.
+    pub fn with_users(mut self, users: Arc<Users>) -> Auth {
+        self.users = users;
+        self
+    }
+
+    /// Whether `[[user]]` tables are configured.
+    pub fn users_enabled(&self) -> bool {
+        self.users.enabled()
+    }
+
+    /// Allows or refuses a steering request: the token or loopback, then the
+    /// roles.
+    ///
+    /// # Returns
+    /// The actor steering records name: `web` and the peer's address.
+    ///
+    /// # Errors
+    /// As [`Auth::check`]; 403 when the roles refuse.
+    pub fn steer(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        action: Action<'_>,
+    ) -> Result<String, ApiError> {
+        self.check(peer, headers)?;
+        let via = if self.secret.is_some() { Via::Secret } else { Via::Loopback };
+        let principal = Principal { user: None, via };
+        authorize(&self.users, &principal, action).map_err(|refusal| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{refusal} (the web API cannot prove a user: steer with `baton` and your key)"),
+            )
+        })?;
+        Ok(format!("{} {}", principal.actor(WEB_ACTOR), peer.ip()))
     }
 
     /// Whether a token is needed (the page then shows its token prompt).

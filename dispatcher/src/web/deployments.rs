@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use maud::{html, Markup};
 use protocol::message::{DeploymentInfo, DeploymentRequest, EnvRollbackRequest, RejectRequest};
@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use super::{ApiError, Web};
 use crate::scheduler::{Event, Steer};
+use crate::users::Action;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -50,7 +51,7 @@ pub async fn list(State(web): State<Arc<Web>>, filter: Result<Query<Filter>, Que
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     repo: String,
-    version: String,
+    version: Version,
     env: String,
 }
 
@@ -60,7 +61,7 @@ struct DeployBody {
 struct RollbackBody {
     repo: String,
     env: String,
-    to: Option<String>,
+    to: Option<Version>,
 }
 
 /// The optional body of `POST deployments/ID/reject`.
@@ -80,10 +81,11 @@ pub async fn deploy(
     let body: DeployBody = parse_body(body)?;
     let request = DeploymentRequest {
         repo: parse_repo(&body.repo)?,
-        version: parse_version(&body.version)?,
+        version: body.version.number()?,
         env: parse_env(&body.env)?,
     };
-    steer(&web, peer, Steer::Deploy(request)).await
+    let by = steerer(&web, peer, &headers, &request.repo, &request.env)?;
+    steer_ok(&web, peer, Steer::Deploy(request), by, StatusCode::CREATED).await
 }
 
 pub async fn rollback(
@@ -97,9 +99,10 @@ pub async fn rollback(
     let request = EnvRollbackRequest {
         repo: parse_repo(&body.repo)?,
         env: parse_env(&body.env)?,
-        to: body.to.as_deref().map(parse_version).transpose()?,
+        to: body.to.map(Version::number).transpose()?,
     };
-    steer(&web, peer, Steer::Rollback(request)).await
+    let by = steerer(&web, peer, &headers, &request.repo, &request.env)?;
+    steer_ok(&web, peer, Steer::Rollback(request), by, StatusCode::CREATED).await
 }
 
 /// `POST deployments/ID/approve` and `POST deployments/ID/reject`.
@@ -123,10 +126,10 @@ pub async fn act(
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => RejectBody::default(),
         _ => parse_body(body)?,
     };
-    let deployments = web.readers.query(|reader| reader.deployments(None, None)).await?;
-    let Some(deployment) = deployments.into_iter().find(|deployment| deployment.id == id) else {
+    let Some(deployment) = web.readers.query(move |reader| reader.deployment(id)).await? else {
         return Err(ApiError::not_found(format!("no deployment {id}")));
     };
+    let by = steerer(&web, peer, &headers, &deployment.repo, &deployment.environment)?;
     let steer = if action == "approve" {
         Steer::Approve(DeploymentRequest {
             repo: deployment.repo,
@@ -141,15 +144,26 @@ pub async fn act(
             reason: reject.reason.unwrap_or_else(|| "rejected on the web page".into()),
         })
     };
-    steer_ok(&web, peer, steer, StatusCode::OK).await
+    let answer = steer_ok(&web, peer, steer, by, StatusCode::OK).await?;
+    if super::api::posted_form(&headers) {
+        return Ok(Redirect::to("/releases").into_response());
+    }
+    Ok(answer)
 }
 
-async fn steer(web: &Web, peer: SocketAddr, steer: Steer) -> ApiResult {
-    steer_ok(web, peer, steer, StatusCode::CREATED).await
+/// The actor of a deployment request, once the peer may steer deployments
+/// of `repo` in `env`.
+fn steerer(
+    web: &Web,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    repo: &RepoUrl,
+    env: &Name,
+) -> Result<String, ApiError> {
+    web.auth.steer(peer, headers, Action::Approve { repo, environment: Some(env.as_str()) })
 }
 
-async fn steer_ok(web: &Web, peer: SocketAddr, steer: Steer, status: StatusCode) -> ApiResult {
-    let by = format!("web {}", peer.ip());
+async fn steer_ok(web: &Web, peer: SocketAddr, steer: Steer, by: String, status: StatusCode) -> ApiResult {
     let deployment = web
         .scheduler
         .ask(|reply| Event::Deployment { steer, by, reply })
@@ -172,6 +186,28 @@ fn parse_repo(text: &str) -> Result<RepoUrl, ApiError> {
 
 fn parse_env(text: &str) -> Result<Name, ApiError> {
     Name::new(text).map_err(|err| ApiError::bad_request(format!("bad env: {err}")))
+}
+
+/// A release version in a request body: `"r3"` or `3`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Version {
+    Number(u32),
+    Text(String),
+}
+
+impl Version {
+    /// The version's number.
+    ///
+    /// # Errors
+    /// 400 for 0 or a text that is not `rN`/`N`.
+    pub(super) fn number(self) -> Result<u32, ApiError> {
+        match self {
+            Version::Number(0) => Err(ApiError::bad_request("bad version 0: expected r1, r2, ...")),
+            Version::Number(number) => Ok(number),
+            Version::Text(text) => parse_version(&text),
+        }
+    }
 }
 
 fn parse_version(text: &str) -> Result<u32, ApiError> {

@@ -77,6 +77,7 @@ pub fn state(
     readers: Arc<Readers>,
     files: DataDir,
     secret: Option<Vec<u8>>,
+    users: Arc<crate::users::Users>,
     shutdown: CancellationToken,
 ) -> Arc<Web> {
     let metrics = metrics::Metrics::new();
@@ -87,7 +88,7 @@ pub fn state(
         scheduler,
         readers,
         files,
-        auth: auth::Auth::new(secret),
+        auth: auth::Auth::new(secret).with_users(users),
         metrics,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
         shutdown,

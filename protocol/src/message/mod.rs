@@ -703,6 +703,11 @@ pub struct TaskInfo {
     pub flaky_tests: Vec<String>,
     /// For a failed task: the first failing commit, once bisection found it.
     pub culprit: Option<Culprit>,
+    /// Who asked for a task a client created (submit, rerun): the proven
+    /// user, or the client's name.
+    pub requested_by: Option<String>,
+    /// Who asked to abort it.
+    pub aborted_by: Option<String>,
 }
 
 /// The first failing commit of a range, found by bisection.

@@ -30,6 +30,8 @@ fn task_info() -> TaskInfo {
         flaky: false,
         flaky_tests: vec![],
         culprit: None,
+        requested_by: None,
+        aborted_by: None,
     }
 }
 

@@ -34,6 +34,8 @@ pub fn task_info() -> TaskInfo {
         flaky: false,
         flaky_tests: vec![],
         culprit: None,
+        requested_by: None,
+        aborted_by: None,
     }
 }
 
@@ -52,6 +54,8 @@ pub fn pending_task() -> TaskInfo {
         labels: vec![],
         trigger: "manual".into(),
         kind: "test".into(),
+        requested_by: None,
+        aborted_by: None,
         ..task_info()
     }
 }

@@ -24,8 +24,12 @@ use crate::message::{
 use crate::TaskState;
 
 /// One task: `show --json`, an element of `tasks --json`, `abort --json`.
+///
+/// `requested_by` (who submitted or reran it) and `aborted_by` are there
+/// only on tasks a client steered, so the objects of observed tasks keep
+/// their keys.
 pub fn task(task: &TaskInfo) -> Value {
-    json!({
+    let mut value = json!({
         "id": task.id.get(),
         "repo": task.repo.as_str(),
         "branch": task.branch.as_str(),
@@ -46,7 +50,13 @@ pub fn task(task: &TaskInfo) -> Value {
         "flaky": task.flaky,
         "flaky_tests": task.flaky_tests,
         "culprit": task.culprit.as_ref().map(culprit),
-    })
+    });
+    for (key, by) in [("requested_by", &task.requested_by), ("aborted_by", &task.aborted_by)] {
+        if let (Some(by), Some(object)) = (by, value.as_object_mut()) {
+            object.insert(key.into(), Value::String(by.clone()));
+        }
+    }
+    value
 }
 
 /// `{"commit": C, "steps": N, "tasks": [ID...]}`.

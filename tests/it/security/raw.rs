@@ -46,6 +46,7 @@ impl Raw {
         peer.send(&Proof {
             mac: secret.map(|secret| secret.prove(&challenge.nonce, role, &name)),
             nonce: [7; 32],
+            user: None,
         });
         match peer.recv() {
             DispatcherHandshake::Welcome(_) => peer,

@@ -55,7 +55,7 @@ fn wrong_and_missing_tokens_are_rejected() {
             "a runner's proof" => Some(secret.prove(nonce, Role::Runner, &mallory)),
             _ => Some(vec![0; 7]),
         };
-        peer.send(&Proof { mac, nonce: [7; 32] });
+        peer.send(&Proof { mac, nonce: [7; 32], user: None });
         match peer.recv::<DispatcherHandshake>() {
             DispatcherHandshake::Reject(reject) => {
                 assert_eq!(reject.reason, "authentication failed", "{what}")

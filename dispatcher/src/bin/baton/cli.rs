@@ -42,6 +42,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Your OpenSSH ed25519 private key (unencrypted), to prove who you are
+    /// to a dispatcher with users [default: ~/.ssh/id_ed25519 when it exists].
+    #[arg(long, global = true, env = "BATON_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// The user to prove with the key [default: whoever the dispatcher finds
+    /// for the key].
+    #[arg(long, global = true, env = "BATON_USER", value_name = "NAME")]
+    pub user: Option<String>,
+
     /// PEM file of the CA that signed the dispatcher's TLS certificate;
     /// makes `baton` connect over TLS.
     #[arg(long, global = true, env = "BATON_TLS_CA", value_name = "FILE")]

@@ -15,6 +15,7 @@ mod command;
 mod culprit;
 mod deploy;
 mod git;
+mod key;
 mod log;
 mod render;
 mod request;

@@ -156,6 +156,12 @@ pub fn task(task: &TaskInfo, now_ms: i64, style: Style) -> String {
         ("duration", Cell::new(task_duration(task, now_ms).map_or_else(|| NONE.to_string(), duration))),
         ("summary", Cell::new(task.summary.as_ref().map_or_else(|| NONE.to_string(), summary))),
     ];
+    if let Some(by) = &task.requested_by {
+        rows.insert(6, ("requested by", Cell::new(by)));
+    }
+    if let Some(by) = &task.aborted_by {
+        rows.push(("aborted by", Cell::new(by)));
+    }
     if let Some(reason) = &task.reason {
         rows.push(("reason", Cell::new(reason)));
     }

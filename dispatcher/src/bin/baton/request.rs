@@ -7,7 +7,8 @@
 //! id, resolved by git when the repository is a local directory and by the
 //! dispatcher otherwise (the request is then a `Commits` query, and
 //! [`Invocation::then_submit`] what to submit once it is answered). It does no
-//! I/O beyond resolving that path, asking git, and reading the token file.
+//! I/O beyond resolving that path, asking git, and reading the token and key
+//! files.
 
 use std::io::Write;
 use std::path::Path;
@@ -99,7 +100,8 @@ impl Invocation {
             ),
             None => None,
         };
-        let credentials = Credentials { secret, tls };
+        let user = crate::key::load(cli.key_file.as_deref(), cli.user.as_deref())?;
+        let credentials = Credentials { secret, tls, user };
         let with_tests = matches!(&cli.command, Command::Show(args) if args.tests);
         Ok(Invocation {
             address: cli.dispatcher,
