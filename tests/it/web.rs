@@ -136,6 +136,37 @@ fn submit(http: &str, repo: &Repo, commit: &str, token: Option<&str>) -> i64 {
     accepted.json()["id"].as_i64().expect("an id")
 }
 
+/// Polls of the task list share one answer per commit (`web::lists`); none
+/// may be older than what a client was already told: a submission answered,
+/// an abort answered, each is in the very next list.
+#[test]
+fn the_task_list_is_never_older_than_an_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No runner: the tasks stay queued until aborted.
+    let dispatcher = Dispatcher::start(&tmp.path().join("data"), &[]);
+    let http = dispatcher.http.clone().expect("the dispatcher printed `http: ADDR`");
+    let repo = Repo::init(&tmp.path().join("repo"));
+    let commit = repo.commit(&[("a.txt", "a")], "a commit");
+    let newest = |http: &str| {
+        let list = get(http, "/api/v1/tasks?limit=50").json();
+        let first = &list.as_array().expect("a list")[0];
+        (first["id"].as_i64().expect("an id"), first["state"].as_str().expect("a state").to_string())
+    };
+    for _ in 0..5 {
+        // Asked before each change, so a cached list of the previous commit exists.
+        get(&http, "/api/v1/tasks?limit=50");
+        let id = submit(&http, &repo, &commit, None);
+        assert_eq!(newest(&http), (id, "pending".to_string()), "the list right after task {id} was accepted");
+        let aborted = post(&http, &format!("/api/v1/tasks/{id}/abort"), b"", None);
+        assert_eq!(aborted.status, 200, "{}", aborted.text());
+        assert_eq!(newest(&http), (id, "aborted".to_string()), "the list right after task {id} was aborted");
+        // Unchanged since: the same answer again.
+        assert_eq!(get(&http, "/api/v1/tasks?limit=50").body, get(&http, "/api/v1/tasks?limit=50").body);
+    }
+    let listed = get(&http, "/api/v1/tasks?limit=50").json();
+    assert_eq!(listed, baton_json(&dispatcher.addr, &["tasks", "--limit", "50"]));
+}
+
 #[test]
 fn the_api_serves_what_the_client_shows_and_refuses_bad_requests() {
     let tmp = tempfile::tempdir().unwrap();

@@ -36,6 +36,10 @@ pub(super) const MAX_RANGE: usize = 4096;
 #[derive(Default)]
 pub(crate) struct Bisections {
     active: BTreeMap<i64, Bisection>,
+    /// Set by [`Bisections::recover`] until [`resume`] has given each
+    /// recovered bisection its next step; in between, every bisection
+    /// always has one (or has ended), so scheduling passes skip the walk.
+    resume_due: bool,
 }
 
 /// One bisection under way.
@@ -117,6 +121,7 @@ impl Bisections {
         }
         if !bisections.active.is_empty() {
             tracing::info!(bisections = bisections.active.len(), "resuming bisections");
+            bisections.resume_due = true;
         }
         Ok(bisections)
     }
@@ -159,6 +164,10 @@ impl Bisections {
                 bisection.verdicts.get(&(bisection.commits.len() - 1)),
                 Some(&Verdict::Bad),
                 "bisection {id}: its last commit failed"
+            );
+            assert!(
+                self.resume_due || bisection.current.is_some(),
+                "bisection {id} has no step and none is due"
             );
             if let Some(task_id) = bisection.current {
                 assert!(tasks.is_live(task_id), "bisection {id}: its step {task_id} is not live");
@@ -347,8 +356,13 @@ fn cancel_older(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects, task: &Live
 }
 
 /// Bisections without a step (a restart between a step's end and the next)
-/// get one.
+/// get one, on the first scheduling pass after a restart; afterwards
+/// [`task_finished`] gives a bisection its next step as the last one ends.
 pub(super) fn resume(core: &mut Core, tx: &Tx<'_>, effects: &mut Effects) -> anyhow::Result<()> {
+    if !core.bisections.resume_due {
+        return Ok(());
+    }
+    core.bisections.resume_due = false;
     let idle: Vec<i64> =
         core.bisections.active.iter().filter(|(_, b)| b.current.is_none()).map(|(id, _)| *id).collect();
     for id in idle {
@@ -370,7 +384,10 @@ pub(super) fn choose(core: &Core, free: &[(Name, usize)]) -> Vec<(TaskId, Name)>
         .map(|(name, _)| name)
         .collect();
     let mut chosen = Vec::new();
-    for task in core.tasks.pending_in_order().filter(|task| task.kind == TaskKind::Bisect) {
+    if idle.is_empty() {
+        return chosen;
+    }
+    for task in core.tasks.pending_bisect() {
         let fits = idle.iter().position(|name| {
             let labels = core.runners.get(name).map(|runner| runner.labels.as_slice()).unwrap_or_default();
             task.labels.iter().all(|needed| labels.contains(needed))

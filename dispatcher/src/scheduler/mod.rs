@@ -35,6 +35,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
@@ -209,6 +210,8 @@ pub struct Handle {
     events: mpsc::Sender<Event>,
     changes: broadcast::Sender<Change>,
     load: manager::LoadSender,
+    /// Batches committed so far (see [`Handle::committed`]).
+    committed: Arc<AtomicU64>,
 }
 
 impl Handle {
@@ -234,6 +237,16 @@ impl Handle {
     /// it while anyone subscribes.
     pub fn subscribe_load(&self) -> watch::Receiver<Arc<protocol::message::Load>> {
         self.load.subscribe()
+    }
+
+    /// How many batches the scheduler has committed. It counts up after each
+    /// commit and before anything of that batch is acknowledged, so two
+    /// reads of the store made while it showed the same number saw the same
+    /// rows, and a reader that was answered (a submission accepted) and then
+    /// reads this number sees a larger one than before: a cache of query
+    /// answers keyed by it is never stale.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
     }
 }
 
@@ -315,10 +328,12 @@ pub fn start(
     let sinks = Sinks { outbox, file_writer, changes: changes.clone() };
     let load = manager::LoadSender::default();
     let publish = load.clone();
+    let committed = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&committed);
     let thread = std::thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || run(store, core, sinks, publish, receiver, fatal))?;
-    Ok((Handle { events, changes, load }, thread))
+        .spawn(move || run(store, core, sinks, publish, &count, receiver, fatal))?;
+    Ok((Handle { events, changes, load, committed }, thread))
 }
 
 fn run(
@@ -326,6 +341,7 @@ fn run(
     mut core: Core,
     sinks: Sinks,
     load: manager::LoadSender,
+    committed: &AtomicU64,
     mut receiver: mpsc::Receiver<Event>,
     fatal: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -350,6 +366,8 @@ fn run(
         }
         match step(&mut core, &mut store, batch.drain(..)) {
             Ok(effects) => {
+                // Before any reply: see `Handle::committed`.
+                committed.fetch_add(1, Ordering::Release);
                 effects.perform(&mut core, &sinks);
                 manager::publish_load(&core, &load);
             }

@@ -72,7 +72,9 @@ impl Releases {
         let event = match finish.state {
             TaskState::Failed => Some(NotificationEvent::TaskFailed),
             TaskState::Error => Some(NotificationEvent::TaskError),
-            TaskState::Passed => {
+            // A pass is news only after a failure, which takes a query:
+            // asked only when a notifier wants to hear of recoveries.
+            TaskState::Passed if self.wanted(NotificationEvent::TaskRecovered) => {
                 let before = tx.previous_test_state(&task.repo, &task.branch, task.id)?;
                 matches!(before, Some(TaskState::Failed | TaskState::Error))
                     .then_some(NotificationEvent::TaskRecovered)

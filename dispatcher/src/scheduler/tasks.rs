@@ -3,19 +3,23 @@
 //! here, so the counts always equal the rows; what a move means (messages,
 //! records, releases) is decided in `life`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use protocol::message::Accepted;
 use protocol::{Name, TaskId, TaskState};
 
-use crate::store::{LiveTask, NewTask, Tx};
+use crate::store::{LiveTask, NewTask, TaskKind, Tx};
 
 /// Queued and running tasks, and how many tasks are in each state.
 pub(crate) struct Tasks {
     /// Queued tasks; task ids increase in submission order, so the map's
     /// order is oldest first.
     pending: BTreeMap<TaskId, LiveTask>,
+    /// The queued tasks of kind `bisect`, oldest first: they wait behind
+    /// all ordinary work, and a scheduling pass finds them here without
+    /// walking a queue of thousands of ordinary tasks.
+    pending_bisect: BTreeSet<TaskId>,
     running: HashMap<TaskId, Running>,
     /// Tasks by state, final states included (the store's counts at start,
     /// kept up to date since).
@@ -109,12 +113,17 @@ pub(crate) fn insert(
 impl Tasks {
     /// No live tasks yet; `counts` are the store's rows by state.
     pub(crate) fn new(counts: Vec<(TaskState, u64)>) -> Tasks {
-        Tasks { pending: BTreeMap::new(), running: HashMap::new(), counts: counts.into_iter().collect() }
+        Tasks {
+            pending: BTreeMap::new(),
+            pending_bisect: BTreeSet::new(),
+            running: HashMap::new(),
+            counts: counts.into_iter().collect(),
+        }
     }
 
     /// A queued task read back at start-up (already counted).
     pub(crate) fn recover_pending(&mut self, task: LiveTask) {
-        self.pending.insert(task.id, task);
+        self.enqueue(task);
     }
 
     /// A running task read back at start-up (already counted).
@@ -125,7 +134,7 @@ impl Tasks {
     /// Queues a task just inserted into the store.
     pub(crate) fn queue(&mut self, task: LiveTask) {
         self.move_count(None, TaskState::Pending);
-        self.pending.insert(task.id, task);
+        self.enqueue(task);
     }
 
     pub(crate) fn count(&self, state: TaskState) -> u64 {
@@ -143,6 +152,11 @@ impl Tasks {
     /// Queued tasks, oldest first.
     pub(crate) fn pending_in_order(&self) -> impl Iterator<Item = &LiveTask> {
         self.pending.values()
+    }
+
+    /// Queued tasks of kind `bisect`, oldest first.
+    pub(crate) fn pending_bisect(&self) -> impl Iterator<Item = &LiveTask> {
+        self.pending_bisect.iter().filter_map(|task_id| self.pending.get(task_id))
     }
 
     pub(crate) fn pending(&self, task_id: TaskId) -> Option<&LiveTask> {
@@ -194,7 +208,7 @@ impl Tasks {
 
     /// Moves a queued task to running as its next attempt on `runner`.
     pub(crate) fn start(&mut self, task_id: TaskId, runner: &Name) -> Option<&Running> {
-        let mut task = self.pending.remove(&task_id)?;
+        let mut task = self.dequeue(task_id)?;
         task.attempts += 1;
         task.state = TaskState::Running;
         task.runner = Some(runner.clone());
@@ -256,7 +270,23 @@ impl Tasks {
         running.task.state = TaskState::Pending;
         running.task.runner = None;
         self.move_count(Some(TaskState::Running), TaskState::Pending);
-        Some(self.pending.entry(task_id).or_insert(running.task))
+        self.enqueue(running.task);
+        self.pending.get_mut(&task_id)
+    }
+
+    /// Puts a task in the queue and its indexes.
+    fn enqueue(&mut self, task: LiveTask) {
+        if task.kind == TaskKind::Bisect {
+            self.pending_bisect.insert(task.id);
+        }
+        self.pending.insert(task.id, task);
+    }
+
+    /// Takes a task out of the queue and its indexes.
+    fn dequeue(&mut self, task_id: TaskId) -> Option<LiveTask> {
+        let task = self.pending.remove(&task_id)?;
+        self.pending_bisect.remove(&task_id);
+        Some(task)
     }
 
     /// Takes a queued or running task out of the live tasks as it ends in
@@ -269,7 +299,7 @@ impl Tasks {
         let (task, was_running) = if let Some(running) = self.running.remove(&task_id) {
             (running.task, true)
         } else {
-            (self.pending.remove(&task_id)?, false)
+            (self.dequeue(task_id)?, false)
         };
         let from = if was_running { TaskState::Running } else { TaskState::Pending };
         self.move_count(Some(from), state);
@@ -296,6 +326,9 @@ impl Tasks {
     pub(crate) fn check_invariants(&self, max_attempts: u32) {
         assert_eq!(self.count(TaskState::Pending), self.pending.len() as u64, "pending count");
         assert_eq!(self.count(TaskState::Running), self.running.len() as u64, "running count");
+        let bisect: BTreeSet<TaskId> =
+            self.pending.values().filter(|task| task.kind == TaskKind::Bisect).map(|task| task.id).collect();
+        assert_eq!(self.pending_bisect, bisect, "the index of queued bisect tasks");
         for (task_id, task) in &self.pending {
             assert_eq!(*task_id, task.id);
             assert_eq!(task.state, TaskState::Pending, "queued task {task_id}");

@@ -39,6 +39,7 @@ pub struct TaskFilter {
 }
 
 /// A validated [`TaskFilter`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskQuery {
     pub repo: Option<RepoUrl>,
     pub state: Option<TaskState>,
@@ -101,17 +102,13 @@ pub async fn tasks(
     filter: Result<Query<TaskFilter>, QueryRejection>,
 ) -> ApiResult {
     let query = filter.map_err(query_error)?.validate()?;
-    let tasks = list_tasks(&web, query).await?;
-    Ok(Json(tasks.iter().map(json::task).collect::<Vec<_>>()).into_response())
+    let list = web.lists.get(query).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], list.json()).into_response())
 }
 
-/// Tasks newest first, as the filter says.
-pub async fn list_tasks(web: &Web, query: TaskQuery) -> Result<Vec<TaskInfo>, ApiError> {
-    let tasks = web
-        .readers
-        .query(move |reader| reader.tasks_page(query.repo.as_ref(), query.state, query.before, query.limit))
-        .await?;
-    Ok(tasks)
+/// Tasks newest first, as the filter says (through the cache of `lists`).
+pub async fn list_tasks(web: &Web, query: TaskQuery) -> Result<Arc<super::lists::List>, ApiError> {
+    web.lists.get(query).await
 }
 
 pub async fn task(State(web): State<Arc<Web>>, Path(id): Path<String>) -> ApiResult {

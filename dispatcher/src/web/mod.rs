@@ -23,6 +23,7 @@ mod deployments;
 mod events;
 mod flaky;
 mod json;
+mod lists;
 mod log;
 mod metrics;
 mod pages;
@@ -61,6 +62,7 @@ pub struct Web {
     pub(crate) files: DataDir,
     pub(crate) auth: auth::Auth,
     pub(crate) snapshot: snapshot::Snapshot,
+    pub(crate) lists: lists::Lists,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) streams: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
@@ -82,6 +84,7 @@ pub fn state(
     metrics.follow(scheduler.subscribe(), shutdown.clone());
     Arc::new(Web {
         snapshot: snapshot::Snapshot::new(scheduler.clone()),
+        lists: lists::Lists::new(scheduler.clone(), Arc::clone(&readers)),
         scheduler,
         readers,
         files,

@@ -188,8 +188,10 @@ pub async fn overview(
         api::TaskQuery { repo: None, state: Some(TaskState::Pending), limit: QUEUE_SHOWN, before: None },
     )
     .await?;
+    let pending = &pending.tasks;
     let paged = query.before.is_some();
     let tasks = api::list_tasks(&web, query).await?;
+    let tasks = &tasks.tasks;
     let n_pending = super::json::count(&view.status, TaskState::Pending);
     let repo_value = filter.repo.clone().unwrap_or_default();
     let state_value = filter.state.clone().unwrap_or_default();
@@ -223,7 +225,7 @@ pub async fn overview(
                 table.queue {
                     thead { tr { th { "Task" } th { "Repository" } th { "Commit" } th { "Waits for" } } }
                     tbody {
-                        @for task in &pending {
+                        @for task in pending {
                             tr data-task-id=(task.id.get()) {
                                 td { a href={ "/tasks/" (task.id.get()) } { "#" (task.id.get()) } }
                                 td { (task.repo.as_str()) }
@@ -249,7 +251,7 @@ pub async fn overview(
                 }
                 button type="submit" { "Filter" }
             }
-            (task_rows(&tasks))
+            (task_rows(tasks))
             nav.pages {
                 @if paged { a href=(link(None)) { "← Newest" } }
                 @if let Some(before) = older { a href=(link(Some(before))) { "Older →" } }
