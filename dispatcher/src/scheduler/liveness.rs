@@ -1,9 +1,11 @@
 //! One liveness model, dispatcher side (issue 12, item 3).
 //!
-//! A runner is lost when its connection closes, or when pings that were
-//! actually sent go unanswered for the window (`heartbeat-interval ×
-//! heartbeat-misses`), measured on the monotonic clock over time the
-//! dispatcher itself was running. Each connection's writer sends the pings,
+//! A runner is lost when its connection closes, or when nothing came from
+//! it for the window (`heartbeat-interval × heartbeat-misses`) while a ping
+//! that was actually sent has gone unanswered for at least an interval,
+//! measured on the monotonic clock over time the dispatcher itself was
+//! running: a frozen runner is lost a window after its last frame, and a
+//! runner that was never asked (the dispatcher did not ping) is never judged. Each connection's writer sends the pings,
 //! every interval, and notes each once it is on the socket: however busy the
 //! scheduler is (a queue full of output, a slow fsync), pings go out on time
 //! (a runner applies the mirror rule and would otherwise reconnect) and are
@@ -34,6 +36,9 @@ pub struct LastHeard {
     /// since the last frame from the runner; 0 when every ping written was
     /// followed by a frame.
     unanswered: AtomicU64,
+    /// Microseconds after `epoch` of the last frame from the runner (or of
+    /// the moment evidence was last voided).
+    heard: AtomicU64,
     /// The connection's reader holds a frame it is handing to the
     /// scheduler's full queue: it is not reading the socket, so the
     /// runner's silence cannot be judged (its frames wait in our buffer).
@@ -43,12 +48,30 @@ pub struct LastHeard {
 impl LastHeard {
     /// Nothing owed yet.
     pub fn new() -> LastHeard {
-        LastHeard { epoch: Instant::now(), unanswered: AtomicU64::new(0), delivering: AtomicBool::new(false) }
+        LastHeard {
+            epoch: Instant::now(),
+            unanswered: AtomicU64::new(0),
+            heard: AtomicU64::new(0),
+            delivering: AtomicBool::new(false),
+        }
     }
 
     /// A frame arrived: every ping written before it is answered.
     pub fn note(&self) {
+        self.note_at(Instant::now());
+    }
+
+    /// A frame arrived at `at`.
+    pub fn note_at(&self, at: Instant) {
+        self.heard.store(self.micros(at), Ordering::Relaxed);
         self.unanswered.store(0, Ordering::Relaxed);
+    }
+
+    /// Rounded up: the runner is never judged before the window is over.
+    fn micros(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        let micros = since.as_micros() + u128::from(!since.subsec_nanos().is_multiple_of(1000));
+        micros.min(u128::from(u64::MAX - 1)) as u64
     }
 
     /// A ping was just written to the socket.
@@ -59,10 +82,7 @@ impl LastHeard {
     /// A ping was written at `at`; the runner owes an answer from the first
     /// ping not answered yet.
     pub fn pinged_at(&self, at: Instant) {
-        // Rounded up: the runner is never judged before the window is over.
-        let since = at.saturating_duration_since(self.epoch);
-        let micros = since.as_micros() + u128::from(!since.subsec_nanos().is_multiple_of(1000));
-        let micros = micros.min(u128::from(u64::MAX - 1)) as u64;
+        let micros = self.micros(at);
         let _ = self.unanswered.compare_exchange(0, micros + 1, Ordering::Relaxed, Ordering::Relaxed);
     }
 
@@ -74,20 +94,23 @@ impl LastHeard {
         Delivering(self)
     }
 
-    /// Whether the runner is silent past `window` at `now`: a ping written
-    /// that long ago is unanswered, and the reader is listening.
-    pub(super) fn silent_for(&self, now: Instant, window: Duration) -> bool {
+    /// Whether the runner is silent past `window` at `now`: nothing heard
+    /// from it for that long, a ping written at least `answer_time` ago is
+    /// unanswered, and the reader is listening.
+    pub(super) fn silent_for(&self, now: Instant, window: Duration, answer_time: Duration) -> bool {
         let unanswered = self.unanswered.load(Ordering::Relaxed);
         if unanswered == 0 || self.delivering.load(Ordering::Relaxed) {
             return false;
         }
-        let since = self.epoch + Duration::from_micros(unanswered - 1);
-        now.saturating_duration_since(since) > window
+        let asked = self.epoch + Duration::from_micros(unanswered - 1);
+        let heard = self.epoch + Duration::from_micros(self.heard.load(Ordering::Relaxed));
+        now.saturating_duration_since(asked) >= answer_time && now.saturating_duration_since(heard) > window
     }
 
-    /// Evidence gathered across a stall of the dispatcher is void.
+    /// Evidence gathered across a stall of the dispatcher is void: the
+    /// runner's silence counts again from now.
     pub(super) fn forget(&self) {
-        self.unanswered.store(0, Ordering::Relaxed);
+        self.note();
     }
 }
 
@@ -126,24 +149,36 @@ mod tests {
         let start = Instant::now();
         heard.pinged_at(start);
         let window = Duration::from_millis(10);
-        assert!(heard.silent_for(start + Duration::from_millis(20), window));
+        assert!(heard.silent_for(start + Duration::from_millis(20), window, window));
         heard.note();
-        assert!(!heard.silent_for(start + Duration::from_secs(60), window));
+        assert!(!heard.silent_for(start + Duration::from_secs(60), window, window));
     }
 
     #[test]
-    fn silence_counts_from_the_first_ping_written_and_unanswered() {
+    fn silence_counts_from_the_last_frame_once_a_ping_went_unanswered_for_an_interval() {
         let heard = LastHeard::new();
-        let window = Duration::from_secs(3);
+        let (window, interval) = (Duration::from_secs(3), Duration::from_secs(1));
+        let last = Instant::now();
+        heard.note_at(last);
         // No ping written: no judgement, however long.
-        assert!(!heard.silent_for(Instant::now() + Duration::from_secs(600), window));
-        let sent = Instant::now() + Duration::from_secs(1);
+        assert!(!heard.silent_for(last + Duration::from_secs(600), window, interval));
+        // Frozen just after its last frame: the next ping goes unanswered,
+        // and the runner is lost a window after that frame.
+        let sent = last + Duration::from_millis(900);
         heard.pinged_at(sent);
-        heard.pinged_at(sent + Duration::from_secs(1));
-        assert!(!heard.silent_for(sent + Duration::from_secs(3), window));
-        assert!(heard.silent_for(sent + Duration::from_millis(3001), window));
+        heard.pinged_at(sent + interval);
+        assert!(!heard.silent_for(last + window, window, interval));
+        assert!(heard.silent_for(last + Duration::from_millis(3001), window, interval));
+        // A ping written just now is not yet unanswered, however long the
+        // silence before it (the dispatcher did not ask).
+        let late = LastHeard::new();
+        late.note_at(last);
+        late.pinged_at(last + Duration::from_secs(10));
+        assert!(!late.silent_for(last + Duration::from_millis(10_500), window, interval));
+        assert!(late.silent_for(last + Duration::from_millis(11_001), window, interval));
+        // A stall voids the evidence: silence counts from the stall's end.
         heard.forget();
-        assert!(!heard.silent_for(sent + Duration::from_secs(60), window));
+        assert!(!heard.silent_for(Instant::now() + Duration::from_secs(2), window, interval));
     }
 
     #[test]
@@ -154,14 +189,14 @@ mod tests {
         heard.pinged_at(sent);
         {
             let _delivering = heard.delivering();
-            assert!(!heard.silent_for(sent + Duration::from_secs(10), window));
+            assert!(!heard.silent_for(sent + Duration::from_secs(10), window, window));
         }
         // Delivered: that counts as heard. A later ping unanswered for the
         // window is silence again.
-        assert!(!heard.silent_for(sent + Duration::from_secs(10), window));
+        assert!(!heard.silent_for(sent + Duration::from_secs(10), window, window));
         let later = Instant::now() + Duration::from_secs(2);
         heard.pinged_at(later);
-        assert!(heard.silent_for(later + Duration::from_secs(10), window));
+        assert!(heard.silent_for(later + Duration::from_secs(10), window, window));
     }
 
     #[test]

@@ -272,7 +272,7 @@ pub(super) fn on_tick(
 ) -> anyhow::Result<()> {
     core.last_tick = now;
     let dead_after = core.settings.dead_after();
-    for name in core.runners.silent(now, dead_after) {
+    for name in core.runners.silent(now, dead_after, core.settings.heartbeat_interval) {
         let reason =
             format!("no answer to pings for {dead_after:?} ({} heartbeats)", core.settings.heartbeat_misses);
         lose_runner(core, tx, effects, &name, &reason)?;

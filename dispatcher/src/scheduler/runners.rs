@@ -242,13 +242,18 @@ impl Runners {
         free
     }
 
-    /// Connected runners that left pings unanswered for longer than
-    /// `window` (see `liveness`).
-    pub(crate) fn silent(&self, now: Instant, window: std::time::Duration) -> Vec<Name> {
+    /// Connected runners silent for longer than `window` while a ping went
+    /// unanswered for at least `interval` (see `liveness`).
+    pub(crate) fn silent(
+        &self,
+        now: Instant,
+        window: std::time::Duration,
+        interval: std::time::Duration,
+    ) -> Vec<Name> {
         self.by_name
             .values()
             .filter(|runner| runner.conn.is_some())
-            .filter(|runner| runner.liveness.heard.silent_for(now, window))
+            .filter(|runner| runner.liveness.heard.silent_for(now, window, interval))
             .map(|runner| runner.name.clone())
             .collect()
     }

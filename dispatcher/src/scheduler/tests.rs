@@ -379,15 +379,19 @@ fn a_lost_runner_requeues_its_task_until_the_attempts_are_spent() {
     assert!(h.published().contains(&Change::RunnerLost { runner: name("r1") }), "subscribers hear of it");
     let r2 = h.connect("r2", 1, &[], &[]);
     assert_eq!(h.assigned(r2), vec![(task, 2, Job::Test)]);
-    // A silent runner is lost once pings actually sent went unanswered for
-    // the window, on the scheduler's clock (issue 12): silence without a
-    // ping written proves nothing.
+    // A silent runner is lost once it was silent for the window while a
+    // ping actually sent went unanswered for an interval, on the scheduler's
+    // clock (issue 12): silence without a ping written proves nothing.
     let start = Instant::now();
     h.tick_at(start + Duration::from_secs(10));
     assert_eq!(h.task(task).state, TaskState::Running, "judged before any ping went unanswered");
     h.pinged_at(r2, start + Duration::from_secs(10));
-    h.tick_at(start + Duration::from_secs(10) + h.settings.dead_after());
-    assert_eq!(h.task(task).state, TaskState::Running, "judged at the window, not past it");
+    h.tick_at(start + Duration::from_secs(10) + h.settings.heartbeat_interval / 2);
+    assert_eq!(
+        h.task(task).state,
+        TaskState::Running,
+        "judged before the ping had an interval to be answered"
+    );
     h.tick_at(start + Duration::from_secs(20));
     let info = h.task(task);
     assert_eq!((info.state, info.attempts), (TaskState::Error, 2));
@@ -405,7 +409,11 @@ fn a_runner_that_answers_its_pings_is_never_lost() {
         h.runner_says(r1, RunnerToDispatcher::Pong(Pong { seq: u64::from(round) }));
         h.tick_at(at + h.settings.dead_after() * 2);
     }
-    let runners = h.core.runners.silent(start + h.settings.dead_after() * 30, h.settings.dead_after());
+    let runners = h.core.runners.silent(
+        start + h.settings.dead_after() * 30,
+        h.settings.dead_after(),
+        h.settings.heartbeat_interval,
+    );
     assert!(runners.is_empty(), "{runners:?}");
     // The scheduler sends no pings itself: the connection's writer does.
     assert!(h.sent(r1).iter().all(|message| !matches!(message, DispatcherToRunner::Ping(_))));
