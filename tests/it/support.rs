@@ -229,7 +229,12 @@ pub fn baton_command(addr: &str, args: &[&str], env: &[(&str, &str)]) -> Command
 pub fn baton_json(addr: &str, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
-    let output = baton(addr, &all);
+    json_output(&all, &baton(addr, &all))
+}
+
+/// The JSON a successful `baton ALL` printed; panics with the full output
+/// if it failed or printed something else.
+pub fn json_output(all: &[&str], output: &std::process::Output) -> Value {
     assert!(
         output.status.success(),
         "baton {all:?} failed ({}):\nstdout: {}\nstderr: {}",

@@ -73,15 +73,7 @@ impl Person {
     fn json(&self, addr: &str, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");
-        let output = self.run(addr, &all);
-        assert!(
-            output.status.success(),
-            "baton {all:?} failed ({}):\nstdout: {}\nstderr: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("JSON")
+        support::json_output(&all, &self.run(addr, &all))
     }
 
     /// Runs `baton ARGS`, which must fail with `exit` and say `words`.
