@@ -76,22 +76,20 @@ pub async fn serve(
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0;
         loop {
-            let message = tokio::select! {
+            let (message, pinged) = tokio::select! {
                 _ = writer_kill.cancelled() => break,
                 _ = pings.tick() => {
                     seq += 1;
-                    DispatcherToRunner::Ping(Ping { seq })
+                    (DispatcherToRunner::Ping(Ping { seq }), true)
                 }
                 message = queued.recv() => match message {
-                    Some(message) => message,
+                    Some(message) => (message, false),
                     None => break,
                 },
             };
-            let mut pinged = matches!(message, DispatcherToRunner::Ping(_));
             // Feed everything already queued, then flush once.
             let mut result = sender.feed(&message).await;
             while let (Ok(()), Ok(more)) = (&result, queued.try_recv()) {
-                pinged |= matches!(more, DispatcherToRunner::Ping(_));
                 result = sender.feed(&more).await;
             }
             if let Err(err) = result.and(sender.flush().await) {
