@@ -85,6 +85,17 @@ pub fn exists(files: &DataDir, task_id: TaskId) -> bool {
     files.log_path(task_id).exists() || compressed_path(files, task_id).exists()
 }
 
+/// Whether retention removed the task's log (and it is not there).
+///
+/// # Errors
+/// The store cannot be read.
+pub async fn pruned(files: &DataDir, readers: &Arc<Readers>, task_id: TaskId) -> anyhow::Result<bool> {
+    if exists(files, task_id) {
+        return Ok(false);
+    }
+    readers.query(move |reader| reader.log_pruned(task_id)).await
+}
+
 /// Reads the last `max` bytes of a task's log: the bytes, the offset they
 /// start at, and whether the task has a log at all.
 ///

@@ -320,7 +320,7 @@ async fn stream_log(
         sender.send(&DispatcherToClient::Error(format!("no task {task_id}"))).await?;
         return Ok(());
     };
-    if task.state.is_final() && log_pruned(shared, task_id).await? {
+    if task.state.is_final() && crate::logs::pruned(&shared.files, &shared.readers, task_id).await? {
         let message = format!("the log of task {task_id} was pruned (--keep-logs)");
         sender.send(&DispatcherToClient::Error(message)).await?;
         return Ok(());
@@ -354,14 +354,6 @@ impl crate::follow::Sink for Client<'_> {
         self.0.send(&DispatcherToClient::LogChunk(bytes)).await?;
         Ok(())
     }
-}
-
-/// Whether retention removed the task's log (and it is not there).
-async fn log_pruned(shared: &Shared, task_id: TaskId) -> anyhow::Result<bool> {
-    if crate::logs::exists(&shared.files, task_id) {
-        return Ok(false);
-    }
-    shared.readers.query(move |reader| reader.log_pruned(task_id)).await
 }
 
 async fn read_task(shared: &Shared, task_id: TaskId) -> anyhow::Result<Option<TaskInfo>> {

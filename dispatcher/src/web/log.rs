@@ -41,15 +41,11 @@ pub async fn serve(
         Some(other) => return Err(ApiError::bad_request(format!("bad follow {other:?}: expected 1 or 0"))),
     };
     let task = super::api::read_task(&web, task_id).await?;
-    if task.state.is_final() && !crate::logs::exists(&web.files, task_id) {
-        let pruned =
-            web.readers.query(move |reader| reader.log_pruned(task_id)).await.map_err(ApiError::from)?;
-        if pruned {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                format!("the log of task {task_id} was pruned (--keep-logs)"),
-            ));
-        }
+    if task.state.is_final() && crate::logs::pruned(&web.files, &web.readers, task_id).await? {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!("the log of task {task_id} was pruned (--keep-logs)"),
+        ));
     }
     let permit = Arc::clone(&web.streams)
         .try_acquire_owned()
