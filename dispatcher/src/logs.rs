@@ -177,24 +177,31 @@ pub fn compress(files: &DataDir, task_id: TaskId) -> anyhow::Result<Option<(u64,
     Ok(Some(sizes))
 }
 
-/// Removes every file of a task's logs: plain, compressed, a temporary
-/// one, and the logs of its earlier attempts.
-fn remove(files: &DataDir, task_id: TaskId) {
-    let dir = files.root().join("logs");
-    let mut paths =
-        vec![files.log_path(task_id), compressed_path(files, task_id), temporary_path(files, task_id)];
-    // Earlier attempts are `<task>.attempt<N>.log`; attempts are few.
-    let prefix = format!("{task_id}.attempt");
-    if let Ok(entries) = fs::read_dir(&dir) {
-        // One listing per batch would be cheaper, but pruning is rare and
-        // in the background.
+/// Removes every file of these tasks' logs: plain, compressed, a temporary
+/// one, and the logs of their earlier attempts (`<task>.attempt<N>.log`,
+/// found in one listing of `logs/` per batch).
+fn remove(files: &DataDir, task_ids: &[TaskId]) {
+    let ids: std::collections::HashSet<TaskId> = task_ids.iter().copied().collect();
+    let mut paths: Vec<(TaskId, PathBuf)> = task_ids
+        .iter()
+        .flat_map(|&id| {
+            [files.log_path(id), compressed_path(files, id), temporary_path(files, id)].map(|path| (id, path))
+        })
+        .collect();
+    if let Ok(entries) = fs::read_dir(files.root().join("logs")) {
         for entry in entries.flatten() {
-            if entry.file_name().to_str().is_some_and(|name| name.starts_with(&prefix)) {
-                paths.push(entry.path());
+            let owner = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.split_once(".attempt"))
+                .and_then(|(id, _)| id.parse::<i64>().ok())
+                .and_then(|id| TaskId::new(id).ok());
+            if let Some(id) = owner.filter(|id| ids.contains(id)) {
+                paths.push((id, entry.path()));
             }
         }
     }
-    for path in paths {
+    for (task_id, path) in paths {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -249,11 +256,7 @@ fn serve(files: &DataDir, queue: &Receiver<LogJob>) {
     while let Ok(job) = queue.recv() {
         match job {
             LogJob::Compress(task_id) => compress_logged(files, task_id),
-            LogJob::Remove(task_ids) => {
-                for task_id in task_ids {
-                    remove(files, task_id);
-                }
-            }
+            LogJob::Remove(task_ids) => remove(files, &task_ids),
         }
     }
 }
