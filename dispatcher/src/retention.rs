@@ -112,8 +112,7 @@ async fn prune(
         if tasks.is_empty() && old_logs.is_empty() {
             break;
         }
-        let Ok(pruned) =
-            scheduler.ask(|reply| Event::Prune { tasks: tasks.clone(), logs: old_logs.clone(), reply }).await
+        let Ok(pruned) = scheduler.ask(move |reply| Event::Prune { tasks, logs: old_logs, reply }).await
         else {
             return Ok(());
         };
@@ -129,7 +128,9 @@ async fn prune(
         remove.extend(gone.iter().map(|task| task.id));
         logs.remove(remove).await;
         // A commit's result file goes with its last task.
-        let commits: Vec<_> = gone.into_iter().map(|task| task.commit).collect();
+        let mut commits: Vec<_> = gone.into_iter().map(|task| task.commit).collect();
+        commits.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        commits.dedup();
         let results = files.root().join("test_results");
         readers
             .query(move |reader| {
