@@ -57,7 +57,7 @@ pub async fn page(
                             td { (test.runs) }
                             td { (test.failures) }
                             td { (test.flips) }
-                            td { (format!("{:.0} %", 100.0 * test.flips as f64 / test.runs.max(1) as f64)) }
+                            td { (format!("{:.0} %", 100.0 * test.flip_rate())) }
                             td { (time(Some(test.last_seen_ms))) }
                         }
                     }

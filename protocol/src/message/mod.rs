@@ -463,6 +463,17 @@ pub struct FlakyTest {
     pub last_seen_ms: i64,
 }
 
+impl FlakyTest {
+    /// Flips per run, 0 without runs.
+    pub fn flip_rate(&self) -> f64 {
+        if self.runs == 0 {
+            0.0
+        } else {
+            self.flips as f64 / self.runs as f64
+        }
+    }
+}
+
 /// A commit prefix within one repository.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitQuery {

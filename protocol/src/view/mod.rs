@@ -75,14 +75,13 @@ pub fn test_case(test: &TestCase) -> Value {
 
 /// One test's record: an element of `flaky --json`.
 pub fn flaky_test(test: &FlakyTest) -> Value {
-    let flip_rate = if test.runs == 0 { 0.0 } else { test.flips as f64 / test.runs as f64 };
     json!({
         "repo": test.repo.as_str(),
         "name": test.name,
         "runs": test.runs,
         "failures": test.failures,
         "flips": test.flips,
-        "flip_rate": flip_rate,
+        "flip_rate": test.flip_rate(),
         "last_seen": rfc3339(test.last_seen_ms),
     })
 }

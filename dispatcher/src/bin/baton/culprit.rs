@@ -57,7 +57,7 @@ pub fn flaky(tests: &[FlakyTest], now_ms: i64, style: Style) -> String {
     let mut table =
         render::table(style, &["TEST", "REPO", "RUNS", "FAILURES", "FLIPS", "FLIP RATE", "LAST SEEN"]);
     for test in tests {
-        let rate = if test.runs == 0 { 0.0 } else { 100.0 * test.flips as f64 / test.runs as f64 };
+        let rate = 100.0 * test.flip_rate();
         table.add_row(vec![
             Cell::new(&test.name),
             Cell::new(&test.repo),
