@@ -401,11 +401,7 @@ impl Config {
         let users = Users::from_files(file.user)?;
         let public_url = match cli.public_url.or(file.public_url) {
             Some(url) => {
-                anyhow::ensure!(
-                    (url.starts_with("http://") || url.starts_with("https://"))
-                        && !url.chars().any(|c| c.is_whitespace() || c.is_control()),
-                    "--public-url {url:?}: an http(s):// URL is needed"
-                );
+                anyhow::ensure!(is_http_url(&url), "--public-url {url:?}: an http(s):// URL is needed");
                 Some(url.trim_end_matches('/').to_string())
             }
             None => None,
@@ -679,6 +675,12 @@ fn notifier(name: Name, file: NotifierFile, base: &Path) -> anyhow::Result<Notif
     Ok(Notifier { name, target, events })
 }
 
+/// An `http://` or `https://` URL without blanks or control characters.
+fn is_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 fn status_target(
     name: &Name,
     forge: &str,
@@ -695,11 +697,7 @@ fn status_target(
     };
     let api =
         api.with_context(|| format!("notifier {name}: a status notifier needs api = \"https://...\""))?;
-    anyhow::ensure!(
-        (api.starts_with("http://") || api.starts_with("https://"))
-            && !api.chars().any(|c| c.is_whitespace() || c.is_control()),
-        "notifier {name}: api {api:?}: an http(s):// URL is needed"
-    );
+    anyhow::ensure!(is_http_url(&api), "notifier {name}: api {api:?}: an http(s):// URL is needed");
     let token_file =
         token_file.with_context(|| format!("notifier {name}: a status notifier needs token_file"))?;
     let token_file = if token_file.is_relative() { base.join(token_file) } else { token_file };
