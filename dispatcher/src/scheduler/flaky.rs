@@ -10,7 +10,7 @@
 use protocol::message::{TestCase, TestStatus};
 use protocol::{Name, TaskId, TaskState};
 
-use super::{now_ms, printable_line, Core, Effects, StateChange};
+use super::{now_ms, printable_line, Core, Effects};
 use crate::store::{TaskKind, Tx};
 
 /// Most per-test outcomes stored for one attempt: the runner's own bound
@@ -49,18 +49,13 @@ pub(super) fn result(
             let retries = task.retries + 1;
             let failed = tests.iter().filter(|test| test.status == TestStatus::Failed).count();
             let reason = format!("failed on {runner}; retry {retries} of {}", core.settings.retry_failed);
-            core.runners.remove_task(runner, task_id);
+            super::life::free_slot(core, task_id);
             let Some(task) = core.tasks.retry(task_id, runner.clone()) else { return Ok(false) };
             let attempts = task.attempts;
             tx.retry(task_id, &reason)?;
             tracing::info!(task_id = %task_id, attempt = attempts, runner = %runner, retries, failed_tests = failed,
                 "failed run retried");
-            effects.state_changed(StateChange {
-                task_id,
-                state: TaskState::Pending,
-                attempt: attempts,
-                runner: None,
-            });
+            super::life::pending_again(effects, task_id, attempts);
             Ok(true)
         }
         TaskState::Passed if task.retries > 0 => {

@@ -423,7 +423,7 @@ fn end(
 }
 
 /// Takes a running task off its runner's list (its slot is free again).
-fn free_slot(core: &mut Core, task_id: TaskId) {
+pub(super) fn free_slot(core: &mut Core, task_id: TaskId) {
     let runner = core.tasks.running(task_id).and_then(|running| running.task.runner.clone());
     if let Some(runner) = runner {
         core.runners.remove_task(&runner, task_id);
@@ -431,7 +431,7 @@ fn free_slot(core: &mut Core, task_id: TaskId) {
 }
 
 /// Tells subscribers a task waits in the queue again.
-fn pending_again(effects: &mut Effects, task_id: TaskId, attempts: u32) {
+pub(super) fn pending_again(effects: &mut Effects, task_id: TaskId, attempts: u32) {
     effects.state_changed(StateChange {
         task_id,
         state: TaskState::Pending,
