@@ -177,10 +177,7 @@ fn bisection_row(row: &Row<'_>) -> rusqlite::Result<BisectionRow> {
             .lines()
             .map(|line| CommitId::new(line).map_err(|err| invalid(4)(err.to_string())))
             .collect::<Result<_, _>>()?,
-        tasks: tasks
-            .split_whitespace()
-            .filter_map(|id| id.parse().ok().and_then(|id| TaskId::new(id).ok()))
-            .collect(),
+        tasks: super::task_ids(&tasks),
     })
 }
 

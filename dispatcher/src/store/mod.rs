@@ -626,12 +626,16 @@ fn task_info(row: &Row<'_>) -> rusqlite::Result<TaskInfo> {
 
 /// `COMMIT STEPS TASK TASK...` as the bisections table keeps a found culprit.
 fn culprit(text: &str) -> Option<protocol::message::Culprit> {
-    let mut words = text.split_whitespace();
+    let mut words = text.trim().splitn(3, ' ');
     let commit = CommitId::new(words.next()?).ok()?;
     let steps = words.next()?.parse().ok()?;
-    let tasks: Vec<TaskId> =
-        words.filter_map(|id| id.parse().ok().and_then(|id| TaskId::new(id).ok())).collect();
+    let tasks = task_ids(words.next().unwrap_or_default());
     Some(protocol::message::Culprit { commit, steps, tasks })
+}
+
+/// Task ids as the bisections table keeps them, separated by blanks.
+fn task_ids(text: &str) -> Vec<TaskId> {
+    text.split_whitespace().filter_map(|id| id.parse().ok().and_then(|id| TaskId::new(id).ok())).collect()
 }
 
 fn count_by_state(conn: &rusqlite::Connection) -> anyhow::Result<Vec<(TaskState, u64)>> {
