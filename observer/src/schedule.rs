@@ -41,10 +41,9 @@ pub enum Due<Tz: TimeZone> {
 pub fn due<Tz: TimeZone>(cron: &Cron, after: &DateTime<Tz>, now: &DateTime<Tz>) -> Due<Tz> {
     match cron.find_next_occurrence(after, false) {
         Err(_) => Due::Never,
-        Ok(next) if next <= *now => {
-            let latest = cron.find_previous_occurrence(now, true).unwrap_or(next.clone());
-            Due::Fire(if latest > next { latest } else { next })
-        }
+        Ok(next) if next <= *now => Due::Fire(
+            cron.find_previous_occurrence(now, true).map_or(next.clone(), |latest| latest.max(next)),
+        ),
         Ok(next) => Due::Wait(next),
     }
 }
