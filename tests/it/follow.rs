@@ -7,9 +7,8 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
 
-use crate::support::{self, baton, wait_final, wait_for, Dispatcher, Repo, PATIENCE};
+use crate::support::{self, baton, wait_final, wait_for, Dispatcher, Repo};
 
 /// Rounds of one task each: the race this guards against showed in about two
 /// runs of five with a single follower, and every round has ten.
@@ -58,14 +57,7 @@ impl Follower {
     /// Waits for the follower to exit (it must succeed: the task passes) and
     /// returns what it printed.
     fn finish(mut self) -> Vec<u8> {
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for a follower") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "follower {} did not end", self.what);
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let status = support::wait_exit(&mut self.child, &format!("follower {}", self.what));
         assert!(status.success(), "follower {} exited {status}", self.what);
         std::fs::read(&self.out).expect("reading a follower's output")
     }
