@@ -129,6 +129,17 @@ pub fn host_port(address: &str) -> Option<(&str, u16)> {
     (!host.is_empty()).then_some((host, port))
 }
 
+/// The first wait of the default back-off.
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+/// The cap of the default back-off.
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
+/// The longest wait between two tries of the default back-off: its cap
+/// with the most jitter. A restarted dispatcher waits at least this long for
+/// the runners that held tasks before it gives their tasks to others: a
+/// runner that was away as long as the dispatcher may be waiting that long
+/// before its next try.
+pub const LONGEST_RECONNECT_WAIT: Duration = Duration::from_millis(6_250);
+
 /// Capped exponential back-off with jitter, for reconnecting to a dispatcher
 /// that is gone.
 #[derive(Debug, Clone)]
@@ -140,7 +151,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Backoff {
-        Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+        Backoff::new(RECONNECT_FIRST, RECONNECT_CAP)
     }
 }
 
@@ -289,5 +300,13 @@ mod tests {
         assert!(delays.iter().all(|delay| delay.subsec_nanos() % 1_000_000 == 0), "{delays:?}");
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(125));
+    }
+
+    #[test]
+    fn the_default_back_off_never_waits_longer_than_its_published_longest_wait() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..200).map(|_| backoff.next_delay()).collect();
+        assert!(delays.iter().all(|delay| *delay <= LONGEST_RECONNECT_WAIT), "{delays:?}");
+        assert!(delays.iter().any(|delay| *delay > RECONNECT_CAP), "the jitter reaches past the cap");
     }
 }

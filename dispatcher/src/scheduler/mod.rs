@@ -197,6 +197,16 @@ impl Settings {
         self.heartbeat_interval * self.heartbeat_misses
     }
 
+    /// How long a task whose runner held it when the dispatcher restarted
+    /// (or stalled and saw the runner close) waits for that runner: a
+    /// heartbeat window, and never less than a runner's longest wait between
+    /// two reconnection tries (plus an interval to register), so a runner
+    /// that was away as long as the dispatcher re-adopts its task instead of
+    /// finding it given to another.
+    pub(crate) fn orphan_grace(&self) -> Duration {
+        self.dead_after().max(protocol::peer::LONGEST_RECONNECT_WAIT + self.heartbeat_interval)
+    }
+
     /// The tick period: a quarter of the heartbeat, so that a silent runner
     /// is declared dead at most a quarter interval after its window ends.
     pub fn tick_period(&self) -> Duration {

@@ -280,7 +280,7 @@ pub(super) fn on_tick(
     if core.disk.check() || core.disk.full().is_none() {
         ask_for_missing_output(core, effects);
     }
-    if let Some(deadline) = now.checked_sub(dead_after) {
+    if let Some(deadline) = now.checked_sub(core.settings.orphan_grace()) {
         for task_id in core.tasks.orphaned_before(deadline) {
             life::requeue_or_fail(
                 core,

@@ -439,10 +439,14 @@ fn after_a_restart_a_runner_re_adopts_its_task_and_an_absent_one_is_requeued() {
     h.output(r1, kept, 1, 19, b"after\n");
     assert_eq!(h.log(kept), b"before the restart\nafter\n");
 
-    // r2 does not come back within the window (counted from the restart):
-    // its task runs again; r1, heard since, is not lost.
+    // r2 does not come back within the grace (counted from the restart),
+    // which is longer than a runner's longest wait between reconnection
+    // tries: its task runs again; r1, heard since, is not lost.
     let restarted = h.core.tasks.running(abandoned).and_then(|running| running.orphaned_at).unwrap();
-    h.tick_at(restarted + h.settings.dead_after() + Duration::from_nanos(1));
+    assert!(h.settings.orphan_grace() > protocol::peer::LONGEST_RECONNECT_WAIT);
+    h.tick_at(restarted + h.settings.orphan_grace());
+    assert_eq!(h.task(abandoned).state, TaskState::Running, "still waiting at the end of the grace");
+    h.tick_at(restarted + h.settings.orphan_grace() + Duration::from_nanos(1));
     assert_eq!(h.task(abandoned).state, TaskState::Pending);
     h.result(r1, kept, 1, Outcome::Passed);
     assert_eq!(h.assigned(r1), vec![(abandoned, 2, Job::Test)]);
