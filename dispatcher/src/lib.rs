@@ -154,32 +154,41 @@ pub async fn run_with_web(
         outbox,
         shutdown.clone(),
     ));
-    if let Some(web) = web {
-        let secret = match &config.token_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .with_context(|| format!("reading token file {}", path.display()))?
-                    .trim_ascii()
-                    .to_vec(),
-            ),
-            None => None,
-        };
-        let state = web::state(
-            scheduler.clone(),
-            Arc::clone(&shared.readers),
-            shared.files.clone(),
-            secret,
-            Arc::clone(&config.users),
-            shutdown.clone(),
-        );
-        tracing::info!(http = %web.local_addr()?, "web report service started");
-        tracker.spawn(web::serve(web, state));
-    }
+    let web_thread = match web {
+        Some(web) => {
+            let secret = match &config.token_file {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("reading token file {}", path.display()))?
+                        .trim_ascii()
+                        .to_vec(),
+                ),
+                None => None,
+            };
+            tracing::info!(http = %web.local_addr()?, "web report service started");
+            Some(web::start(
+                web,
+                scheduler.clone(),
+                Arc::clone(&shared.readers),
+                shared.files.clone(),
+                secret,
+                Arc::clone(&config.users),
+                shutdown.clone(),
+            )?)
+        }
+        None => None,
+    };
     server::serve(listener, Arc::clone(&shared), &tracker).await;
     tracing::info!("stopping: no new connections");
     tracker.close();
     if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not finish in time");
+    }
+    if let Some(thread) = web_thread {
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(GRACE, joined).await.is_err() {
+            tracing::warn!("the web service did not stop in time");
+        }
     }
     drop(ticker);
     // The scheduler thread ends once the last handle is gone; it has

@@ -19,7 +19,9 @@ use axum::body::Bytes;
 use protocol::message::TaskInfo;
 
 use super::api::TaskQuery;
-use super::{json, ApiError};
+use protocol::view::TaskJson;
+
+use super::ApiError;
 use crate::readers::Readers;
 use crate::scheduler::Handle;
 
@@ -27,6 +29,8 @@ use crate::scheduler::Handle;
 /// (dashboards ask a few; a crawler paging through history asks many, each
 /// once).
 const MAX_KEPT: usize = 32;
+/// About the length of one task's JSON, to size a list's body at once.
+const BYTES_PER_TASK: usize = 600;
 
 /// One query's answer at one commit.
 pub struct List {
@@ -41,9 +45,11 @@ impl List {
     pub fn json(&self) -> Bytes {
         self.json
             .get_or_init(|| {
-                let values: Vec<serde_json::Value> = self.tasks.iter().map(json::task).collect();
-                // Serialising plain JSON values cannot fail.
-                Bytes::from(serde_json::to_vec(&values).unwrap_or_default())
+                let tasks: Vec<TaskJson<'_>> = self.tasks.iter().map(TaskJson).collect();
+                let mut body = Vec::with_capacity(BYTES_PER_TASK * tasks.len());
+                // Serialising strings, numbers and lists cannot fail.
+                let _ = serde_json::to_writer(&mut body, &tasks);
+                Bytes::from(body)
             })
             .clone()
     }

@@ -1,17 +1,23 @@
 //! The web report service of SPEC §10: server-rendered pages, the JSON API
 //! under `/api/v1/`, server-sent events and Prometheus metrics, served by
-//! axum on the dispatcher's tokio runtime.
+//! axum on a tokio runtime of its own whose threads run at a lower priority
+//! (nice 10) than the rest of the dispatcher.
 //!
-//! Why it cannot slow scheduling: it reads tasks, logs and releases through
-//! the read-only SQLite pool (`readers`, blocking threads) and the log
-//! files; it asks the scheduler only for status and runners, through a
-//! snapshot cache that sends at most a few events per second however many
-//! clients poll; live updates come from the scheduler's state changes, a
+//! Why it cannot slow scheduling: its requests run on their own threads, so
+//! 200 dashboards polling never queue in front of a runner's frame on the
+//! protocol runtime, and when the cores are busy the kernel runs the
+//! scheduler and the connections first (issue 14: `web_polled` in the
+//! README). It reads tasks, logs and releases through the read-only SQLite
+//! pool (`readers`, on the web's blocking threads) and the log files; it
+//! asks the scheduler only for status and runners, through a snapshot cache
+//! that sends at most a few events per second however many clients poll;
+//! live updates come from the scheduler's state changes, a
 //! `tokio::sync::broadcast` published after each commit, whose slow
-//! subscribers lag (and are told so) instead of making the scheduler wait; a followed log reads the file at the
-//! follower's own pace, woken by a `watch` channel that holds only the latest
-//! length. Requests are bounded (body size, time, concurrency, streams), and
-//! a panic in a handler becomes a 500 for that request only.
+//! subscribers lag (and are told so) instead of making the scheduler wait;
+//! a followed log reads the file at the follower's own pace, woken by a
+//! `watch` channel that holds only the latest length. Requests are bounded
+//! (body size, time, concurrency, streams), and a panic in a handler becomes
+//! a 500 for that request only.
 //!
 //! Deliberately not here: SQL (`store::web`), the JSON shapes' contract with
 //! the client (`web::json` mirrors `baton --json`).
@@ -54,6 +60,12 @@ const MAX_REQUESTS: usize = 64;
 /// Open streams (followed logs, event streams) at most; more are answered
 /// 503 at once.
 const MAX_STREAMS: usize = 256;
+/// Worker threads of the web's runtime (its blocking threads, for SQLite
+/// reads and log files, come on top).
+const WORKERS: usize = 2;
+/// The nice value of every web thread: under contention the kernel gives
+/// them about a tenth of what a thread at 0 gets, and all the idle time.
+const NICENESS: i32 = 10;
 
 /// What every handler shares.
 pub struct Web {
@@ -68,11 +80,11 @@ pub struct Web {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// Builds the web service's shared state.
+/// Builds the web service's shared state, on the web's runtime (it spawns
+/// the metrics' follower).
 ///
-/// `secret` is the token file's content (trimmed), when there is one: the
-/// Bearer token steering requests must carry.
-pub fn state(
+/// `secret` is the Bearer token steering requests must carry.
+fn state(
     scheduler: Handle,
     readers: Arc<Readers>,
     files: DataDir,
@@ -95,8 +107,74 @@ pub fn state(
     })
 }
 
+/// Starts the web service on `listener` on its own runtime and threads (see
+/// the module's doc); it serves until `shutdown` is cancelled, then the
+/// returned thread ends.
+///
+/// `secret` is the token file's content (trimmed), when there is one.
+///
+/// # Errors
+/// The runtime or its thread cannot be started.
+pub fn start(
+    listener: TcpListener,
+    scheduler: Handle,
+    readers: Arc<Readers>,
+    files: DataDir,
+    secret: Option<Vec<u8>>,
+    users: Arc<crate::users::Users>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use anyhow::Context;
+
+    // A listener belongs to the runtime that made it: hand the socket over.
+    let listener = listener.into_std().context("handing the web listener to its runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .thread_name("web")
+        .on_thread_start(lower_priority)
+        .enable_all()
+        .build()
+        .context("starting the web's runtime")?;
+    let thread = std::thread::Builder::new().name("web".into());
+    let thread = thread
+        .spawn(move || {
+            lower_priority();
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        tracing::error!(error = %err, "web service cannot listen");
+                        return;
+                    }
+                };
+                let web = state(scheduler, readers, files, secret, users, shutdown);
+                serve(listener, web).await;
+            });
+            // Streams still open end with their runtime.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })
+        .context("starting the web's thread")?;
+    Ok(thread)
+}
+
+/// Lowers the calling thread's scheduling priority to [`NICENESS`]. On
+/// Linux the nice value is a thread's own; failing is harmless (the web
+/// then competes as an equal) and logged.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take and return plain integers and
+        // touch no memory of ours; `who` is this thread's id.
+        let changed =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, NICENESS) };
+        if changed != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a web thread's priority");
+        }
+    }
+}
+
 /// Serves HTTP on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, web: Arc<Web>) {
+async fn serve(listener: TcpListener, web: Arc<Web>) {
     let shutdown = web.shutdown.clone();
     let app = router(web).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });

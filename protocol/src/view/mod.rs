@@ -14,6 +14,7 @@
 pub mod fixtures;
 mod time;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Value};
 
 pub use self::time::{duration, now_ms, relative, rfc3339};
@@ -29,43 +30,86 @@ use crate::TaskState;
 /// only on tasks a client steered, so the objects of observed tasks keep
 /// their keys.
 pub fn task(task: &TaskInfo) -> Value {
-    let mut value = json!({
-        "id": task.id.get(),
-        "repo": task.repo.as_str(),
-        "branch": task.branch.as_str(),
-        "commit": task.commit.as_str(),
-        "state": task.state.as_str(),
-        "attempts": task.attempts,
-        "runner": task.runner.as_ref().map(|name| name.as_str()),
-        "exit_code": task.exit_code,
-        "created_at": rfc3339(task.created_at_ms),
-        "started_at": task.started_at_ms.and_then(rfc3339),
-        "finished_at": task.finished_at_ms.and_then(rfc3339),
-        "duration_ms": task.duration_ms,
-        "summary": task.summary.as_ref().map(summary),
-        "reason": task.reason,
-        "labels": task.labels.iter().map(|label| label.as_str()).collect::<Vec<_>>(),
-        "trigger": task.trigger,
-        "kind": task.kind,
-        "flaky": task.flaky,
-        "flaky_tests": task.flaky_tests,
-        "culprit": task.culprit.as_ref().map(culprit),
-    });
-    for (key, by) in [("requested_by", &task.requested_by), ("aborted_by", &task.aborted_by)] {
-        if let (Some(by), Some(object)) = (by, value.as_object_mut()) {
-            object.insert(key.into(), Value::String(by.clone()));
+    // Serialising strings, numbers and lists into a `Value` cannot fail.
+    serde_json::to_value(TaskJson(task)).unwrap_or(Value::Null)
+}
+
+/// A task's `--json` object as a `Serialize`r, written straight out without
+/// building a `Value` first: the web serves lists of fifty per request
+/// (issue 14), where a map of owned keys per task was most of the cost.
+/// Keys come in sorted order, as serde_json's sorted map prints them, so
+/// `task()` and this print the same bytes (tested).
+pub struct TaskJson<'a>(pub &'a TaskInfo);
+
+impl Serialize for TaskJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let task = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(by) = &task.aborted_by {
+            map.serialize_entry("aborted_by", by)?;
         }
+        map.serialize_entry("attempts", &task.attempts)?;
+        map.serialize_entry("branch", task.branch.as_str())?;
+        map.serialize_entry("commit", task.commit.as_str())?;
+        map.serialize_entry("created_at", &rfc3339(task.created_at_ms))?;
+        map.serialize_entry("culprit", &task.culprit.as_ref().map(CulpritJson))?;
+        map.serialize_entry("duration_ms", &task.duration_ms)?;
+        map.serialize_entry("exit_code", &task.exit_code)?;
+        map.serialize_entry("finished_at", &task.finished_at_ms.and_then(rfc3339))?;
+        map.serialize_entry("flaky", &task.flaky)?;
+        map.serialize_entry("flaky_tests", &task.flaky_tests)?;
+        map.serialize_entry("id", &task.id.get())?;
+        map.serialize_entry("kind", &task.kind)?;
+        map.serialize_entry("labels", &Strings(&task.labels))?;
+        map.serialize_entry("reason", &task.reason)?;
+        map.serialize_entry("repo", task.repo.as_str())?;
+        if let Some(by) = &task.requested_by {
+            map.serialize_entry("requested_by", by)?;
+        }
+        map.serialize_entry("runner", &task.runner.as_ref().map(|name| name.as_str()))?;
+        map.serialize_entry("started_at", &task.started_at_ms.and_then(rfc3339))?;
+        map.serialize_entry("state", task.state.as_str())?;
+        map.serialize_entry("summary", &task.summary.as_ref().map(SummaryJson))?;
+        map.serialize_entry("trigger", &task.trigger)?;
+        map.end()
     }
-    value
+}
+
+/// Labels as a list of strings.
+struct Strings<'a>(&'a [crate::Label]);
+
+impl Serialize for Strings<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|label| label.as_str()))
+    }
 }
 
 /// `{"commit": C, "steps": N, "tasks": [ID...]}`.
-fn culprit(culprit: &Culprit) -> Value {
-    json!({
-        "commit": culprit.commit.as_str(),
-        "steps": culprit.steps,
-        "tasks": culprit.tasks.iter().map(|id| id.get()).collect::<Vec<_>>(),
-    })
+struct CulpritJson<'a>(&'a Culprit);
+
+impl Serialize for CulpritJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let culprit = self.0;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("commit", culprit.commit.as_str())?;
+        map.serialize_entry("steps", &culprit.steps)?;
+        map.serialize_entry("tasks", &culprit.tasks.iter().map(|id| id.get()).collect::<Vec<_>>())?;
+        map.end()
+    }
+}
+
+/// `{"failed": N, "passed": N, "skipped": N}`.
+struct SummaryJson<'a>(&'a Summary);
+
+impl Serialize for SummaryJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let summary = self.0;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("failed", &summary.failed)?;
+        map.serialize_entry("passed", &summary.passed)?;
+        map.serialize_entry("skipped", &summary.skipped)?;
+        map.end()
+    }
 }
 
 /// One test of a task: an element of `show --tests --json`'s `tests`.
@@ -84,11 +128,6 @@ pub fn flaky_test(test: &FlakyTest) -> Value {
         "flip_rate": test.flip_rate(),
         "last_seen": rfc3339(test.last_seen_ms),
     })
-}
-
-/// `{"passed": N, "failed": N, "skipped": N}`.
-fn summary(summary: &Summary) -> Value {
-    json!({ "passed": summary.passed, "failed": summary.failed, "skipped": summary.skipped })
 }
 
 /// One runner: an element of `runners --json`. `task` is the first current
@@ -238,6 +277,29 @@ mod tests {
     fn sorted(mut keys: Vec<&str>) -> Vec<&str> {
         keys.sort_unstable();
         keys
+    }
+
+    #[test]
+    fn a_task_streamed_prints_the_bytes_of_its_value() {
+        let plain = fixtures::task_info();
+        let mut steered = fixtures::task_info();
+        steered.requested_by = Some("alice".into());
+        steered.aborted_by = Some("bob".into());
+        steered.summary = Some(Summary { passed: 3, failed: 1, skipped: 2 });
+        steered.culprit = Some(Culprit { commit: plain.commit.clone(), steps: 4, tasks: vec![plain.id] });
+        steered.started_at_ms = Some(plain.created_at_ms + 5);
+        steered.reason = Some("a \"quoted\" reason\n".into());
+        for task_info in [&plain, &steered] {
+            let streamed = serde_json::to_string(&TaskJson(task_info)).unwrap();
+            assert_eq!(streamed, serde_json::to_string(&task(task_info)).unwrap());
+        }
+        let value = task(&steered);
+        assert_eq!(value["summary"], json!({ "passed": 3, "failed": 1, "skipped": 2 }));
+        assert_eq!(value["culprit"]["steps"], 4);
+        assert_eq!(
+            (value["requested_by"].as_str(), value["aborted_by"].as_str()),
+            (Some("alice"), Some("bob"))
+        );
     }
 
     #[test]
