@@ -242,6 +242,10 @@ pub struct Reader {
     conn: rusqlite::Connection,
 }
 
+/// Prepared statements a reader keeps: more than the kinds of queries the
+/// client and the web make, with the task list's filter combinations.
+const READER_STATEMENTS: usize = 64;
+
 fn configure(conn: &rusqlite::Connection) -> anyhow::Result<()> {
     // A reader waiting on a checkpoint should wait, not fail.
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -511,6 +515,8 @@ impl Reader {
         let conn = rusqlite::Connection::open_with_flags(path, flags)
             .with_context(|| format!("opening database {} for reading", path.display()))?;
         configure(&conn)?;
+        // Every query a reader runs stays prepared (rusqlite keeps 16).
+        conn.set_prepared_statement_cache_capacity(READER_STATEMENTS);
         Ok(Reader { conn })
     }
 
@@ -524,13 +530,45 @@ impl Reader {
         state: Option<TaskState>,
         limit: u32,
     ) -> anyhow::Result<Vec<TaskInfo>> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR state = ?2)
-             ORDER BY id DESC LIMIT ?3"
-        );
+        self.tasks_newest_first(repo, state, None, limit)
+    }
+
+    /// Tasks newest first with only the filters given (and ids below
+    /// `before`): one statement per combination of filters and limit, each
+    /// prepared once. SQLite (built with STAT4) recompiles a statement at
+    /// every run when its plan may depend on a bound value (`?1 IS NULL OR
+    /// …`, `state = ?2`, `LIMIT ?4`): that was half of a web poll's cost
+    /// (issue 14). Only a repository filter is still bound.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub(crate) fn tasks_newest_first(
+        &self,
+        repo: Option<&RepoUrl>,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<TaskInfo>> {
+        let mut conditions = Vec::new();
+        if repo.is_some() {
+            conditions.push("repo = ?1".to_string());
+        }
+        // A state (one of a fixed vocabulary of words), an id and the limit
+        // (integers) are part of the text; a repository, free text, is bound.
+        if let Some(state) = state {
+            conditions.push(format!("state = '{}'", state.as_str()));
+        }
+        if let Some(before) = before {
+            conditions.push(format!("id < {}", before.get()));
+        }
+        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt
-            .query_map(params![repo.map(RepoUrl::as_str), state.map(TaskState::as_str), limit], task_info)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(repo.map(RepoUrl::as_str)), task_info)?;
         rows.collect::<Result<_, _>>().context("listing tasks")
     }
 

@@ -272,3 +272,25 @@ fn a_database_from_before_deployments_migrates_with_its_deploy_tasks() {
     );
     assert!(reader.deployments(None, Some(&Name::new("production").unwrap())).unwrap().is_empty());
 }
+
+#[test]
+fn a_task_list_statement_is_prepared_once() {
+    let (_dir, mut store, reader) = file_store();
+    let tx = store.begin().unwrap();
+    for c in ['a', 'b', 'c'] {
+        tx.insert_task(&new_task(c, Trigger::Observer), 1).unwrap();
+    }
+    tx.commit().unwrap();
+    for _ in 0..3 {
+        assert_eq!(reader.tasks(None, None, 50).unwrap().len(), 3);
+        assert_eq!(reader.tasks(None, Some(TaskState::Pending), 50).unwrap().len(), 3);
+    }
+    // The same cached statements (each ran three times), never recompiled:
+    // a bound LIMIT or state made SQLite recompile them at every run.
+    for filter in ["", " WHERE state = 'pending'"] {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks{filter} ORDER BY id DESC LIMIT 50");
+        let statement = reader.conn.prepare_cached(&sql).unwrap();
+        assert_eq!(statement.get_status(rusqlite::StatementStatus::Run), 3, "{filter}");
+        assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 0, "{filter}");
+    }
+}

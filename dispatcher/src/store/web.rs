@@ -20,16 +20,7 @@ impl Reader {
         before: Option<TaskId>,
         limit: u32,
     ) -> anyhow::Result<Vec<TaskInfo>> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR state = ?2)
-             AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(
-            params![repo.map(RepoUrl::as_str), state.map(TaskState::as_str), before.map(TaskId::get), limit],
-            task_info,
-        )?;
-        rows.collect::<Result<_, _>>().context("listing tasks")
+        self.tasks_newest_first(repo, state, before, limit)
     }
 
     /// The tasks of the commits starting with `prefix`, newest first.

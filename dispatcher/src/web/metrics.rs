@@ -105,6 +105,8 @@ impl Metrics {
         let task_duration = self.task_duration.clone();
         tokio::spawn(async move {
             let mut since: HashMap<TaskId, i64> = HashMap::new();
+            // Each final state's counter, looked up in the family once.
+            let mut finished_in: HashMap<TaskState, Counter> = HashMap::new();
             loop {
                 let change = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -130,7 +132,12 @@ impl Metrics {
                                 }
                             }
                             final_state => {
-                                finished.get_or_create(&vec![("state", final_state.as_str())]).inc();
+                                finished_in
+                                    .entry(final_state)
+                                    .or_insert_with(|| {
+                                        finished.get_or_create(&vec![("state", final_state.as_str())]).clone()
+                                    })
+                                    .inc();
                                 if let Some(running) = started {
                                     task_duration.observe(seconds(at_ms - running));
                                 }
