@@ -113,15 +113,13 @@ struct RepoTest {
 
 fn read_repo_config(tree: &Path) -> anyhow::Result<Option<RepoTest>> {
     let path = tree.join(REPO_CONFIG);
-    let metadata = match std::fs::metadata(&path) {
-        Ok(metadata) => metadata,
+    let bytes = match crate::bounded::read_at_most(&path, MAX_REPO_CONFIG) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => anyhow::bail!("{REPO_CONFIG} is larger than {MAX_REPO_CONFIG} bytes"),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err).with_context(|| format!("reading {REPO_CONFIG}")),
     };
-    if metadata.len() > MAX_REPO_CONFIG {
-        anyhow::bail!("{REPO_CONFIG} is larger than {MAX_REPO_CONFIG} bytes");
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {REPO_CONFIG}"))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("reading {REPO_CONFIG}: not UTF-8"))?;
     let config: RepoConfig = toml::from_str(&text).with_context(|| format!("invalid {REPO_CONFIG}"))?;
     Ok(config.test)
 }
@@ -138,6 +136,14 @@ mod tests {
             std::fs::write(tree.path().join(REPO_CONFIG), text).unwrap();
         }
         resolve(tree.path(), runner_command, TEN_MINUTES)
+    }
+
+    #[test]
+    fn a_config_linked_to_an_endless_file_is_refused() {
+        let tree = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", tree.path().join(REPO_CONFIG)).unwrap();
+        let err = resolve(tree.path(), None, TEN_MINUTES).unwrap_err();
+        assert!(format!("{err:#}").contains("is larger than"), "{err:#}");
     }
 
     #[test]

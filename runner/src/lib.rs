@@ -15,6 +15,7 @@
 //! the attempt, after the dispatcher acknowledged or forgot it.
 
 mod attempts;
+mod bounded;
 pub mod cli;
 mod command;
 pub mod config;

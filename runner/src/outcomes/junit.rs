@@ -62,13 +62,11 @@ pub fn find_reports(tree: &Path) -> Vec<PathBuf> {
 /// Reads every report under `tree` into `collected`.
 pub fn collect(tree: &Path, collected: &mut Collected) {
     for path in find_reports(tree) {
-        let too_big = std::fs::metadata(&path).map(|meta| meta.len() > MAX_FILE_BYTES).unwrap_or(true);
-        if too_big {
-            tracing::warn!(path = %path.display(), "junit report skipped: unreadable or too large");
-            continue;
-        }
-        match std::fs::read(&path) {
-            Ok(xml) => parse(&xml, collected),
+        match crate::bounded::read_at_most(&path, MAX_FILE_BYTES) {
+            Ok(Some(xml)) => parse(&xml, collected),
+            Ok(None) => {
+                tracing::warn!(path = %path.display(), max = MAX_FILE_BYTES, "junit report skipped: too large")
+            }
             Err(err) => tracing::warn!(path = %path.display(), error = %err, "cannot read a junit report"),
         }
     }
