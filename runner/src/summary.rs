@@ -21,8 +21,20 @@ use protocol::message::Summary;
 pub const TAIL_BYTES: u64 = 1024 * 1024;
 
 /// The counts recognised in `output`, or `None` when nothing matches.
+#[cfg(test)]
 pub fn summarize(output: &str) -> Option<Summary> {
-    let lines: Vec<String> = output.lines().map(strip_ansi).collect();
+    summarize_lines(&plain_lines(output))
+}
+
+/// The lines of `output` without their ANSI escape sequences: what
+/// [`summarize_lines`] and `outcomes::Collected::add_lines` read.
+pub fn plain_lines(output: &str) -> Vec<String> {
+    output.lines().map(strip_ansi).collect()
+}
+
+/// The counts recognised in `lines` (see [`plain_lines`]), or `None` when
+/// nothing matches.
+pub fn summarize_lines(lines: &[String]) -> Option<Summary> {
     let mut total: Option<Summary> = None;
     for (line_idx, line) in lines.iter().enumerate() {
         let line = line.trim();
@@ -165,7 +177,7 @@ fn counted_items(text: &str, separator: char) -> Option<Vec<(u32, &str)>> {
 
 /// Removes ANSI escape sequences (colours), which pytest and cargo add when
 /// told to.
-pub(crate) fn strip_ansi(line: &str) -> String {
+fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

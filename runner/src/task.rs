@@ -125,14 +125,9 @@ pub async fn execute(
     }
     let output_len = log.written();
     let tail = read_tail(&shared.spool.output_path(key), output_len).await;
-    let tail = tail.as_deref().map(String::from_utf8_lossy);
-    let summary = tail.as_deref().and_then(summary::summarize);
     if let Ending::Finished(finished) = &mut ending {
-        finished.summary = summary;
-        if matches!(assign.job, Job::Test) {
-            finished.tests =
-                test_outcomes(tail.as_deref().unwrap_or(""), &tree, shared.config.max_test_names).await;
-        }
+        let tests = matches!(assign.job, Job::Test).then_some(shared.config.max_test_names);
+        (finished.summary, finished.tests) = read_output(tail, tree.clone(), tests).await;
         if finished.outcome == Outcome::Passed && matches!(assign.job, Job::Test) {
             finished.tag = fresh_tag(shared, assign, prepared.mirror).await;
         }
@@ -310,18 +305,29 @@ fn environment(assign: &Assign) -> Vec<(&'static str, String)> {
 
 /// Each test's outcome from the output's tail and the JUnit reports in the
 /// tree (a blocking walk, so off the runtime's threads).
-async fn test_outcomes(tail: &str, tree: &Path, max_names: usize) -> Vec<protocol::message::TestCase> {
-    let mut collected = outcomes::Collected::default();
-    collected.add_output(tail);
-    let tree = tree.to_path_buf();
-    let collected = tokio::task::spawn_blocking(move || {
+/// What the output's tail says: the summary and, for a test (`tests` is
+/// then the most names to report), every test's outcome, with the JUnit
+/// reports of the tree. On a blocking thread: the tail is up to a megabyte,
+/// read once without its colours for both.
+async fn read_output(
+    tail: Option<Vec<u8>>,
+    tree: PathBuf,
+    tests: Option<usize>,
+) -> (Option<protocol::message::Summary>, Vec<protocol::message::TestCase>) {
+    let span = tracing::Span::current();
+    let read = tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
+        let lines =
+            tail.map(|tail| summary::plain_lines(&String::from_utf8_lossy(&tail))).unwrap_or_default();
+        let summary = summary::summarize_lines(&lines);
+        let Some(max_names) = tests else { return (summary, Vec::new()) };
+        let mut collected = outcomes::Collected::default();
+        collected.add_lines(&lines);
         outcomes::junit::collect(&tree, &mut collected);
-        collected
-    })
-    .await
-    .unwrap_or_default();
-    tracing::debug!(tests = collected.len(), "per-test outcomes recognised");
-    collected.into_reported(max_names)
+        tracing::debug!(tests = collected.len(), "per-test outcomes recognised");
+        (summary, collected.into_reported(max_names))
+    });
+    read.await.unwrap_or_default()
 }
 
 /// The last [`summary::TAIL_BYTES`] of the output, or `None` if unreadable.

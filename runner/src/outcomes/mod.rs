@@ -64,10 +64,16 @@ impl Collected {
     }
 
     /// Every test recognised in `output`.
+    #[cfg(test)]
     pub fn add_output(&mut self, output: &str) {
-        for line in output.lines() {
-            let line = crate::summary::strip_ansi(line);
-            if let Some((name, status)) = recognise(&line) {
+        self.add_lines(&crate::summary::plain_lines(output));
+    }
+
+    /// Every test recognised in `lines` (the output without its ANSI escape
+    /// sequences, `summary::plain_lines`).
+    pub fn add_lines(&mut self, lines: &[String]) {
+        for line in lines {
+            if let Some((name, status)) = recognise(line) {
                 self.add(&name, status);
             }
         }
