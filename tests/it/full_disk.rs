@@ -82,13 +82,13 @@ fn a_full_data_dir_loses_no_output_serves_reads_and_resumes_when_space_returns()
     // The dispatcher notices, says so, and serves reads meanwhile.
     let status = wait_for("the dispatcher to report its data dir full", || {
         let task = show(&dispatcher.addr, &id)?;
-        assert_not_passed_short(&task, &log_path, &expected);
+        assert_not_passed_short(&task, &data_dir, &id, &expected);
         let status = status_json(&dispatcher.addr)?;
         status["data_dir_full"].is_object().then_some(status)
     });
     assert!(status["data_dir_full"]["bytes_free"].is_u64(), "{status:#}");
     assert_serves_reads(&dispatcher.addr, &id);
-    assert_prefix(&log_path, &expected);
+    assert_prefix(&data_dir, &id, &expected);
     let refused = baton(&dispatcher.addr, &["submit", &repo_arg, &"c".repeat(40)]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("data dir full"), "{refused:?}");
@@ -103,15 +103,16 @@ fn a_full_data_dir_loses_no_output_serves_reads_and_resumes_when_space_returns()
     });
     assert_serves_reads(&dispatcher.addr, &id);
     let task = show(&dispatcher.addr, &id).unwrap();
-    assert_not_passed_short(&task, &log_path, &expected);
-    assert_prefix(&log_path, &expected);
+    assert_not_passed_short(&task, &data_dir, &id, &expected);
+    assert_prefix(&data_dir, &id, &expected);
 
     // Space returns: the dispatcher resumes by itself, gets the rest of the
     // output from the runner's spool, and records the task whole.
     std::fs::remove_file(&filler).unwrap();
     let task = support::wait_final(&dispatcher.addr, &id);
     assert_eq!(task["state"], "passed", "{task:#}");
-    let stored = std::fs::read(&log_path).unwrap();
+    // Once passed, the log may already be compressed (`<id>.log.zst`).
+    let stored = support::stored_log(&data_dir, &id);
     assert!(
         stored == expected,
         "stored log of {} bytes is not the {} bytes the test wrote",
@@ -133,9 +134,9 @@ fn status_json(addr: &str) -> Option<serde_json::Value> {
 }
 
 /// A task is never `passed` while its stored log is short.
-fn assert_not_passed_short(task: &serde_json::Value, log_path: &Path, expected: &[u8]) {
+fn assert_not_passed_short(task: &serde_json::Value, data_dir: &Path, id: &str, expected: &[u8]) {
     if task["state"] == "passed" {
-        let stored = std::fs::read(log_path).unwrap_or_default();
+        let stored = support::stored_log_if_any(data_dir, id).unwrap_or_default();
         assert!(
             stored == expected,
             "task passed with {} of {} bytes of output: {task:#}",
@@ -146,8 +147,8 @@ fn assert_not_passed_short(task: &serde_json::Value, log_path: &Path, expected: 
 }
 
 /// The stored log is always a prefix of what the test wrote: no holes.
-fn assert_prefix(log_path: &Path, expected: &[u8]) {
-    let stored = std::fs::read(log_path).unwrap_or_default();
+fn assert_prefix(data_dir: &Path, id: &str, expected: &[u8]) {
+    let stored = support::stored_log_if_any(data_dir, id).unwrap_or_default();
     assert!(
         stored.len() <= expected.len() && stored[..] == expected[..stored.len()],
         "the stored log ({} bytes) is not a prefix of the output",
