@@ -166,15 +166,15 @@ pub async fn run_with_web(
                 None => None,
             };
             tracing::info!(http = %web.local_addr()?, "web report service started");
-            Some(web::start(
-                web,
-                scheduler.clone(),
-                Arc::clone(&shared.readers),
-                shared.files.clone(),
+            let parts = web::Parts {
+                scheduler: scheduler.clone(),
+                readers: Arc::clone(&shared.readers),
+                files: shared.files.clone(),
                 secret,
-                Arc::clone(&config.users),
-                shutdown.clone(),
-            )?)
+                users: Arc::clone(&config.users),
+                shutdown: shutdown.clone(),
+            };
+            Some(web::start(web, parts)?)
         }
         None => None,
     };

@@ -93,6 +93,14 @@ impl Person {
     }
 }
 
+/// A `$HOME` for the client and a directory for the keys, under `root`.
+fn home_and_keys(root: &Path) -> (PathBuf, PathBuf) {
+    let (home, keys) = (root.join("home"), root.join("keys"));
+    std::fs::create_dir(&home).unwrap();
+    std::fs::create_dir(&keys).unwrap();
+    (home, keys)
+}
+
 fn id(accepted: &Value) -> i64 {
     accepted["id"].as_i64().expect("an id")
 }
@@ -100,10 +108,7 @@ fn id(accepted: &Value) -> i64 {
 #[test]
 fn roles_decide_who_steers_and_records_name_the_user() {
     let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir(&keys).unwrap();
+    let (home, keys) = home_and_keys(tmp.path());
     let (alice, rita, stranger) =
         (keygen(&keys, "alice", ""), keygen(&keys, "rita", ""), keygen(&keys, "stranger", ""));
     let locked = keygen(&keys, "locked", "a passphrase");
@@ -237,10 +242,7 @@ fn bad_user_tables_stop_the_dispatcher_with_a_clear_error() {
 #[test]
 fn approvals_are_given_by_people_with_the_role_in_that_environment() {
     let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir(&keys).unwrap();
+    let (home, keys) = home_and_keys(tmp.path());
     let [tina, sam, pat, olga] = ["tina", "sam", "pat", "olga"].map(|name| keygen(&keys, name, ""));
     let repo = Repo::init(&tmp.path().join("repo"));
     let hosts_log = tmp.path().join("hosts.log");

@@ -530,11 +530,11 @@ impl Reader {
         state: Option<TaskState>,
         limit: u32,
     ) -> anyhow::Result<Vec<TaskInfo>> {
-        self.tasks_newest_first(repo, state, None, limit)
+        self.tasks_page(repo, state, None, limit)
     }
 
-    /// Tasks newest first with only the filters given (and ids below
-    /// `before`): one statement per combination of filters and limit, each
+    /// Tasks newest first with only the filters given, with ids below
+    /// `before` (a web page's next page starts below the last id shown): one statement per combination of filters and limit, each
     /// prepared once. SQLite (built with STAT4) recompiles a statement at
     /// every run when its plan may depend on a bound value (`?1 IS NULL OR
     /// …`, `state = ?2`, `LIMIT ?4`): that was half of a web poll's cost
@@ -542,7 +542,7 @@ impl Reader {
     ///
     /// # Errors
     /// SQLite errors.
-    pub(crate) fn tasks_newest_first(
+    pub fn tasks_page(
         &self,
         repo: Option<&RepoUrl>,
         state: Option<TaskState>,

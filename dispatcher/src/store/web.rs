@@ -1,28 +1,13 @@
-//! Read queries of the web report service (pagination, a commit's tasks).
+//! Read queries of the web report service (a commit's tasks; its pages of tasks are `Reader::tasks_page`).
 
 use anyhow::Context;
 use protocol::message::TaskInfo;
-use protocol::{CommitPrefix, RepoUrl, TaskId, TaskState};
+use protocol::CommitPrefix;
 use rusqlite::params;
 
 use super::{task_info, Reader, TASK_COLUMNS};
 
 impl Reader {
-    /// Tasks newest first, optionally filtered, with ids below `before` (the
-    /// next page starts below the last id shown).
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn tasks_page(
-        &self,
-        repo: Option<&RepoUrl>,
-        state: Option<TaskState>,
-        before: Option<TaskId>,
-        limit: u32,
-    ) -> anyhow::Result<Vec<TaskInfo>> {
-        self.tasks_newest_first(repo, state, before, limit)
-    }
-
     /// The tasks of the commits starting with `prefix`, newest first.
     ///
     /// # Errors

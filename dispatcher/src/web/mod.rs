@@ -80,18 +80,22 @@ pub struct Web {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// What the web service is built from.
+pub struct Parts {
+    pub scheduler: Handle,
+    pub readers: Arc<Readers>,
+    pub files: DataDir,
+    /// The token file's content (trimmed), when there is one: the Bearer
+    /// token steering requests must carry.
+    pub secret: Option<Vec<u8>>,
+    pub users: Arc<crate::users::Users>,
+    pub shutdown: CancellationToken,
+}
+
 /// Builds the web service's shared state, on the web's runtime (it spawns
 /// the metrics' follower).
-///
-/// `secret` is the Bearer token steering requests must carry.
-fn state(
-    scheduler: Handle,
-    readers: Arc<Readers>,
-    files: DataDir,
-    secret: Option<Vec<u8>>,
-    users: Arc<crate::users::Users>,
-    shutdown: CancellationToken,
-) -> Arc<Web> {
+fn state(parts: Parts) -> Arc<Web> {
+    let Parts { scheduler, readers, files, secret, users, shutdown } = parts;
     let metrics = metrics::Metrics::new();
     metrics.follow(scheduler.subscribe(), shutdown.clone());
     Arc::new(Web {
@@ -108,22 +112,12 @@ fn state(
 }
 
 /// Starts the web service on `listener` on its own runtime and threads (see
-/// the module's doc); it serves until `shutdown` is cancelled, then the
-/// returned thread ends.
-///
-/// `secret` is the token file's content (trimmed), when there is one.
+/// the module's doc); it serves until `parts.shutdown` is cancelled, then
+/// the returned thread ends.
 ///
 /// # Errors
 /// The runtime or its thread cannot be started.
-pub fn start(
-    listener: TcpListener,
-    scheduler: Handle,
-    readers: Arc<Readers>,
-    files: DataDir,
-    secret: Option<Vec<u8>>,
-    users: Arc<crate::users::Users>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
+pub fn start(listener: TcpListener, parts: Parts) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use anyhow::Context;
 
     // A listener belongs to the runtime that made it: hand the socket over.
@@ -147,7 +141,7 @@ pub fn start(
                         return;
                     }
                 };
-                let web = state(scheduler, readers, files, secret, users, shutdown);
+                let web = state(parts);
                 serve(listener, web).await;
             });
             // Streams still open end with their runtime.
