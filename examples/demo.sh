@@ -10,7 +10,8 @@ cd "$root"
 # cargo's own progress lines show while it builds: the first build takes minutes.
 echo "==> building (debug); KEEP=1 keeps the demo's files and logs afterwards"
 cargo build --workspace --bins
-bin="$root/target/debug"
+# Where cargo put them: CARGO_TARGET_DIR when set (a shared build cache).
+bin="${CARGO_TARGET_DIR:-$root/target}/debug"
 work=$(mktemp -d -t baton-demo.XXXXXX)
 pids=()
 cleanup() {

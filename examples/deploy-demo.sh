@@ -11,7 +11,8 @@ cd "$root"
 
 echo "==> building (debug)"
 cargo build --workspace --bins
-bin="$root/target/debug"
+# Where cargo put them: CARGO_TARGET_DIR when set (a shared build cache).
+bin="${CARGO_TARGET_DIR:-$root/target}/debug"
 work=$(mktemp -d -t baton-deploy-demo.XXXXXX)
 pids=()
 cleanup() {
