@@ -1,20 +1,27 @@
-//! Reading a file of the checked-out tree whose size the repository decides
-//! (`.baton.toml`, JUnit reports) with a cap on the read itself: a size
-//! checked first says nothing of a file that grows, or of a link to
-//! `/dev/zero`, which reports 0 bytes and never ends.
+//! Reading a file of the checked-out tree whose size and kind the
+//! repository decides (`.baton.toml`, JUnit reports): only a regular file
+//! (a link may point at one), with a cap on the read itself. A size checked
+//! first says nothing of a file that grows, and a link to `/dev/zero`
+//! reports 0 bytes and never ends; one to a FIFO or a terminal would block
+//! the read (and the open: it is made non-blocking).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The whole file at `path`, or `None` when it holds more than `max` bytes
 /// (reading stops one byte past `max`).
 ///
 /// # Errors
-/// Opening or reading the file.
+/// Opening or reading the file; a path that is not a regular file.
 pub fn read_at_most(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let file: File = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
     let mut bytes = Vec::new();
-    File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    file.take(max + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
@@ -32,7 +39,14 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_file_is_refused_after_the_cap() {
-        assert_eq!(read_at_most(Path::new("/dev/zero"), 1024).unwrap(), None);
+    fn a_device_or_a_fifo_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        for path in [Path::new("/dev/zero"), &fifo] {
+            let err = read_at_most(path, 1024).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{}", path.display());
+        }
     }
 }

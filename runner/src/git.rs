@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -174,6 +174,13 @@ fn checkout_blocking(
         .with_context(|| format!("reading the tree of {commit}"))?;
     let mut index =
         repo.index_from_tree(&tree_id).with_context(|| format!("reading the tree of {commit}"))?;
+    // gix returns Ok when interrupted: an aborted attempt's tree must not be
+    // written on (nor its `.git`) after the attempt was discarded.
+    let interrupted = || -> anyhow::Result<()> {
+        anyhow::ensure!(!interrupt.load(Ordering::Relaxed), "checkout interrupted");
+        Ok(())
+    };
+    interrupted()?;
     if dest.exists() {
         std::fs::remove_dir_all(dest).with_context(|| format!("removing old tree {}", dest.display()))?;
     }
@@ -193,6 +200,7 @@ fn checkout_blocking(
         options,
     )
     .with_context(|| format!("writing the tree of {commit} into {}", dest.display()))?;
+    interrupted()?;
     if let Some(collision) = outcome.collisions.first() {
         anyhow::bail!("checkout of {commit} collided on {:?}", collision.path);
     }
