@@ -16,10 +16,6 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 use crate::users::{authorize, Action, Principal, Users, Via};
 
-/// The name steering records give requests made over HTTP (with the
-/// peer's address after it).
-pub const WEB_ACTOR: &str = "web";
-
 /// The steering rule.
 pub struct Auth {
     secret: Option<Vec<u8>>,
@@ -65,7 +61,8 @@ impl Auth {
                 format!("{refusal} (the web API cannot prove a user: steer with `baton` and your key)"),
             )
         })?;
-        Ok(format!("{} {}", principal.actor(WEB_ACTOR), peer.ip()))
+        // HTTP proves no user: steering records name the web and the peer.
+        Ok(format!("web {}", peer.ip()))
     }
 
     /// Whether a token is needed (the page then shows its token prompt).

@@ -25,10 +25,7 @@ pub fn load(key_file: Option<&Path>, user: Option<&str>) -> anyhow::Result<Optio
         user.map(|user| Name::new(user).map_err(|err| anyhow::anyhow!("--user: {err}"))).transpose()?;
     let key = match key_file {
         Some(path) => Some(read(path)?),
-        None => match default_path().filter(|path| path.exists()) {
-            Some(path) => read(&path).ok(),
-            None => None,
-        },
+        None => default_path().and_then(|path| read(&path).ok()),
     };
     match (key, user) {
         (Some(key), user) => Ok(Some(UserKey { user, key })),
