@@ -538,7 +538,7 @@ impl Reader {
     /// prepared once. SQLite (built with STAT4) recompiles a statement at
     /// every run when its plan may depend on a bound value (`?1 IS NULL OR
     /// …`, `state = ?2`, `LIMIT ?4`): that was half of a web poll's cost
-    /// (issue 14). Only a repository filter is still bound.
+    /// (issue 14). Only a repository and a page's id are bound.
     ///
     /// # Errors
     /// SQLite errors.
@@ -550,16 +550,20 @@ impl Reader {
         limit: u32,
     ) -> anyhow::Result<Vec<TaskInfo>> {
         let mut conditions = Vec::new();
-        if repo.is_some() {
-            conditions.push("repo = ?1".to_string());
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(repo) = repo {
+            values.push(repo.as_str().to_string().into());
+            conditions.push(format!("repo = ?{}", values.len()));
         }
-        // A state (one of a fixed vocabulary of words), an id and the limit
-        // (integers) are part of the text; a repository, free text, is bound.
+        // A page's id (the rowid, which STAT4 does not sample) is bound, so
+        // paging reuses one statement; a state (a fixed vocabulary of words)
+        // and the limit (an integer) are part of the text.
+        if let Some(before) = before {
+            values.push(before.get().into());
+            conditions.push(format!("id < ?{}", values.len()));
+        }
         if let Some(state) = state {
             conditions.push(format!("state = '{}'", state.as_str()));
-        }
-        if let Some(before) = before {
-            conditions.push(format!("id < {}", before.get()));
         }
         let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks");
         if !conditions.is_empty() {
@@ -568,7 +572,7 @@ impl Reader {
         }
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(repo.map(RepoUrl::as_str)), task_info)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(values), task_info)?;
         rows.collect::<Result<_, _>>().context("listing tasks")
     }
 

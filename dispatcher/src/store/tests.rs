@@ -285,6 +285,17 @@ fn a_task_list_statement_is_prepared_once() {
         assert_eq!(reader.tasks(None, None, 50).unwrap().len(), 3);
         assert_eq!(reader.tasks(None, Some(TaskState::Pending), 50).unwrap().len(), 3);
     }
+    // Pages below different ids share one statement, never recompiled.
+    let newest = reader.tasks(None, None, 1).unwrap()[0].id;
+    for before in [newest, TaskId::new(newest.get() - 1).unwrap(), newest] {
+        reader.tasks_page(None, None, Some(before), 50).unwrap();
+    }
+    let paged = reader
+        .conn
+        .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id < ?1 ORDER BY id DESC LIMIT 50"))
+        .unwrap();
+    assert_eq!(paged.get_status(rusqlite::StatementStatus::Run), 3);
+    assert_eq!(paged.get_status(rusqlite::StatementStatus::RePrepare), 0);
     // The same cached statements (each ran three times), never recompiled:
     // a bound LIMIT or state made SQLite recompile them at every run.
     for filter in ["", " WHERE state = 'pending'"] {
