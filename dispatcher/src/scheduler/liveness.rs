@@ -176,9 +176,15 @@ mod tests {
         late.pinged_at(last + Duration::from_secs(10));
         assert!(!late.silent_for(last + Duration::from_millis(10_500), window, interval));
         assert!(late.silent_for(last + Duration::from_millis(11_001), window, interval));
-        // A stall voids the evidence: silence counts from the stall's end.
+        // A stall voids the evidence: silence counts from the stall's end,
+        // not from the last frame before it (a ping after the stall and a
+        // window later, the runner is still in time).
         heard.forget();
         assert!(!heard.silent_for(Instant::now() + Duration::from_secs(2), window, interval));
+        let stall_end = Instant::now();
+        heard.pinged_at(stall_end);
+        assert!(!heard.silent_for(stall_end + window, window, interval));
+        assert!(heard.silent_for(Instant::now() + window + Duration::from_millis(1), window, interval));
     }
 
     #[test]
