@@ -138,7 +138,10 @@ const RECONNECT_CAP: Duration = Duration::from_secs(5);
 /// the runners that held tasks before it gives their tasks to others: a
 /// runner that was away as long as the dispatcher may be waiting that long
 /// before its next try.
-pub const LONGEST_RECONNECT_WAIT: Duration = Duration::from_millis(6_250);
+pub const LONGEST_RECONNECT_WAIT: Duration =
+    Duration::from_millis(RECONNECT_CAP.as_millis() as u64 * (100 + JITTER_PERCENT) / 100);
+/// The jitter of every wait, ± this share of it.
+const JITTER_PERCENT: u64 = 25;
 
 /// Capped exponential back-off with jitter, for reconnecting to a dispatcher
 /// that is gone.
@@ -167,7 +170,8 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
-        let jitter = rand::rng().random_range(0.75..1.25);
+        let spread = JITTER_PERCENT as f64 / 100.0;
+        let jitter = rand::rng().random_range(1.0 - spread..1.0 + spread);
         // Whole milliseconds: nothing waits more precisely, and a log line
         // then reads `retry_in=59ms`, not `retry_in=58.748952ms`.
         Duration::from_millis(base.mul_f64(jitter).as_millis().max(1) as u64)
