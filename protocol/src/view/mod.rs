@@ -293,6 +293,10 @@ mod tests {
             let streamed = serde_json::to_string(&TaskJson(task_info)).unwrap();
             assert_eq!(streamed, serde_json::to_string(&task(task_info)).unwrap());
         }
+        // The bytes the `json!` object of before `TaskJson` printed for it
+        // (compared once, then written down): the contract of `--json`.
+        let before = r#"{"aborted_by":"bob","attempts":2,"branch":"main","commit":"0123456789abcdef0123456789abcdef01234567","created_at":"2026-05-01T12:00:00.000Z","culprit":{"commit":"0123456789abcdef0123456789abcdef01234567","steps":4,"tasks":[7]},"duration_ms":4250,"exit_code":1,"finished_at":"2026-05-01T12:00:05.750Z","flaky":false,"flaky_tests":[],"id":7,"kind":"test","labels":["linux"],"reason":"a \"quoted\" reason\n","repo":"/srv/app.git","requested_by":"alice","runner":"r1","started_at":"2026-05-01T12:00:00.005Z","state":"failed","summary":{"failed":1,"passed":3,"skipped":2},"trigger":"observer"}"#;
+        assert_eq!(serde_json::to_string(&TaskJson(&steered)).unwrap(), before);
         let value = task(&steered);
         assert_eq!(value["summary"], json!({ "passed": 3, "failed": 1, "skipped": 2 }));
         assert_eq!(value["culprit"]["steps"], 4);
